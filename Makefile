@@ -1,0 +1,38 @@
+# `make demo` and `make test` each set up .venv when missing or stale, then run.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kdscope-installed
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup demo test lint format bench data
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS) || $(BIN)/pip install -q torch torchvision
+	$(BIN)/pip install -q -e '.[dev,text]'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian when apt is available and we are root; tests skip what is absent.
+data:
+	@test -d $(FMNIST) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
+	  echo "note: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"; }
+
+demo: setup
+	$(BIN)/kdscope demo
+
+test: setup data
+	$(BIN)/python -m pytest
+
+lint:
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format:
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks

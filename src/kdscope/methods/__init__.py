@@ -1,0 +1,22 @@
+"""Distillation methods, registered by name (``kdscope methods`` lists them)."""
+
+from kdscope.methods import response  # noqa: F401  (registers)
+from kdscope.methods.base import (
+    METHODS,
+    BindContext,
+    Method,
+    Needs,
+    Outputs,
+    create_method,
+    register_method,
+)
+
+__all__ = [
+    "METHODS",
+    "BindContext",
+    "Method",
+    "Needs",
+    "Outputs",
+    "create_method",
+    "register_method",
+]

@@ -1,0 +1,135 @@
+"""The contract every distillation method follows (see shared/DESIGN.md, "A method is small")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from kdscope.registry import Registry
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method reads from a training step; the Trainer computes only what is asked for.
+
+    teacher_logits / student_features / teacher_features: tensors the loss uses. Features come from the
+    layers in ``Method.student_layers`` / ``Method.teacher_layers`` (resolved by ``bind``), captured with
+    FeatureTap. ``indices``: dataset indices of the batch (memory-bank methods such as CRD).
+    ``teacher``: whether a teacher model is required at all.
+    """
+
+    teacher: bool = True
+    teacher_logits: bool = False
+    student_features: bool = False
+    teacher_features: bool = False
+    indices: bool = False
+
+
+@dataclass
+class Outputs:
+    """Everything a method may read from one step. Feature lists are aligned pairwise:
+    ``student_features[i]`` was captured at ``method.student_layers[i]`` and pairs with
+    ``teacher_features[i]`` at ``method.teacher_layers[i]``."""
+
+    student_logits: Tensor
+    labels: Tensor
+    teacher_logits: Tensor | None = None
+    student_features: list[Tensor] = field(default_factory=list)
+    teacher_features: list[Tensor] = field(default_factory=list)
+    indices: Tensor | None = None
+    inputs: Tensor | None = None
+    epoch: int = 0
+    step: int = 0
+
+
+@dataclass
+class BindContext:
+    """What ``Method.bind`` sees before training: the models, their default feature layers and the
+    shapes of features at every layer the method asked for (from one dry forward pass)."""
+
+    student: nn.Module
+    teacher: nn.Module | None
+    num_classes: int
+    num_train: int
+    student_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """A distillation objective: ``forward(out) -> {term name: weighted scalar loss}``.
+
+    Subclasses set ``needs``, the paper's defaults as ``__init__`` keyword arguments, and ``ce_weight``
+    (the weight of the cross-entropy on labels that the Trainer adds unless the run overrides it).
+    Trainable extras (regressors, projectors) are submodules created in ``bind`` once feature shapes are
+    known, so the optimizer sees them.
+    """
+
+    needs: ClassVar[Needs] = Needs(teacher=False)
+    ce_weight: float = 1.0
+    family: ClassVar[str] = "response"
+    paper: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        student_layers: list[str] | None = None,
+        teacher_layers: list[str] | None = None,
+    ):
+        super().__init__()
+        self.student_layers: list[str] = list(student_layers or [])
+        self.teacher_layers: list[str] = list(teacher_layers or [])
+
+    def resolve_layers(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Fill the layer lists from the models' ``feature_layers`` and pair them by relative depth."""
+        from kdscope.features import pair_layers
+
+        if not (self.needs.student_features or self.needs.teacher_features):
+            return
+        s = self.student_layers or list(getattr(student, "feature_layers", []))
+        t = self.teacher_layers or list(getattr(teacher, "feature_layers", []))
+        if self.needs.teacher_features and not self.teacher_layers:
+            pairs = pair_layers(s, t)
+            s, t = [a for a, _ in pairs], [b for _, b in pairs]
+        self.student_layers, self.teacher_layers = s, t
+
+    def bind(self, ctx: BindContext) -> None:  # noqa: B027 - optional hook, most methods need nothing
+        """Build shape-dependent submodules; called once before training."""
+
+    def forward(self, out: Outputs) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def hparams(self) -> dict[str, Any]:
+        """The constructor's hyperparameters as set (for logs and ``kdscope methods``)."""
+        import inspect
+
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str):
+    """Class decorator: ``@register_method("kd")`` makes the method available by name everywhere."""
+
+    def decorator(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return decorator
+
+
+def create_method(name: str, **kwargs: Any) -> Method:
+    """Instantiate a registered method; unknown keyword arguments name the accepted ones."""
+    import inspect
+
+    cls = METHODS.get(name)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    bad = sorted(set(kwargs) - set(accepted))
+    if bad:
+        raise ValueError(
+            f"Method {name!r} got unknown parameter(s) {', '.join(bad)}. "
+            f"Accepted: {', '.join(accepted)}."
+        )
+    return cls(**kwargs)
