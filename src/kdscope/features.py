@@ -49,7 +49,8 @@ class FeatureTap:
 
     Args:
         model: the network to observe.
-        layers: submodule names (as in ``model.named_modules()``).
+        layers: submodule names (as in ``model.named_modules()``). A name ending in ``:in`` captures the
+            module's input instead of its output (pre-activation features: ``"layer3.0.act:in"``).
         detach: store ``output.detach()`` (for metrics) instead of the graph-carrying tensor (for losses).
         keep_grad: call ``retain_grad()`` on captured tensors so ``tap.features[name].grad`` is filled by a
             later backward (Grad-CAM); implies ``detach=False``.
@@ -70,12 +71,15 @@ class FeatureTap:
         self.detach = detach and not keep_grad
         self.keep_grad = keep_grad
         self.features: dict[str, Tensor] = {}
-        self._modules = {name: resolve_layer(model, name) for name in self.layers}
+        self._modules = {name: resolve_layer(model, name.removesuffix(":in")) for name in self.layers}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _hook(self, name: str):
-        def hook(_module: nn.Module, _inputs: tuple, output) -> None:
-            out = output[0] if isinstance(output, (tuple, list)) else output
+        take_input = name.endswith(":in")
+
+        def hook(_module: nn.Module, inputs: tuple, output) -> None:
+            out = inputs if take_input else output
+            out = out[0] if isinstance(out, (tuple, list)) else out
             if self.detach:
                 out = out.detach()
             elif self.keep_grad and out.requires_grad:

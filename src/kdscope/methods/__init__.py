@@ -8,6 +8,7 @@ from kdscope.methods.base import (
     Needs,
     Outputs,
     create_method,
+    method_info,
     register_method,
 )
 
@@ -18,5 +19,6 @@ __all__ = [
     "Needs",
     "Outputs",
     "create_method",
+    "method_info",
     "register_method",
 ]

@@ -133,3 +133,18 @@ def create_method(name: str, **kwargs: Any) -> Method:
             f"Accepted: {', '.join(accepted)}."
         )
     return cls(**kwargs)
+
+
+def method_info(name: str) -> dict[str, Any]:
+    """Family, paper, default hyperparameters and needs of a registered method (for listings)."""
+    import inspect
+
+    cls = METHODS.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    defaults = {
+        k: p.default
+        for k, p in params.items()
+        if k not in ("self", "student_layers", "teacher_layers") and p.default is not inspect.Parameter.empty
+    }
+    needs = [k for k, v in vars(cls.needs).items() if v and k != "teacher"]
+    return {"family": cls.family, "paper": cls.paper, "defaults": defaults, "needs": needs}

@@ -16,7 +16,12 @@ MODELS: Registry[ModelFactory] = Registry("model")
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     """Register ``factory(num_classes, in_channels, **kwargs) -> nn.Module`` under ``name``.
 
-    The returned module must have a ``feature_layers`` attribute: its stage outputs, in order.
+    The returned module declares, as attributes, names valid for ``model.get_submodule`` (FeatureTap
+    names, where ``:in`` means the module's input):
+
+    - ``feature_layers``: its stage outputs, in order (required);
+    - ``preact_layers``: the pre-activation features at those stages, or ``[]`` where there are none;
+    - ``classifier_layer``: the final ``nn.Linear`` (``None`` if the model has none).
     """
     return MODELS.register(name)
 
@@ -46,4 +51,16 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: An
 
 
 def list_models() -> list[str]:
+    """Names of the zoo models (torchvision models are also accepted as ``tv:<name>``)."""
     return MODELS.names()
+
+
+def get_classifier(model: nn.Module) -> nn.Linear:
+    """The final linear layer of a kdscope model (named by its ``classifier_layer``)."""
+    name = getattr(model, "classifier_layer", None)
+    if name is None:
+        raise ValueError(f"{type(model).__name__} declares no linear classifier (classifier_layer)")
+    layer = model.get_submodule(name)
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"classifier_layer {name!r} is a {type(layer).__name__}, not nn.Linear")
+    return layer

@@ -1,0 +1,320 @@
+"""kdscope's one HTML report writer, for a single training run and for a study alike.
+
+A report is a title and a list of :class:`Section`. Each section carries findings (sentences with
+numbers) and notes (caveats: missing cells, too few seeds), which the page gathers into a summary
+at the top, then its blocks in order: :class:`Text`, :class:`Table`, :class:`Figure`, :class:`Code`.
+The page is self-contained: inline CSS, figures embedded as base64 PNG, no script, no external
+resource, so it opens from disk and can be mailed as one file.
+
+A run report, for example::
+
+    write_report("runs/x/report.html", "resnet20 <- resnet56, kd", [
+        Section("Configuration", blocks=[Code(config_yaml, caption="config.yaml")]),
+        Section("Training", blocks=[Figure(curves_fig, caption="loss and accuracy per epoch")]),
+        Section("Evaluation", findings=["accuracy 0.912 ..."], blocks=[key_value_table(metrics)]),
+    ])
+
+A study report uses the sections returned by the analyses (``functional_transfer``,
+``krs_validation``), whose tables and figures can also be read back by id for tests and CSV export.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure as MplFigure
+
+from kdscope.analysis.stats import Estimate
+
+_DPI = 110
+
+
+@dataclass
+class Text:
+    """Prose; blank lines separate paragraphs. Plain text, escaped on output."""
+
+    text: str
+
+
+@dataclass
+class Code:
+    """Preformatted text such as a resolved YAML config."""
+
+    text: str
+    caption: str = ""
+    id: str | None = None
+
+
+@dataclass
+class Table:
+    """Columns and rows of cells: str, int, float (4 significant digits), bool, None (shown as a
+    dash) or :class:`~kdscope.analysis.stats.Estimate` (value with interval)."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    caption: str = ""
+    id: str | None = None
+
+    def __post_init__(self) -> None:
+        for i, row in enumerate(self.rows):
+            if len(row) != len(self.columns):
+                raise ValueError(
+                    f"table {self.id or self.caption!r}: row {i} has {len(row)} cells, "
+                    f"expected {len(self.columns)} ({self.columns})"
+                )
+
+    def records(self) -> list[dict[str, Any]]:
+        """The rows as dicts keyed by column name."""
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+    def column(self, name: str) -> list[Any]:
+        """One column's cells."""
+        if name not in self.columns:
+            raise KeyError(f"no column {name!r}; columns: {self.columns}")
+        i = self.columns.index(name)
+        return [row[i] for row in self.rows]
+
+
+@dataclass
+class Figure:
+    """An image: a matplotlib Figure (rendered to PNG when written), PNG bytes or a PNG file."""
+
+    image: MplFigure | bytes | str | Path
+    caption: str = ""
+    id: str | None = None
+    alt: str = ""
+
+    def png(self) -> bytes:
+        if isinstance(self.image, MplFigure):
+            buf = io.BytesIO()
+            self.image.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+            return buf.getvalue()
+        if isinstance(self.image, bytes):
+            return self.image
+        return Path(self.image).read_bytes()
+
+
+Block = Text | Code | Table | Figure
+
+
+@dataclass
+class Section:
+    """A titled part of a report: findings and notes go to the summary, blocks are shown in order."""
+
+    title: str
+    findings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
+    id: str | None = None
+
+    def table(self, id: str) -> Table:
+        """The table with this id (KeyError naming the ids present otherwise)."""
+        return self._find(Table, id)
+
+    def figure(self, id: str) -> Figure:
+        """The figure with this id (KeyError naming the ids present otherwise)."""
+        return self._find(Figure, id)
+
+    def _find(self, kind: type, id: str):
+        found = [b for b in self.blocks if isinstance(b, kind)]
+        for block in found:
+            if block.id == id:
+                return block
+        raise KeyError(f"no {kind.__name__.lower()} {id!r}; present: {[b.id for b in found]}")
+
+
+def key_value_table(values: Mapping[str, Any], caption: str = "", id: str | None = None) -> Table:
+    """A two-column name/value table, e.g. a run's evaluation metrics."""
+    return Table(["name", "value"], [[k, v] for k, v in values.items()], caption, id)
+
+
+def write_report(
+    path: str | Path, title: str, sections: Sequence[Section], subtitle: str = ""
+) -> Path:
+    """Write the self-contained HTML report to ``path`` (atomically) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render_report(title, sections, subtitle), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def render_report(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
+    """The report as one HTML string (see :func:`write_report`)."""
+    ids = _Ids()
+    ids.take("title")
+    ids.take("summary")
+    section_ids = [ids.take(s.id or "sec-" + _slug(s.title)) for s in sections]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>",
+        f'<header><h1 id="title">{_e(title)}</h1>',
+        f'<p class="subtitle">{_e(subtitle)}</p>' if subtitle else "",
+        "</header>",
+        _contents(sections, section_ids),
+        _summary(sections, section_ids),
+    ]
+    for section, sid in zip(sections, section_ids):
+        parts.append(f'<section id="{sid}"><h2>{_e(section.title)}</h2>')
+        parts.extend(_block(b, ids) for b in section.blocks)
+        parts.append("</section>")
+    parts.append(f"<footer>Written by kdscope {_version()}.</footer></main></body></html>")
+    return "\n".join(p for p in parts if p)
+
+
+def _contents(sections: Sequence[Section], section_ids: list[str]) -> str:
+    if len(sections) < 2:
+        return ""
+    items = "".join(
+        f'<li><a href="#{sid}">{_e(s.title)}</a></li>' for s, sid in zip(sections, section_ids)
+    )
+    return f'<nav><ol><li><a href="#summary">Summary</a></li>{items}</ol></nav>'
+
+
+def _summary(sections: Sequence[Section], section_ids: list[str]) -> str:
+    body = []
+    for section, sid in zip(sections, section_ids):
+        if not (section.findings or section.notes):
+            continue
+        body.append(f'<h3><a href="#{sid}">{_e(section.title)}</a></h3>')
+        if section.findings:
+            body.append("<ul>" + "".join(f"<li>{_e(f)}</li>" for f in section.findings) + "</ul>")
+        if section.notes:
+            notes = "".join(f"<li>{_e(n)}</li>" for n in section.notes)
+            body.append(f'<ul class="notes">{notes}</ul>')
+    if not body:
+        body.append("<p>No findings were recorded.</p>")
+    return f'<section id="summary" class="summary"><h2>Summary</h2>{"".join(body)}</section>'
+
+
+def _block(block: Block, ids: _Ids) -> str:
+    if isinstance(block, Text):
+        paragraphs = [p.strip() for p in re.split(r"\n\s*\n", block.text) if p.strip()]
+        return "".join(f"<p>{_e(p)}</p>" for p in paragraphs)
+    if isinstance(block, Code):
+        bid = ids.take(block.id or "code-" + _slug(block.caption or "block"))
+        caption = f"<figcaption>{_e(block.caption)}</figcaption>" if block.caption else ""
+        return f'<figure id="{bid}" class="code">{caption}<pre>{_e(block.text)}</pre></figure>'
+    if isinstance(block, Table):
+        return _table(block, ids.take(block.id or "table-" + _slug(block.caption or "table")))
+    if isinstance(block, Figure):
+        bid = ids.take(block.id or "figure-" + _slug(block.caption or "figure"))
+        data = base64.b64encode(block.png()).decode("ascii")
+        alt = _e(block.alt or block.caption or bid)
+        caption = f"<figcaption>{_e(block.caption)}</figcaption>" if block.caption else ""
+        return (
+            f'<figure id="{bid}" class="plot"><img src="data:image/png;base64,{data}" '
+            f'alt="{alt}">{caption}</figure>'
+        )
+    raise TypeError(f"unknown report block {type(block).__name__}; accepted: Text, Code, Table, Figure")
+
+
+def _table(table: Table, tid: str) -> str:
+    head = "".join(f'<th scope="col">{_e(c)}</th>' for c in table.columns)
+    rows = []
+    for row in table.rows:
+        cells = []
+        for cell in row:
+            text, cls = _cell(cell)
+            cells.append(f'<td class="{cls}">{_e(text)}</td>' if cls else f"<td>{_e(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    caption = f"<caption>{_e(table.caption)}</caption>" if table.caption else ""
+    return (
+        f'<div class="table-wrap"><table id="{tid}">{caption}<thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _cell(value: Any) -> tuple[str, str]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "\u2013", "na"
+    if isinstance(value, bool):
+        return ("yes" if value else "no"), ""
+    if isinstance(value, int):
+        return str(value), "num"
+    if isinstance(value, float):
+        return f"{value:.4g}", "num"
+    if isinstance(value, Estimate):
+        return str(value), "num"
+    return str(value), ""
+
+
+class _Ids:
+    """Hands out unique element ids, suffixing repeats with -2, -3, ..."""
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def take(self, wanted: str) -> str:
+        base = _slug(wanted) or "item"
+        candidate, k = base, 2
+        while candidate in self._used:
+            candidate, k = f"{base}-{k}", k + 1
+        self._used.add(candidate)
+        return candidate
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("kdscope")
+    except metadata.PackageNotFoundError:
+        return "(unreleased)"
+
+
+_CSS = """
+:root { --fg: #1d232b; --muted: #5b6573; --line: #d8dde4; --band: #f4f6f9; --accent: #1f5fa8;
+  --note: #8a5a00; --note-bg: #fff7e6; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--fg); background: #fff;
+  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
+main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 48px; }
+h1 { font-size: 1.7em; margin: 0 0 4px; }
+h2 { font-size: 1.3em; margin: 36px 0 12px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
+h3 { font-size: 1.05em; margin: 18px 0 6px; }
+a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: underline; }
+.subtitle { color: var(--muted); margin: 0; }
+nav ol { margin: 12px 0 0; padding-left: 20px; color: var(--muted); columns: 2; }
+.summary { background: var(--band); border: 1px solid var(--line); border-radius: 6px;
+  padding: 4px 20px 12px; margin-top: 20px; }
+.summary h2 { border: 0; margin-top: 12px; }
+.summary ul { margin: 4px 0 8px; padding-left: 20px; } .summary li { margin: 4px 0; }
+ul.notes { list-style: none; padding: 8px 12px; background: var(--note-bg); color: var(--note);
+  border-left: 3px solid #e0a030; border-radius: 3px; }
+ul.notes li::before { content: "Note: "; font-weight: 600; }
+.table-wrap { overflow-x: auto; margin: 14px 0 22px; }
+table { border-collapse: collapse; font-size: 0.88em; min-width: 40%; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding: 4px 0 6px; }
+th, td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+thead th { background: var(--band); border-bottom: 2px solid var(--line); white-space: nowrap; }
+tbody tr:nth-child(even) td { background: #fafbfc; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.na { color: var(--muted); text-align: center; }
+figure { margin: 16px 0 24px; } figure.plot img { max-width: 100%; height: auto;
+  border: 1px solid var(--line); border-radius: 4px; }
+figcaption { color: var(--muted); font-size: 0.9em; margin-top: 4px; }
+figure.code figcaption { margin: 0 0 4px; }
+pre { background: var(--band); border: 1px solid var(--line); border-radius: 4px; padding: 10px 12px;
+  overflow-x: auto; font-size: 0.85em; }
+footer { margin-top: 40px; color: var(--muted); font-size: 0.85em; }
+"""

@@ -1,0 +1,217 @@
+"""Python entry points: run a config, or distill users' own modules and datasets."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from kdscope.config import (
+    ConfigError,
+    OptimConfig,
+    RunConfig,
+    ScheduleConfig,
+    TrainConfig,
+    check_names,
+)
+from kdscope.methods import Method, create_method
+from kdscope.train import FitResult, Trainer, accuracy, load_model
+from kdscope.train.checkpoint import load_weights, read_checkpoint, resolve_checkpoint
+from kdscope.train.seeding import seed_everything
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    fit: FitResult
+    test_acc: float
+    teacher_test_acc: float | None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "test_acc": self.test_acc,
+            "teacher_test_acc": self.teacher_test_acc,
+            "best_val_acc": self.fit.best_val_acc,
+            "final_val_acc": self.fit.final_val_acc,
+            "teacher_val_acc": self.fit.teacher_val_acc,
+            "epochs": self.fit.epochs,
+            "cache": self.fit.cache,
+            "cache_fill_s": self.fit.cache_fill_s,
+        }
+
+
+def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> RunResult:
+    """Train the run ``cfg`` describes into ``cfg.out_dir / cfg.name`` and test its best checkpoint.
+
+    Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoints/{last,best}.pt`` and ``summary.json``.
+    Refuses to overwrite a run directory that holds checkpoints unless ``resume``.
+    """
+    from kdscope.data import load_data
+    from kdscope.models import create_model
+
+    problems = check_names(cfg)
+    if problems:
+        raise ConfigError("Invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+    run_dir = cfg.run_dir
+    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
+        raise ConfigError(
+            f"Run directory {str(run_dir)!r} already holds a run; pass --resume to continue it or "
+            "choose another name (--set name=...)"
+        )
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    data = load_data(
+        cfg.data.name,
+        data_dir=cfg.data.data_dir,
+        download=cfg.data.download,
+        val_fraction=cfg.data.val_fraction,
+        augment=cfg.data.augment,
+        seed=cfg.data.seed,
+        train_size=cfg.data.train_size,
+    )
+    student = create_model(cfg.student.name, data.num_classes, data.in_channels, **cfg.student.kwargs)
+    if cfg.student.checkpoint:
+        load_weights(student, read_checkpoint(resolve_checkpoint(cfg.student.checkpoint))["model"],
+                     str(cfg.student.checkpoint))
+    teacher = _load_teacher(cfg, data.num_classes, data.in_channels)
+    method = create_method(cfg.method.name, **cfg.method.params)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    if teacher is not None:
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        (run_dir / "checkpoints" / "teacher.json").write_text(
+            json.dumps({"checkpoint": str(cfg.teacher.checkpoint), "spec": teacher.kdscope_spec}, indent=2)
+        )
+    trainer = Trainer(
+        student,
+        data.train,
+        data.val,
+        teacher=teacher,
+        method=method,
+        num_classes=data.num_classes,
+        augment=data.augment,
+        batch_size=cfg.data.batch_size,
+        eval_batch_size=cfg.data.eval_batch_size,
+        num_workers=cfg.data.num_workers,
+        optim=cfg.optim,
+        schedule=cfg.schedule,
+        train=cfg.train,
+        run_dir=run_dir,
+        config=cfg.model_dump(mode="json"),
+        progress=progress,
+    )
+    fit = trainer.fit(resume=resume)
+    best = load_model(run_dir, "best") if (run_dir / "checkpoints" / "best.pt").exists() else student
+    device = trainer.device
+    test_acc = accuracy(best.to(device), data.test, cfg.data.eval_batch_size, device, trainer.collate)
+    teacher_acc = (
+        accuracy(teacher, data.test, cfg.data.eval_batch_size, device, trainer.collate)
+        if teacher is not None
+        else None
+    )
+    result = RunResult(run_dir, fit, test_acc, teacher_acc)
+    if trainer.dist.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(result.summary(), indent=2))
+    return result
+
+
+def _load_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module | None:
+    if cfg.teacher is None:
+        return None
+    if cfg.teacher.checkpoint is None:
+        raise ConfigError(
+            "teacher.checkpoint is required: a teacher must be trained first "
+            "(kdscope train ...) and referenced by its run directory or .pt file"
+        )
+    teacher = load_model(cfg.teacher.checkpoint)
+    spec = teacher.kdscope_spec
+    if spec["num_classes"] != num_classes or spec["in_channels"] != in_channels:
+        raise ConfigError(
+            f"teacher {str(cfg.teacher.checkpoint)!r} was built for {spec['num_classes']} classes and "
+            f"{spec['in_channels']} input channels, but data {cfg.data.name!r} has {num_classes} classes "
+            f"and {in_channels} channels"
+        )
+    return teacher
+
+
+class IndexedDataset(Dataset):
+    """Wrap a user's dataset of ``(x, y)`` pairs so it yields ``(x, y, index)`` as kdscope expects."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, y = self.dataset[i][:2]
+        return x, torch.as_tensor(y), i
+
+
+def distill(
+    teacher: nn.Module | None,
+    student: nn.Module,
+    train: Dataset | DataLoader,
+    val: Dataset | DataLoader | None = None,
+    *,
+    method: str | Method = "kd",
+    method_params: dict[str, Any] | None = None,
+    epochs: int = 10,
+    batch_size: int | None = None,
+    optim: OptimConfig | dict[str, Any] | None = None,
+    schedule: ScheduleConfig | dict[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    **train_options: Any,
+) -> FitResult:
+    """Distill ``teacher`` into ``student`` with users' own modules and data.
+
+    ``train``/``val`` are datasets of ``(x, y)`` (or ``(x, y, index)``) or DataLoaders over them (their
+    batch size is used). ``method`` is a registered name (``kdscope methods``) or a Method instance;
+    ``teacher=None`` with ``method="none"`` trains the student alone. Further keyword arguments are
+    :class:`~kdscope.config.TrainConfig` fields (``seed``, ``cache``, ``device``, ``ce_weight``, ...).
+
+    >>> result = kdscope.distill(teacher, student, train_ds, val_ds, method="kd", epochs=5)
+    """
+    train_set, train_bs = _as_dataset(train)
+    val_set, _ = _as_dataset(val) if val is not None else (None, None)
+    if isinstance(method, str):
+        method = create_method(method, **(method_params or {}))
+    trainer = Trainer(
+        student,
+        train_set,
+        val_set,
+        teacher=teacher,
+        method=method,
+        batch_size=batch_size or train_bs or 128,
+        optim=OptimConfig.model_validate(optim or {}) if not isinstance(optim, OptimConfig) else optim,
+        schedule=ScheduleConfig.model_validate(schedule or {})
+        if not isinstance(schedule, ScheduleConfig)
+        else schedule,
+        train=TrainConfig(epochs=epochs, **train_options),
+        run_dir=run_dir,
+        progress=progress,
+    )
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return trainer.fit(resume=resume)
+
+
+def _as_dataset(data: Dataset | DataLoader) -> tuple[Dataset, int | None]:
+    batch_size = None
+    if isinstance(data, DataLoader):
+        batch_size = data.batch_size
+        data = data.dataset
+    sample = data[0]
+    if isinstance(sample, (tuple, list)) and len(sample) == 2:
+        data = IndexedDataset(data)
+    return data, batch_size
+
+
+__all__ = ["IndexedDataset", "RunResult", "distill", "run"]

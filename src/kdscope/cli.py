@@ -1,0 +1,164 @@
+"""``kdscope`` command line: thin wrappers that parse, build a config and call the library."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="kdscope: distill neural networks and measure what knowledge moved.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+ConfigArg = Annotated[Path | None, typer.Argument(help="YAML run config (see configs/).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: key.sub=value.")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _run_config(config, overrides, shortcuts, resume, need_teacher: bool) -> None:
+    from kdscope.api import run
+    from kdscope.config import ConfigError, build_config, load_config
+    from kdscope.train import CheckpointError, NonFiniteLossError
+
+    extra = [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + list(overrides or [])
+    try:
+        cfg = load_config(config, extra) if config else build_config({}, extra)
+        if need_teacher and cfg.teacher is None:
+            raise ConfigError("distill needs a teacher: set teacher.checkpoint (or --teacher RUN_DIR)")
+        if not need_teacher and cfg.teacher is not None and cfg.method.name == "none":
+            console.print("note: the config names a teacher but method 'none' does not use it")
+        result = run(cfg, resume=resume)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    except NonFiniteLossError as err:
+        _fail(str(err), code=3)
+    except KeyboardInterrupt:
+        console.print("interrupted; the last checkpoint is saved, rerun with --resume to continue")
+        raise typer.Exit(130) from None
+    s = result.summary()
+    teacher = f", teacher {s['teacher_test_acc']:.4f}" if s["teacher_test_acc"] is not None else ""
+    console.print(f"test accuracy {s['test_acc']:.4f}{teacher}; run written to {s['run_dir']}")
+
+
+@app.command()
+def train(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    model: Annotated[str | None, typer.Option(help="Model to train (student.name).")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset name (data.name).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="train.epochs")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (directory under --out).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Directory of runs.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from checkpoints/last.pt.")] = False,
+) -> None:
+    """Train a model on labels alone (a teacher, or a baseline student)."""
+    shortcuts = {"student.name": model, "data.name": data, "train.epochs": epochs, "name": name,
+                 "out_dir": out}
+    _run_config(config, set_, shortcuts, resume, need_teacher=False)
+
+
+@app.command()
+def distill(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    teacher: Annotated[Path | None, typer.Option(help="Teacher run directory or .pt.")] = None,
+    student: Annotated[str | None, typer.Option(help="Student model (student.name).")] = None,
+    method: Annotated[str | None, typer.Option(help="Distillation method (method.name).")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset name (data.name).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="train.epochs")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (directory under --out).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Directory of runs.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from checkpoints/last.pt.")] = False,
+) -> None:
+    """Distill a trained teacher into a student."""
+    shortcuts = {"teacher.checkpoint": teacher, "student.name": student, "method.name": method,
+                 "data.name": data, "train.epochs": epochs, "name": name, "out_dir": out}
+    if teacher is not None:
+        from kdscope.train import load_model
+        from kdscope.train.checkpoint import CheckpointError
+
+        try:
+            shortcuts["teacher.name"] = load_model(teacher).kdscope_spec["name"]
+        except CheckpointError as err:
+            _fail(str(err))
+    _run_config(config, set_, shortcuts, resume, need_teacher=True)
+
+
+@app.command()
+def models(
+    num_classes: Annotated[int, typer.Option(help="Classes of the classifier.")] = 10,
+    in_channels: Annotated[int, typer.Option(help="Input channels.")] = 3,
+    input_size: Annotated[int, typer.Option(help="Input height = width.")] = 32,
+) -> None:
+    """List the model zoo with parameters and FLOPs at the given input size."""
+    from kdscope.models import zoo_table
+
+    table = Table("model", "params (M)", "MFLOPs", "feature layers")
+    for row in zoo_table(num_classes, in_channels, input_size):
+        table.add_row(row["name"], f"{row['params'] / 1e6:.3f}", f"{row['flops'] / 1e6:.1f}",
+                      ", ".join(row["feature_layers"]))
+    console.print(table)
+    console.print("Any torchvision classifier is also available as tv:<name>, e.g. tv:resnet18.")
+
+
+@app.command()
+def methods(
+    name: Annotated[str | None, typer.Argument(help="Show one method's documentation.")] = None,
+) -> None:
+    """List distillation methods with family, paper and defaults (or one method's docs)."""
+    import inspect
+
+    from kdscope.methods import METHODS, method_info
+
+    if name is not None:
+        from kdscope.registry import UnknownNameError
+
+        try:
+            cls = METHODS.get(name)
+        except UnknownNameError as err:
+            _fail(str(err))
+        info = method_info(name)
+        console.print(f"[bold]{name}[/bold] ({info['family']}) - {info['paper']}")
+        console.print(inspect.cleandoc(cls.__doc__ or ""))
+        console.print(f"defaults: {info['defaults']}\nneeds: {info['needs']}")
+        return
+    table = Table("method", "family", "paper", "defaults", "needs")
+    for n in METHODS.names():
+        info = method_info(n)
+        defaults = ", ".join(f"{k}={v}" for k, v in info["defaults"].items())
+        table.add_row(n, info["family"], info["paper"], defaults, ", ".join(info["needs"]))
+    console.print(table)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Directory of runs.")] = Path("runs"),
+    epochs: Annotated[int, typer.Option(help="Epochs per model.")] = 30,
+) -> None:
+    """Teacher, baseline and KD student on the bundled digits data, with what the student retained."""
+    from kdscope.demo import run_demo
+
+    run_demo(out / "demo", epochs=epochs, console=console)
+
+
+def main() -> None:
+    # SIGTERM (cluster pre-emption, `kill`) takes the same exact-checkpoint path as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Typed run configuration: YAML in, dotted CLI overrides, errors that name the bad field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names every bad field and what is accepted."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    name: str = "digits"
+    data_dir: Path | None = None
+    download: bool = False
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    augment: str = "none"
+    seed: int = 0
+    train_size: int | None = Field(None, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelConfig(_Strict):
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+class MethodConfig(_Strict):
+    name: str = "none"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimConfig(_Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    nesterov: bool = False
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["cosine", "multistep", "constant"] = "cosine"
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0.0)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    seed: int = 0
+    deterministic: bool = False
+    ce_weight: float | None = Field(None, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    device: str = "auto"
+    amp: bool = True
+    cache: Literal["auto", "off", "memory", "disk"] = "auto"
+    cache_dtype: Literal["float32", "float16"] = "float32"
+    cache_max_gb: float = Field(4.0, gt=0.0)
+    threads: int | None = Field(None, ge=1)
+
+
+class RunConfig(_Strict):
+    """Everything one training run needs; ``runs/<name>/config.yaml`` holds it resolved."""
+
+    name: str = "run"
+    out_dir: Path = Path("runs")
+    data: DataConfig = Field(default_factory=DataConfig)
+    student: ModelConfig
+    teacher: ModelConfig | None = None
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_dir / self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(root)"
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+        lines.append(f"  {field}: {e['msg']}{got}")
+    return "Invalid configuration:\n" + "\n".join(lines)
+
+
+def build_config(data: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """Validate a config dict after applying ``key.sub=value`` overrides (values parsed as YAML)."""
+    data = apply_overrides(data, overrides or [])
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config; see ``configs/`` for examples."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {str(path)!r} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+    return build_config(data, overrides)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``a.b.c=value`` set; ``value`` is parsed as YAML."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"Override {item!r} must look like key.sub=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"Override {item!r}: {part!r} is not a section")
+            node = child
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def check_names(cfg: RunConfig) -> list[str]:
+    """Every unknown dataset, model, method or augmentation name in ``cfg``, as messages (empty if ok)."""
+    from kdscope.data import DATASETS, AUGMENTS
+    from kdscope.methods import METHODS
+    from kdscope.models import MODELS
+
+    problems = []
+    if cfg.data.name not in DATASETS:
+        problems.append(f"data.name: {DATASETS.unknown_message(cfg.data.name)}")
+    if cfg.data.augment not in AUGMENTS:
+        problems.append(f"data.augment: {cfg.data.augment!r} is not one of {', '.join(AUGMENTS)}")
+    for field, model in (("student", cfg.student), ("teacher", cfg.teacher)):
+        if model is not None and not model.name.startswith("tv:") and model.name not in MODELS:
+            problems.append(f"{field}.name: {MODELS.unknown_message(model.name)}")
+    if cfg.method.name not in METHODS:
+        problems.append(f"method.name: {METHODS.unknown_message(cfg.method.name)}")
+    elif METHODS.get(cfg.method.name).needs.teacher and cfg.teacher is None:
+        problems.append(f"teacher: method {cfg.method.name!r} needs a teacher; none is configured")
+    return problems

@@ -1,0 +1,42 @@
+"""Datasets: a registry of loaders, each returning a :class:`DataBundle` of train/val/test splits.
+
+>>> from kdscope.data import load_data
+>>> data = load_data("digits", augment="none", seed=0)
+>>> len(data.train), len(data.val), len(data.test)
+(1294, 144, 359)
+"""
+
+from kdscope.data import digits, fashion_mnist, vision  # noqa: F401  (register the datasets)
+from kdscope.data.bundle import BatchAugment, DataBundle
+from kdscope.data.memory import InMemoryDataset, collate
+from kdscope.data.registry import (
+    DATASETS,
+    DEFAULT_DATA_DIR,
+    DatasetNotFoundError,
+    list_datasets,
+    load_data,
+    register_dataset,
+)
+from kdscope.data.splits import carve_splits, stratified_sample, stratified_split
+from kdscope.data.transforms import AUGMENTS, get_augment, standard_augment
+from kdscope.data.vision import FolderDataset
+
+__all__ = [
+    "AUGMENTS",
+    "BatchAugment",
+    "DATASETS",
+    "DEFAULT_DATA_DIR",
+    "DataBundle",
+    "DatasetNotFoundError",
+    "FolderDataset",
+    "InMemoryDataset",
+    "carve_splits",
+    "collate",
+    "get_augment",
+    "list_datasets",
+    "load_data",
+    "register_dataset",
+    "standard_augment",
+    "stratified_sample",
+    "stratified_split",
+]

@@ -1,0 +1,115 @@
+"""Grad-CAM (Selvaraju et al., ICCV 2017), batched, for any spatial layer of any model.
+
+map = ReLU(sum_c w_c a_c) with w_c the spatial mean of d(objective)/d(a_c), upsampled bilinearly to
+the input size and min-max normalised per image. Equal to ``pytorch_grad_cam.GradCAM`` for a single
+layer. Gradients are taken with ``torch.autograd.grad`` with respect to the layer's activations
+only, so the backward pass stops at the layer and parameters' ``.grad`` are left untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdscope.features import FeatureTap
+
+Objective = Callable[[Tensor, Tensor], Tensor]
+"""``objective(logits, activations) -> scalar``: what Grad-CAM differentiates."""
+
+Targets = Tensor | Sequence[int] | Objective | None
+
+
+def grad_cam(model: nn.Module, layer: str, inputs: Tensor, targets: Targets = None) -> Tensor:
+    """Grad-CAM maps of ``model`` at ``layer`` for a batch.
+
+    Args:
+        model: any classifier; it is put in eval mode for the call and restored afterwards.
+        layer: name of a module whose output is (B, C, h, w) (``:in`` for its input, as in
+            FeatureTap).
+        inputs: (B, C_in, H, W) normalised images.
+        targets: class per image (tensor or sequence of ints), ``None`` for the predicted class,
+            or an ``Objective`` (a custom scalar, e.g. UniCAM's).
+
+    Returns:
+        (B, H, W) float32 maps in [0, 1]; an image whose weighted activations are nowhere positive
+        gets an all-zero map.
+    """
+    with eval_mode(model), torch.enable_grad():
+        logits, acts = layer_activations(model, layer, inputs)
+        objective = _objective(targets, logits, acts)
+        (grads,) = torch.autograd.grad(objective, acts)
+    return cam_from(acts.detach(), grads, inputs.shape[-2:])
+
+
+def cam_from(acts: Tensor, grads: Tensor, size: Sequence[int]) -> Tensor:
+    """Grad-CAM weighting: ReLU(sum_c mean_hw(g_c) a_c), bilinear upsampling, per-image min-max."""
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = (weights * acts).sum(1, keepdim=True).relu()
+    cam = F.interpolate(cam.float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    return minmax(cam)
+
+
+def minmax(maps: Tensor) -> Tensor:
+    """Per-image min-max normalisation to [0, 1]; constant maps become all-zero."""
+    flat = maps.flatten(1)
+    low = flat.min(1, keepdim=True).values
+    span = flat.max(1, keepdim=True).values - low
+    scaled = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
+    return scaled.reshape_as(maps)
+
+
+def layer_activations(model: nn.Module, layer: str, inputs: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits and graph-carrying (B, C, h, w) activations of ``layer``; call with grad enabled."""
+    # Frozen models (no parameter requires grad) need a leaf that does, or the layer has no graph.
+    frozen = not any(p.requires_grad for p in model.parameters())
+    with FeatureTap(model, [layer], keep_grad=True) as tap:
+        logits = model(inputs.detach().requires_grad_(frozen))
+    acts = tap.features.get(layer)
+    if acts is None:
+        raise RuntimeError(f"layer {layer!r} was not reached by the forward pass")
+    if acts.ndim != 4:
+        raise ValueError(
+            f"Grad-CAM needs a spatial layer with (B, C, h, w) output; {layer!r} gives shape "
+            f"{tuple(acts.shape)}. Choose a convolutional stage (e.g. one of model.feature_layers)."
+        )
+    if not acts.requires_grad:
+        raise RuntimeError(f"activations of {layer!r} do not require grad (inside torch.no_grad?)")
+    return logits, acts
+
+
+@contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Put models in eval mode (BatchNorm statistics untouched), then restore every submodule."""
+    modes = [[(m, m.training) for m in model.modules()] for model in models]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for saved in modes:
+            for module, training in saved:
+                module.training = training
+
+
+def _objective(targets: Targets, logits: Tensor, acts: Tensor) -> Tensor:
+    if callable(targets):
+        value = targets(logits, acts)
+        if value.ndim != 0:
+            shape = tuple(value.shape)
+            raise ValueError(f"a Grad-CAM objective must return a scalar, got shape {shape}")
+        return value
+    if targets is None:
+        classes = logits.argmax(1)
+    else:
+        classes = torch.as_tensor(targets, device=logits.device).long().reshape(-1)
+        if classes.numel() != logits.shape[0]:
+            raise ValueError(f"got {classes.numel()} targets for a batch of {logits.shape[0]}")
+        if (classes < 0).any() or (classes >= logits.shape[1]).any():
+            raise ValueError(
+                f"targets must be class indices in [0, {logits.shape[1]}), got {classes.tolist()}"
+            )
+    return logits.gather(1, classes[:, None]).sum()

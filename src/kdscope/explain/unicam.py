@@ -1,0 +1,153 @@
+"""UniCAM: maps of the features one model has and the other lacks.
+
+Adhane, Dehshibi, Vetter, Masip, Roig, "On Explaining Knowledge Distillation: Measuring and
+Visualising the Knowledge Transfer Process", WACV 2025 (arXiv:2412.13943).
+
+For a batch, let A~, C~ be the U-centred distance matrices of the student's and the base model's
+features at a layer and E~ that of the label embeddings of the batch's ground-truth classes. The
+student's unique part is R = A~ - (<A~, C~> / <C~, C~>) C~; the objective is the bias-corrected
+correlation of R with E~, the semi-partial distance correlation
+(R*_se - R*_sb R*_be) / sqrt(1 - R*_sb^2). Grad-CAM weighting of the student's activations by
+the gradient of that objective gives the *distilled* map; swapping the models gives the *residual*
+map (what the base has that the student does not). With a teacher as ``base`` the same function
+shows the student's and the teacher's unique features.
+
+A map depends on its whole batch (distances are between examples), so the batch's labels (and
+indices, when given) are returned with the maps. When one model's features explain the other's
+entirely (1 - R*_sb^2 <= ``tolerance``, e.g. a model against an identical copy) there are no unique
+features: the objective is 0 with no useful gradient, both maps are all-zero and the result is
+flagged ``empty``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from kdscope.explain.gradcam import cam_from, eval_mode, layer_activations
+from kdscope.metrics.similarity import semipartial_distance_correlation, u_distance_correlation_sqr
+
+UNIQUE_TOLERANCE = 1e-10
+
+
+@dataclass
+class UniCAMResult:
+    """Distilled and residual maps of one batch, with what defines them.
+
+    Attributes:
+        distilled: (B, H, W) maps in [0, 1] of the student's features relative to the base.
+        residual: (B, H, W) maps in [0, 1] of the base's features relative to the student.
+        labels: (B,) ground-truth classes of the batch: the composition the maps depend on.
+        indices: (B,) dataset indices of the batch's examples, when given.
+        objective_distilled, objective_residual: the semi-partial dCor each map differentiates.
+        unique_fraction: 1 - R*(student, base)^2, the share of either model's distance structure
+            that the other does not explain.
+        empty: neither model has features the other lacks (``unique_fraction <= tolerance``);
+            both maps are all-zero.
+    """
+
+    distilled: Tensor
+    residual: Tensor
+    labels: Tensor
+    indices: Tensor | None
+    objective_distilled: float
+    objective_residual: float
+    unique_fraction: float
+    empty: bool
+
+    def composition(self) -> dict:
+        """JSON-ready description of the batch the maps were computed on."""
+        return batch_composition(self.labels, self.indices)
+
+
+def batch_composition(labels: Tensor, indices: Tensor | None = None) -> dict:
+    """Size, examples per class and (when known) dataset indices of a batch."""
+    counts = Counter(torch.as_tensor(labels).tolist())
+    return {
+        "size": sum(counts.values()),
+        "class_counts": {int(k): counts[k] for k in sorted(counts)},
+        "indices": None if indices is None else torch.as_tensor(indices).reshape(-1).tolist(),
+    }
+
+
+def unicam(
+    student: nn.Module,
+    base: nn.Module,
+    layer: str | tuple[str, str],
+    inputs: Tensor,
+    labels: Tensor,
+    label_embeddings: Tensor,
+    indices: Tensor | None = None,
+    tolerance: float = UNIQUE_TOLERANCE,
+) -> UniCAMResult:
+    """Distilled (student relative to base) and residual (base relative to student) maps of a batch.
+
+    Args:
+        student, base: the two models (put in eval mode for the call). ``base`` may be a teacher.
+        layer: a layer name both models have, or ``(student_layer, base_layer)``; spatial outputs.
+        inputs: (B, C, H, W) normalised images; B >= 4.
+        labels: (B,) ground-truth classes; the batch must hold at least 2 classes.
+        label_embeddings: (num_classes, dim) class embeddings (e.g. of the class names).
+        indices: (B,) dataset indices, recorded with the maps.
+        tolerance: 1 - R*(student, base)^2 at or below which the models share all their structure.
+    """
+    student_layer, base_layer = (layer, layer) if isinstance(layer, str) else layer
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    _check_batch(inputs, labels, label_embeddings)
+    embeddings = label_embeddings.detach().to(inputs.device, torch.float64)
+    embeddings = embeddings[labels.to(inputs.device)]
+
+    with eval_mode(student, base), torch.enable_grad():
+        _, s = layer_activations(student, student_layer, inputs)
+        _, b = layer_activations(base, base_layer, inputs)
+        shared = u_distance_correlation_sqr(s.detach(), b.detach()).clamp(-1.0, 1.0).item()
+        unique_fraction = 1.0 - shared**2
+        empty = unique_fraction <= tolerance
+        maps, objectives = [], []
+        for own, other in ((s, b), (b, s)):
+            if empty:
+                maps.append(torch.zeros(inputs.shape[0], *inputs.shape[-2:], device=inputs.device))
+                objectives.append(0.0)
+                continue
+            objective = semipartial_distance_correlation(own, embeddings, other)
+            (grads,) = torch.autograd.grad(objective, own, retain_graph=True)
+            maps.append(cam_from(own.detach(), grads, inputs.shape[-2:]))
+            objectives.append(objective.item())
+
+    return UniCAMResult(
+        distilled=maps[0],
+        residual=maps[1],
+        labels=labels.cpu(),
+        indices=None if indices is None else torch.as_tensor(indices).reshape(-1).cpu(),
+        objective_distilled=objectives[0],
+        objective_residual=objectives[1],
+        unique_fraction=unique_fraction,
+        empty=empty,
+    )
+
+
+def _check_batch(inputs: Tensor, labels: Tensor, label_embeddings: Tensor) -> None:
+    if labels.numel() != inputs.shape[0]:
+        raise ValueError(f"got {labels.numel()} labels for a batch of {inputs.shape[0]} inputs")
+    if inputs.shape[0] < 4:
+        raise ValueError(f"UniCAM needs a batch of at least 4 examples, got {inputs.shape[0]}")
+    classes = labels.unique()
+    if classes.numel() < 2:
+        raise ValueError(
+            f"UniCAM needs a batch with at least 2 classes: its objective correlates distances "
+            f"between examples with distances between their label embeddings, which are all zero "
+            f"when every example has class {classes.tolist()}. Compose batches of several classes."
+        )
+    if label_embeddings.ndim != 2:
+        raise ValueError(
+            "label_embeddings must be (num_classes, dim), "
+            f"got shape {tuple(label_embeddings.shape)}"
+        )
+    if int(labels.max()) >= label_embeddings.shape[0] or int(labels.min()) < 0:
+        raise ValueError(
+            f"labels must index the {label_embeddings.shape[0]} rows of label_embeddings, "
+            f"got classes {classes.tolist()}"
+        )

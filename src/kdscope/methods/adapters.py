@@ -1,0 +1,158 @@
+"""Shape adapters and layer choices shared by the feature- and relation-based methods.
+
+Adapters map student features to the teacher's shape (FitNet's regressor, OFD's connector, CRD's
+embedding); they are trainable submodules of the method, built in ``bind`` once shapes are known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdscope.methods.base import Method
+
+
+def classifier_of(model: nn.Module) -> nn.Linear:
+    """The model's final linear layer: ``model.classifier_layer`` (zoo models) or ``model.classifier``."""
+    name = getattr(model, "classifier_layer", None)
+    head = model.get_submodule(name) if name else getattr(model, "classifier", None)
+    if not isinstance(head, nn.Linear):
+        raise TypeError(
+            f"{type(model).__name__} exposes no linear classifier: set `classifier_layer` (a submodule "
+            "name) or a `classifier` nn.Linear attribute"
+        )
+    return head
+
+
+def penultimate_layer(model: nn.Module) -> str:
+    """FeatureTap name of the classifier's input (the pooled embedding): ``"<classifier>:in"``."""
+    name = getattr(model, "classifier_layer", None)
+    if name:
+        return f"{name}:in"
+    head = classifier_of(model)
+    for qualified, module in model.named_modules():
+        if module is head:
+            return f"{qualified}:in"
+    raise TypeError(f"{type(model).__name__}.classifier is not a submodule of the model")
+
+
+def pooled_map_layer(model: nn.Module) -> str:
+    """The feature map the classifier sees after global pooling: ``"avgpool:in"`` where the model has
+    an ``avgpool`` module (every zoo model, torchvision ResNets), else the last of ``feature_layers``."""
+    if isinstance(getattr(model, "avgpool", None), nn.Module):
+        return "avgpool:in"
+    layers = list(getattr(model, "feature_layers", []))
+    if not layers:
+        raise TypeError(f"{type(model).__name__} has neither an `avgpool` module nor `feature_layers`")
+    return layers[-1]
+
+
+def keep_pairs(method: Method, student: nn.Module, teacher: nn.Module | None, index: int | str) -> None:
+    """Resolve the method's layers (``Method.resolve_layers``) and keep one pair of them.
+
+    ``index`` is a position in the paired lists or ``"middle"`` (FitNet's hint: the pair at half
+    depth, ``(n - 1) // 2``). Layers the user chose explicitly are kept as given.
+    """
+    explicit = bool(method.student_layers or method.teacher_layers)
+    Method.resolve_layers(method, student, teacher)
+    if explicit:
+        return
+    n = len(method.student_layers)
+    i = (n - 1) // 2 if index == "middle" else index
+    method.student_layers = [method.student_layers[i]]
+    method.teacher_layers = [method.teacher_layers[i]]
+
+
+def flat(x: Tensor) -> Tensor:
+    """(B, ...) -> (B, D)."""
+    return x.reshape(x.shape[0], -1)
+
+
+def match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Average-pool the larger of two (B, C, H, W) maps to the other's spatial size (AT, OFD)."""
+    if a.dim() != 4 or a.shape[-2:] == b.shape[-2:]:
+        return a, b
+    if a.shape[-2] * a.shape[-1] > b.shape[-2] * b.shape[-1]:
+        return F.adaptive_avg_pool2d(a, b.shape[-2:]), b
+    return a, F.adaptive_avg_pool2d(b, a.shape[-2:])
+
+
+def require_maps(method: str, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raise a clear error when a method that needs (B, C, H, W) maps is given vectors."""
+    bad = {name: shape for name, shape in shapes.items() if len(shape) != 4}
+    if bad:
+        raise ValueError(
+            f"{method} needs convolutional feature maps (B, C, H, W); got {bad}. "
+            "Choose conv layers with student_layers/teacher_layers."
+        )
+
+
+class ConvRegressor(nn.Module):
+    """FitNet's regressor: student map (C_s, H_s, W_s) -> teacher map (C_t, H_t, W_t), then BN + ReLU.
+
+    The spatial mapping follows CRD/mdistiller's ``ConvReg``: a stride-2 3x3 conv when the student map
+    is twice as large, a stride-2 4x4 transposed conv when half as large, otherwise a valid conv with
+    kernel (1 + H_s - H_t, 1 + W_s - W_t) (1x1 when sizes match). Vectors (B, D) get a linear layer.
+    """
+
+    def __init__(self, s_shape: Sequence[int], t_shape: Sequence[int], relu: bool = True):
+        super().__init__()
+        if len(s_shape) != len(t_shape) or len(s_shape) not in (2, 4):
+            raise ValueError(
+                f"cannot regress student features {tuple(s_shape)} onto teacher features "
+                f"{tuple(t_shape)}: both must be (B, D) or (B, C, H, W)"
+            )
+        if len(s_shape) == 2:
+            self.map = nn.Linear(s_shape[1], t_shape[1])
+            self.bn = nn.BatchNorm1d(t_shape[1])
+        else:
+            (_, cs, hs, ws), (_, ct, ht, wt) = s_shape, t_shape
+            if hs == 2 * ht and ws == 2 * wt:
+                self.map = nn.Conv2d(cs, ct, 3, stride=2, padding=1)
+            elif 2 * hs == ht and 2 * ws == wt:
+                self.map = nn.ConvTranspose2d(cs, ct, 4, stride=2, padding=1)
+            elif hs >= ht and ws >= wt:
+                self.map = nn.Conv2d(cs, ct, (1 + hs - ht, 1 + ws - wt))
+            else:
+                raise ValueError(
+                    f"student map {hs}x{ws} is smaller than the teacher's {ht}x{wt} and not half of it"
+                )
+            self.bn = nn.BatchNorm2d(ct)
+        self.relu = relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.bn(self.map(x))
+        return F.relu(x) if self.relu else x
+
+
+class Connector(nn.Module):
+    """1x1 conv (or linear) + BN from C_s to C_t channels, no activation (OFD's connector).
+
+    Initialised as OFD's code: conv weights N(0, 2 / C_t), BN weight 1 and bias 0.
+    """
+
+    def __init__(self, s_channels: int, t_channels: int, maps: bool = True):
+        super().__init__()
+        if maps:
+            self.map = nn.Conv2d(s_channels, t_channels, 1, bias=False)
+            self.bn = nn.BatchNorm2d(t_channels)
+        else:
+            self.map = nn.Linear(s_channels, t_channels, bias=False)
+            self.bn = nn.BatchNorm1d(t_channels)
+        nn.init.normal_(self.map.weight, 0.0, (2.0 / t_channels) ** 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.map(x))
+
+
+class Embed(nn.Module):
+    """Linear projection of flattened features to ``dim`` followed by L2 normalisation (CRD, CRCD)."""
+
+    def __init__(self, dim_in: int, dim: int = 128):
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.linear(flat(x)), dim=1)

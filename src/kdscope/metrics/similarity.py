@@ -1,0 +1,379 @@
+"""Representation similarity: the CKA family and distance correlation (dCor, R*, partial dCor).
+
+Every function takes torch tensors or numpy arrays of shape (n, ...) (higher-rank features are
+flattened per example), computes in float64 and returns a 0-dim float64 tensor that carries
+gradients when its inputs do. Float64 throughout because the centring steps subtract large, nearly
+equal numbers (metrics.md, pitfalls); distances are never built as an n x n x d difference tensor.
+
+dCor names and meanings follow the ``dcor`` package (Székely & Rizzo 2007, 2014); unlike ``dcor``,
+constant inputs raise :class:`ZeroVarianceError` instead of returning 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+ArrayLike = Tensor | np.ndarray
+
+
+class ZeroVarianceError(ValueError):
+    """Features that do not vary over the examples: any similarity with them is undefined (0/0)."""
+
+
+def as_features(x: ArrayLike, name: str = "x") -> Tensor:
+    """``x`` as an (n, d) float64 tensor, flattened per example.
+
+    NaN or inf raise a ValueError naming ``name`` (a layer, in the Evaluator).
+    """
+    t = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+    if t.ndim == 0:
+        raise ValueError(f"{name} must have one row per example, got a scalar")
+    t = t.reshape(t.shape[0], -1).to(torch.float64)
+    bad = (~torch.isfinite(t.detach())).sum().item()
+    if bad:
+        raise ValueError(f"{name} has {bad} NaN or inf values (of {t.numel()})")
+    return t
+
+
+def check_pair(x: Tensor, y: Tensor, min_n: int, names: tuple[str, str] = ("x", "y")) -> int:
+    """Common sample count of ``x`` and ``y``, checked against ``min_n``."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{names[0]} and {names[1]} must have the same number of examples, "
+            f"got {x.shape[0]} and {y.shape[0]}"
+        )
+    n = x.shape[0]
+    if n < min_n:
+        raise ValueError(f"this estimator needs n >= {min_n} examples, got n = {n}")
+    return n
+
+
+def check_varies(x: Tensor, name: str = "x") -> None:
+    """Raise :class:`ZeroVarianceError` when all rows of ``x`` are equal."""
+    if bool((x.detach() == x.detach()[:1]).all()):
+        raise ZeroVarianceError(
+            f"{name} is constant over its {x.shape[0]} examples (zero variance): "
+            "the similarity is undefined"
+        )
+
+
+def pairwise_distances(x: ArrayLike, eps: float = 0.0) -> Tensor:
+    """n x n Euclidean distance matrix of the rows of ``x`` (float64, zero diagonal).
+
+    Uses ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j on column-centred rows, clamped at 0, so memory is
+    O(n^2 + nd). The square root has a zero gradient at zero distance (never NaN); ``eps > 0`` is
+    added inside it to smooth the gradient of near-coincident points, at the price of a bias of
+    about eps / (2 distance).
+    """
+    x = as_features(x)
+    x = x - x.mean(0, keepdim=True)
+    sq_norms = x.pow(2).sum(1)
+    sq = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * (x @ x.T)).clamp_min(0.0)
+    off_diagonal = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    if eps > 0:
+        return (sq + eps).sqrt() * off_diagonal
+    positive = (sq > 0) & off_diagonal
+    return torch.where(positive, sq, torch.ones_like(sq)).sqrt() * positive
+
+
+def double_centered(d: Tensor) -> Tensor:
+    """A_ij = d_ij - mean_i. - mean_.j + mean_.. (Székely et al. 2007)."""
+    return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
+
+
+def u_centered(d: Tensor) -> Tensor:
+    """U-centred matrix of Székely & Rizzo 2014 (``d``'s diagonal is ignored; the result's is 0).
+
+    A~_ij = d_ij - sum_l d_il/(n-2) - sum_k d_kj/(n-2) + sum_kl d_kl/((n-1)(n-2)) for i != j.
+    """
+    n = d.shape[0]
+    if n < 3:
+        raise ValueError(f"U-centring needs n >= 3 examples, got n = {n}")
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=d.device)
+    d = d * off_diagonal
+    rows = d.sum(1, keepdim=True) / (n - 2)
+    cols = d.sum(0, keepdim=True) / (n - 2)
+    total = d.sum() / ((n - 1) * (n - 2))
+    return (d - rows - cols + total) * off_diagonal
+
+
+def u_inner(a: Tensor, b: Tensor) -> Tensor:
+    """Inner product of U-centred matrices: sum_{i != j} a_ij b_ij / (n (n - 3)), n >= 4."""
+    n = a.shape[0]
+    if n < 4:
+        raise ValueError(f"the U-statistic needs n >= 4 examples, got n = {n}")
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=a.device)
+    return (a * b * off_diagonal).sum() / (n * (n - 3))
+
+
+def u_correlation(a: Tensor, b: Tensor) -> Tensor:
+    """<a, b> / sqrt(<a, a> <b, b>) in the space of U-centred matrices (can be negative)."""
+    denominator = u_inner(a, a) * u_inner(b, b)
+    if denominator.item() <= 0:
+        raise ZeroVarianceError("a U-centred matrix has zero norm: the correlation is undefined")
+    return u_inner(a, b) / denominator.sqrt()
+
+
+def _distance_matrices(*arrays: ArrayLike, names: str, centre, min_n: int) -> list[Tensor]:
+    feats = [as_features(a, name) for a, name in zip(arrays, names, strict=True)]
+    for other, name in zip(feats[1:], names[1:], strict=True):
+        check_pair(feats[0], other, min_n, (names[0], name))
+    for f, name in zip(feats, names, strict=True):
+        check_varies(f, name)
+    return [centre(pairwise_distances(f)) for f in feats]
+
+
+def distance_covariance_sqr(x: ArrayLike, y: ArrayLike) -> Tensor:
+    """V-statistic dCov^2_n(x, y) = sum A * B / n^2 (Székely et al. 2007)."""
+    a, b = _distance_matrices(x, y, names="xy", centre=double_centered, min_n=2)
+    return (a * b).mean()
+
+
+def distance_covariance(x: ArrayLike, y: ArrayLike) -> Tensor:
+    """dCov_n(x, y), the square root of :func:`distance_covariance_sqr`."""
+    return distance_covariance_sqr(x, y).clamp_min(0.0).sqrt()
+
+
+def distance_correlation_sqr(x: ArrayLike, y: ArrayLike) -> Tensor:
+    """V-statistic dCor^2 = dCov^2(x, y) / sqrt(dCov^2(x, x) dCov^2(y, y)), in [0, 1]."""
+    a, b = _distance_matrices(x, y, names="xy", centre=double_centered, min_n=2)
+    return (a * b).mean() / ((a * a).mean() * (b * b).mean()).sqrt()
+
+
+def distance_correlation(x: ArrayLike, y: ArrayLike) -> Tensor:
+    """dCor(x, y), the square root of :func:`distance_correlation_sqr`."""
+    return distance_correlation_sqr(x, y).clamp_min(0.0).sqrt()
+
+
+def u_distance_covariance_sqr(x: ArrayLike, y: ArrayLike) -> Tensor:
+    """Unbiased dCov^2: <A~, B~> with U-centred distance matrices (Székely & Rizzo 2014), n >= 4."""
+    a, b = _distance_matrices(x, y, names="xy", centre=u_centered, min_n=4)
+    return u_inner(a, b)
+
+
+def u_distance_correlation_sqr(x: ArrayLike, y: ArrayLike) -> Tensor:
+    """Bias-corrected dCor^2, R*(x, y) = <A~, B~> / sqrt(<A~, A~> <B~, B~>); may be < 0; n >= 4."""
+    a, b = _distance_matrices(x, y, names="xy", centre=u_centered, min_n=4)
+    return u_correlation(a, b)
+
+
+def _project_out(a: Tensor, c: Tensor) -> Tensor:
+    """a minus its projection on c in the space of U-centred matrices (c = 0 projects nothing)."""
+    cc = u_inner(c, c)
+    return a if cc.item() == 0 else a - (u_inner(a, c) / cc) * c
+
+
+def partial_distance_covariance(x: ArrayLike, y: ArrayLike, z: ArrayLike) -> Tensor:
+    """pdCov(x, y; z) = <P_z(A~), P_z(B~)>, P_z the projection orthogonal to C~.
+
+    Székely & Rizzo (2014), Annals of Statistics 42(6).
+    """
+    a, b, c = _distance_matrices(x, y, z, names="xyz", centre=u_centered, min_n=4)
+    return u_inner(_project_out(a, c), _project_out(b, c))
+
+
+def _clipped_correlation(a: Tensor, b: Tensor) -> Tensor:
+    return u_correlation(a, b).clamp(-1.0, 1.0)
+
+
+def partial_distance_correlation(x: ArrayLike, y: ArrayLike, z: ArrayLike) -> Tensor:
+    """pdCor(x, y; z) = (R*xy - R*xz R*yz) / sqrt((1 - R*xz^2)(1 - R*yz^2)), in [-1, 1].
+
+    As in ``dcor``, the value is 0 when x or y is entirely explained by z (a zero denominator).
+    """
+    a, b, c = _distance_matrices(x, y, z, names="xyz", centre=u_centered, min_n=4)
+    r_xy, r_xz, r_yz = (
+        _clipped_correlation(a, b),
+        _clipped_correlation(a, c),
+        _clipped_correlation(b, c),
+    )
+    denominator = (1 - r_xz**2) * (1 - r_yz**2)
+    if denominator.item() <= 0:
+        return torch.zeros((), dtype=torch.float64)
+    return (r_xy - r_xz * r_yz) / denominator.sqrt()
+
+
+def semipartial_distance_correlation(x: ArrayLike, y: ArrayLike, z: ArrayLike) -> Tensor:
+    """Semi-partial dCor: R* between P_z(A~) (x with z projected out) and B~ (y untouched).
+
+    Equals (R*xy - R*xz R*yz) / sqrt(1 - R*xz^2). UniCAM's objective (Adhane et al.) with x the
+    student's features, z the base model's and y the label embeddings. 0 when z explains x entirely.
+    """
+    a, b, c = _distance_matrices(x, y, z, names="xyz", centre=u_centered, min_n=4)
+    r_xy, r_xz, r_yz = (
+        _clipped_correlation(a, b),
+        _clipped_correlation(a, c),
+        _clipped_correlation(b, c),
+    )
+    denominator = 1 - r_xz**2
+    if denominator.item() <= 0:
+        return torch.zeros((), dtype=torch.float64)
+    return (r_xy - r_xz * r_yz) / denominator.sqrt()
+
+
+def _median(values: Tensor) -> Tensor:
+    # numpy's median (mean of the two middle values); torch.quantile refuses > 2^24 elements.
+    flat = values.reshape(-1)
+    k = flat.numel()
+    low = flat.kthvalue((k + 1) // 2).values
+    high = flat.kthvalue(k // 2 + 1).values
+    return (low + high) / 2
+
+
+def linear_gram(x: Tensor) -> Tensor:
+    """K = Xc Xc^T with columns centred first (same CKA, far less cancellation than X X^T)."""
+    x = x - x.mean(0, keepdim=True)
+    return x @ x.T
+
+
+def rbf_gram(x: Tensor, threshold: float = 1.0) -> Tensor:
+    """K_ij = exp(-||x_i - x_j||^2 / (2 t^2 median(||x_k - x_l||^2))), median over all n^2 pairs.
+
+    The bandwidth rule (threshold t as a fraction of the median distance, diagonal included in the
+    median) is that of Kornblith et al.'s reference notebook.
+    """
+    sq = pairwise_distances(x).pow(2)
+    median = _median(sq.detach())
+    if median.item() == 0:
+        raise ZeroVarianceError("the median squared distance is 0: the RBF bandwidth is undefined")
+    return torch.exp(-sq / (2 * threshold**2 * median))
+
+
+def cka_from_grams(k: Tensor, l: Tensor, debiased: bool = False) -> Tensor:  # noqa: E741
+    """CKA of two n x n Gram matrices: biased (double centring) or debiased (U-centring, HSIC_1)."""
+    if debiased:
+        ku, lu = u_centered(k), u_centered(l)
+        kk, ll = u_inner(ku, ku), u_inner(lu, lu)
+        if kk.item() <= 0 or ll.item() <= 0:
+            raise ZeroVarianceError(
+                f"HSIC_1(K, K) = {kk.item():.3g}, HSIC_1(L, L) = {ll.item():.3g}: debiased CKA is "
+                "undefined (constant features or too few examples)"
+            )
+        return u_inner(ku, lu) / (kk * ll).sqrt()
+    kc, lc = double_centered(k), double_centered(l)
+    return (kc * lc).sum() / ((kc * kc).sum() * (lc * lc).sum()).sqrt()
+
+
+def _cka_inputs(x: ArrayLike, y: ArrayLike, debiased: bool) -> tuple[Tensor, Tensor]:
+    x, y = as_features(x, "x"), as_features(y, "y")
+    check_pair(x, y, 4 if debiased else 2)
+    check_varies(x, "x")
+    check_varies(y, "y")
+    return x, y
+
+
+def linear_cka(x: ArrayLike, y: ArrayLike, debiased: bool = False) -> Tensor:
+    """Linear CKA (Kornblith et al. 2019), biased or debiased (unbiased HSIC of Song et al. 2012).
+
+    Biased CKA with fewer features than examples uses the feature-space form
+    ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F); otherwise the n x n Gram form. The biased
+    estimator is inflated when d >> n: prefer ``debiased=True`` there (n >= 4).
+    """
+    x, y = _cka_inputs(x, y, debiased)
+    if not debiased and max(x.shape[1], y.shape[1]) < x.shape[0]:
+        xc, yc = x - x.mean(0, keepdim=True), y - y.mean(0, keepdim=True)
+        cross = (yc.T @ xc).pow(2).sum()
+        return cross / ((xc.T @ xc).pow(2).sum() * (yc.T @ yc).pow(2).sum()).sqrt()
+    return cka_from_grams(linear_gram(x), linear_gram(y), debiased)
+
+
+def rbf_cka(x: ArrayLike, y: ArrayLike, threshold: float = 1.0, debiased: bool = False) -> Tensor:
+    """CKA with RBF kernels of bandwidth ``threshold`` x the median distance (:func:`rbf_gram`)."""
+    if threshold <= 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}")
+    x, y = _cka_inputs(x, y, debiased)
+    return cka_from_grams(rbf_gram(x, threshold), rbf_gram(y, threshold), debiased)
+
+
+class MinibatchCKA:
+    """Minibatch linear CKA of Nguyen, Raghu & Kornblith (ICLR 2021), memory O(b^2) whatever n.
+
+    CKA = sum_i HSIC_1(K_i, L_i) / sqrt(sum_i HSIC_1(K_i, K_i) sum_i HSIC_1(L_i, L_i)) over batches
+    i, with the unbiased HSIC_1; not the mean of per-batch CKA. Batches of fewer than 4 examples
+    cannot enter HSIC_1: they are skipped and counted in ``skipped_examples``. ``name`` labels
+    errors.
+    """
+
+    estimator = "minibatch debiased linear CKA (Nguyen et al. 2021)"
+
+    def __init__(self, name: str = "features"):
+        self.name = name
+        self.n = 0
+        self.batches = 0
+        self.skipped_examples = 0
+        self._sums = torch.zeros(3, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, x: ArrayLike, y: ArrayLike) -> None:
+        x, y = as_features(x, f"{self.name} (x)"), as_features(y, f"{self.name} (y)")
+        n = check_pair(x, y, 1)
+        if n < 4:
+            self.skipped_examples += n
+            return
+        ku, lu = u_centered(linear_gram(x)), u_centered(linear_gram(y))
+        self._sums += torch.stack([u_inner(ku, lu), u_inner(ku, ku), u_inner(lu, lu)]).cpu()
+        self.n += n
+        self.batches += 1
+
+    def compute(self) -> float:
+        if self.batches == 0:
+            raise ValueError(f"{self.name}: no batch of >= 4 examples was seen; CKA is undefined")
+        kl, kk, ll = self._sums.tolist()
+        if kk <= 0 or ll <= 0:
+            which = "x" if kk <= 0 else "y"
+            raise ZeroVarianceError(
+                f"{self.name}: features {which} have zero variance within every batch; "
+                "CKA is undefined"
+            )
+        return kl / (kk * ll) ** 0.5
+
+
+class StreamingLinearCKA:
+    """Biased linear CKA in feature space, streamed over batches in O((d_x + d_y)^2) memory.
+
+    Keeps the centred co-moment matrices Xc^T Xc, Yc^T Yc, Yc^T Xc, merged batch by batch (Chan et
+    al.'s pairwise update, float64); CKA = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F), equal to
+    ``linear_cka(X, Y)`` on the concatenated data. For d << n: the biased estimator is inflated
+    otherwise.
+    """
+
+    estimator = "streaming biased linear CKA (feature space)"
+
+    def __init__(self, name: str = "features"):
+        self.name = name
+        self.n = 0
+        self._mean_x: Tensor | None = None
+        self._mean_y: Tensor | None = None
+        self._xx = self._yy = self._yx = torch.zeros(())
+
+    @torch.no_grad()
+    def update(self, x: ArrayLike, y: ArrayLike) -> None:
+        x, y = as_features(x, f"{self.name} (x)"), as_features(y, f"{self.name} (y)")
+        b = check_pair(x, y, 1)
+        mx, my = x.mean(0), y.mean(0)
+        xc, yc = x - mx, y - my
+        xx, yy, yx = xc.T @ xc, yc.T @ yc, yc.T @ xc
+        if self._mean_x is None:
+            self._mean_x, self._mean_y, self._xx, self._yy, self._yx = mx, my, xx, yy, yx
+            self.n = b
+            return
+        total = self.n + b
+        dx, dy = mx - self._mean_x, my - self._mean_y
+        w = self.n * b / total
+        self._xx = self._xx + xx + w * torch.outer(dx, dx)
+        self._yy = self._yy + yy + w * torch.outer(dy, dy)
+        self._yx = self._yx + yx + w * torch.outer(dy, dx)
+        self._mean_x = self._mean_x + dx * (b / total)
+        self._mean_y = self._mean_y + dy * (b / total)
+        self.n = total
+
+    def compute(self) -> float:
+        if self.n < 2:
+            raise ValueError(f"{self.name}: CKA needs n >= 2 examples, got n = {self.n}")
+        xx, yy = self._xx.pow(2).sum().item(), self._yy.pow(2).sum().item()
+        if xx == 0 or yy == 0:
+            which = "x" if xx == 0 else "y"
+            raise ZeroVarianceError(f"{self.name}: features {which} are constant; CKA is undefined")
+        return self._yx.pow(2).sum().item() / (xx * yy) ** 0.5

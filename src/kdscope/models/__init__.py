@@ -1,0 +1,21 @@
+"""Model zoo: CIFAR-style ResNets, WRNs, VGGs, MobileNetV2, small nets, and torchvision as ``tv:<name>``."""
+
+from kdscope.models import mobilenetv2, resnet, small, vgg, wrn  # noqa: F401  (registers the zoo)
+from kdscope.models.registry import (
+    MODELS,
+    create_model,
+    get_classifier,
+    list_models,
+    register_model,
+)
+from kdscope.models.summary import model_summary, zoo_table
+
+__all__ = [
+    "MODELS",
+    "create_model",
+    "get_classifier",
+    "list_models",
+    "model_summary",
+    "register_model",
+    "zoo_table",
+]

@@ -1,0 +1,78 @@
+"""Checkpoints written atomically, read with errors that say what is wrong with them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: missing, corrupt, or written for another model or run."""
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """Write with ``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict on the CPU; corrupt or foreign files raise :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"Checkpoint {str(path)!r} is corrupt or not a torch file: {err}") from err
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"Checkpoint {str(path)!r} was not written by kdscope (no 'model' entry)")
+    return ckpt
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A checkpoint file, or a run directory (-> ``checkpoints/<which>.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / f"{which}.pt"
+    return path
+
+
+def load_model(path: str | Path, which: str = "best") -> nn.Module:
+    """Rebuild a zoo model from a kdscope checkpoint or run directory, in eval mode on the CPU."""
+    from kdscope.models import create_model
+
+    ckpt = read_checkpoint(resolve_checkpoint(path, which))
+    spec = ckpt.get("model_spec")
+    if not spec:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} has no model_spec: it holds weights of a model that is not in "
+            "the zoo; build the model yourself and call load_state_dict(ckpt['model'])"
+        )
+    model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], **spec["kwargs"])
+    load_weights(model, ckpt["model"], str(path))
+    return model.eval()
+
+
+def load_weights(model: nn.Module, state: dict[str, Any], source: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"Checkpoint {source!r} does not fit {type(model).__name__}: {err}".split("\n\t")[0]
+        ) from None

@@ -1,0 +1,547 @@
+"""The one training loop: teachers, baselines and every distillation method run through ``Trainer``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from kdscope.config import OptimConfig, ScheduleConfig, TrainConfig
+from kdscope.features import FeatureTap
+from kdscope.methods import BindContext, Method, Outputs, create_method
+from kdscope.train import distributed as ddp
+from kdscope.train.cache import TeacherCache
+from kdscope.train.checkpoint import CheckpointError, read_checkpoint, save_atomic
+from kdscope.train.optim import build_optimizer, lr_factor, set_lr
+from kdscope.train.progress import make_progress
+from kdscope.train.sampler import EpochBatchSampler
+from kdscope.train.seeding import derived_seed, rng_state, seed_everything, set_rng_state
+
+CHECK_EVERY = 50  # steps between non-finite checks: a sync point on GPU, so not every step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or inf; the message names the term and the step."""
+
+
+@dataclass
+class FitResult:
+    best_val_acc: float | None
+    final_val_acc: float | None
+    teacher_val_acc: float | None
+    epochs: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    cache: str = "off"
+    cache_fill_s: float = 0.0
+
+
+class Trainer:
+    """Train ``student`` on ``train_set`` with a distillation ``method`` (``"none"`` = labels alone).
+
+    Loss per step: ``ce_weight * CE(student(x), y) + sum(method(outputs).values())``, where ``ce_weight``
+    is the run's ``train.ce_weight`` or the method's default. The teacher is frozen in eval mode under
+    ``no_grad``; with a deterministic input pipeline its outputs are cached once (``train.cache``).
+    With ``run_dir`` set, each epoch appends to ``metrics.jsonl`` and writes ``checkpoints/last.pt``
+    (and ``best.pt`` on a new best validation accuracy) atomically; Ctrl-C writes ``last.pt`` mid-epoch
+    and ``fit(resume=True)`` continues exactly where the run stopped.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        train_set: Dataset,
+        val_set: Dataset | None = None,
+        *,
+        teacher: nn.Module | None = None,
+        method: Method | str = "none",
+        num_classes: int | None = None,
+        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+        collate: Callable | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        num_workers: int = 0,
+        optim: OptimConfig | None = None,
+        schedule: ScheduleConfig | None = None,
+        train: TrainConfig | None = None,
+        run_dir: str | Path | None = None,
+        config: dict[str, Any] | None = None,
+        progress: bool = True,
+    ):
+        from kdscope.data import collate as default_collate
+
+        self.method = create_method(method) if isinstance(method, str) else method
+        if self.method.needs.teacher and teacher is None:
+            raise ValueError(f"method {type(self.method).__name__} needs a teacher; none was given")
+        self.student, self.teacher = student, teacher
+        self.train_set, self.val_set = train_set, val_set
+        self.num_classes = num_classes or _infer_classes(student)
+        if teacher is not None and _infer_classes(teacher) not in (None, self.num_classes):
+            raise ValueError(
+                f"teacher predicts {_infer_classes(teacher)} classes but the student predicts "
+                f"{self.num_classes}: they must share the label space"
+            )
+        self.augment = augment
+        self.collate = collate or default_collate
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.optim_cfg = optim or OptimConfig()
+        self.schedule_cfg = schedule or ScheduleConfig()
+        self.cfg = train or TrainConfig()
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.config = config or {}
+        self.show_progress = progress
+        self.device = _pick_device(self.cfg.device)
+        self.dist = ddp.DistInfo()
+        self.cache: TeacherCache | None = None
+        self._stop_requested = False
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        self.dist = ddp.init_distributed(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        self.amp = self.cfg.amp and self.device.type == "cuda"
+        self.student.to(self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device).eval().requires_grad_(False)
+        self.method.resolve_layers(self.student, self.teacher)
+        self._bind_method()
+        self.method.to(self.device)
+        params = list(self.student.parameters()) + list(self.method.parameters())
+        self.optimizer = build_optimizer(params, self.optim_cfg)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.model = self.student
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
+
+    def _bind_method(self) -> None:
+        x = self.collate([self.train_set[0], self.train_set[1]])[0].to(self.device)
+        s_shapes = _shapes(self.student, self.method.student_layers, x)
+        t_shapes = _shapes(self.teacher, self.method.teacher_layers, x) if self.teacher else {}
+        self.method.bind(
+            BindContext(
+                student=self.student,
+                teacher=self.teacher,
+                num_classes=self.num_classes,
+                num_train=len(self.train_set),
+                student_shapes=s_shapes,
+                teacher_shapes=t_shapes,
+            )
+        )
+
+    def _cache_mode(self) -> str:
+        needs = self.method.needs
+        wanted = self.cfg.cache
+        if self.teacher is None or not (needs.teacher_logits or needs.teacher_features):
+            return "off"
+        if self.augment is not None:
+            if wanted in ("memory", "disk"):
+                raise ValueError(
+                    f"train.cache={wanted!r} needs deterministic inputs, but the data has random "
+                    "augmentation; use data.augment=none or train.cache=auto/off"
+                )
+            return "off"
+        if wanted == "auto":
+            return "memory"
+        return wanted
+
+    def _build_cache(self, mode: str, progress) -> float:
+        if mode == "off":
+            return 0.0
+        layers = self.method.teacher_layers if self.method.needs.teacher_features else []
+        dtype = torch.float16 if self.cfg.cache_dtype == "float16" else torch.float32
+        x = self.collate([self.train_set[0]])[0].to(self.device)
+        size = TeacherCache.estimate_bytes(self.teacher, x, layers, len(self.train_set), dtype)
+        if size > self.cfg.cache_max_gb * 2**30:
+            if self.cfg.cache == "auto":
+                self._log(f"teacher cache off: it would take {size / 2**30:.1f} GiB "
+                          f"> train.cache_max_gb={self.cfg.cache_max_gb}")
+                self.cache_mode = "off"
+                return 0.0
+            raise ValueError(
+                f"the teacher cache would take {size / 2**30:.1f} GiB, over "
+                f"train.cache_max_gb={self.cfg.cache_max_gb}; raise it, use float16 or cache=off"
+            )
+        start = time.perf_counter()
+        self.cache = TeacherCache.build(
+            self.teacher,
+            self.train_set,
+            layers,
+            collate=self.collate,
+            batch_size=self.eval_batch_size,
+            device=self.device,
+            dtype=dtype,
+            where=mode,
+            directory=self.run_dir / "cache" if self.run_dir else None,
+            autocast=self.amp,
+            progress=progress,
+        )
+        return time.perf_counter() - start
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> FitResult:
+        """Train for ``train.epochs`` epochs (continuing from ``last.pt`` when ``resume``)."""
+        with _stop_between_steps(self):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> FitResult:
+        seed_everything(self.cfg.seed, self.cfg.deterministic)
+        self._setup()
+        state = self._resume_state() if resume else None
+        start_epoch, start_step, best, acc_state = 0, 0, None, None
+        history: list[dict[str, Any]] = []
+        if state is not None:
+            start_epoch, start_step = state["epoch"], state["step"]
+            best, acc_state, history = state["best_val_acc"], state.get("accumulators"), state["history"]
+        self.cache_mode = self._cache_mode()
+        result = FitResult(None, None, None, self.cfg.epochs, history, self.cache_mode)
+        with make_progress(self.show_progress and self.dist.is_main) as progress:
+            result.cache_fill_s = self._build_cache(self.cache_mode, progress)
+            result.cache = self.cache_mode
+            result.teacher_val_acc = self._teacher_val_acc()
+            s_tap = self._tap(self.student, self.method.student_layers, self.method.needs.student_features)
+            t_tap = self._tap(self.teacher, self.method.teacher_layers, self.method.needs.teacher_features,
+                              detach=True)
+            with s_tap, t_tap:
+                for epoch in range(start_epoch, self.cfg.epochs):
+                    record = self._train_epoch(epoch, start_step, acc_state, s_tap, t_tap, progress,
+                                               best, history)
+                    start_step, acc_state = 0, None
+                    record["val_acc"] = self._val_acc()
+                    record["teacher_val_acc"] = result.teacher_val_acc
+                    improved = record["val_acc"] is not None and (best is None or record["val_acc"] > best)
+                    if improved:
+                        best = record["val_acc"]
+                    history.append(record)
+                    self._end_epoch(epoch, record, best, history, improved)
+        result.best_val_acc = best
+        result.final_val_acc = history[-1]["val_acc"] if history else None
+        result.history = history
+        return result
+
+    def _train_epoch(self, epoch, start_step, acc_state, s_tap, t_tap, progress, best, history):
+        self.student.train()
+        self.method.train()
+        lr = set_lr(self.optimizer, self.optim_cfg.lr, lr_factor(epoch, self.cfg.epochs,
+                                                                  self.schedule_cfg))
+        sampler = EpochBatchSampler(
+            len(self.train_set), self.batch_size, shuffle=True, seed=self.cfg.seed, epoch=epoch,
+            start=start_step, rank=self.dist.rank, world=self.dist.world,
+        )
+        loader = DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate,
+                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        acc = _Accumulator.from_state(acc_state)
+        task = progress.add_task(f"epoch {epoch + 1}/{self.cfg.epochs}", total=len(sampler) + start_step,
+                                 completed=start_step)
+        step = start_step
+        t0 = time.perf_counter()
+        try:
+            for x, y, idx in loader:
+                if self._stop_requested:
+                    raise KeyboardInterrupt
+                acc.add(self._step(x, y, idx, epoch, step, s_tap, t_tap), y.numel())
+                step += 1
+                progress.advance(task)
+                if step % CHECK_EVERY == 0:
+                    acc.flush(epoch, step)
+        except KeyboardInterrupt:
+            acc.flush(epoch, step, check=False)
+            if self.dist.is_main and self.run_dir is not None:
+                self._save("last.pt", epoch, step, best, history, acc.state())
+                self._log(f"interrupted at epoch {epoch + 1}, step {step}: saved "
+                          f"{self.run_dir / 'checkpoints' / 'last.pt'}; resume with --resume")
+            raise
+        acc.flush(epoch, step)
+        progress.remove_task(task)
+        elapsed = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "lr": lr, **acc.means(), "images_per_s": acc.count / elapsed
+                  * self.dist.world if elapsed > 0 else None, "epoch_time_s": elapsed}
+        return record
+
+    def _step(self, x, y, idx, epoch, step, s_tap, t_tap) -> dict[str, Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.augment is not None:
+            gen = torch.Generator(self.device).manual_seed(derived_seed(self.cfg.seed, epoch, step))
+            x = self.augment(x, gen)
+        needs = self.method.needs
+        with torch.autocast(self.device.type, enabled=self.amp):
+            logits = self.model(x)
+            t_logits, t_feats = self._teacher_outputs(x, idx, t_tap)
+            out = Outputs(
+                student_logits=logits,
+                labels=y,
+                teacher_logits=t_logits,
+                student_features=s_tap.ordered() if needs.student_features else [],
+                teacher_features=t_feats,
+                indices=idx.to(self.device) if needs.indices else None,
+                inputs=x,
+                epoch=epoch,
+                step=step,
+            )
+            terms = self.method(out)
+            ce_weight = self.cfg.ce_weight if self.cfg.ce_weight is not None else self.method.ce_weight
+            ce = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+            loss = ce_weight * ce + sum(terms.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        ddp.average_gradients(self.method, self.dist)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        with torch.no_grad():
+            correct = (logits.argmax(1) == y).sum()
+        return {"loss": loss.detach(), "ce": ce.detach(), **{k: v.detach() for k, v in terms.items()},
+                "correct": correct}
+
+    def _teacher_outputs(self, x, idx, t_tap) -> tuple[Tensor | None, list[Tensor]]:
+        needs = self.method.needs
+        if not (needs.teacher_logits or needs.teacher_features):
+            return None, []
+        if self.cache is not None:
+            logits, feats = self.cache.lookup(idx, self.device)
+            return logits, feats
+        with torch.no_grad():
+            logits = self.teacher(x)
+        return logits, t_tap.ordered() if needs.teacher_features else []
+
+    # ---- evaluation, checkpoints, logs --------------------------------------------------------
+    def _val_acc(self) -> float | None:
+        if self.val_set is None or not self.dist.is_main:
+            ddp.barrier(self.dist)
+            return None
+        acc = accuracy(self.student, self.val_set, self.eval_batch_size, self.device, self.collate,
+                       self.amp)
+        ddp.barrier(self.dist)
+        return acc
+
+    def _teacher_val_acc(self) -> float | None:
+        if self.teacher is None or self.val_set is None or not self.dist.is_main:
+            return None
+        return accuracy(self.teacher, self.val_set, self.eval_batch_size, self.device, self.collate,
+                        self.amp)
+
+    def _end_epoch(self, epoch, record, best, history, improved) -> None:
+        if not self.dist.is_main:
+            return
+        self._log(_epoch_line(record))
+        if self.run_dir is None:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self._save("last.pt", epoch + 1, 0, best, history, None)
+        if improved:
+            self._save("best.pt", epoch + 1, 0, best, history, None)
+
+    def _save(self, name, epoch, step, best, history, accumulators) -> None:
+        save_atomic(
+            {
+                "model": self.student.state_dict(),
+                "model_spec": getattr(self.student, "kdscope_spec", None),
+                "method": self.method.state_dict(),
+                "method_name": getattr(self.method, "name", type(self.method).__name__),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "best_val_acc": best,
+                "history": history,
+                "accumulators": accumulators,
+                "rng": rng_state(),
+                "config": self.config,
+            },
+            self.run_dir / "checkpoints" / name,
+        )
+
+    def _resume_state(self) -> dict[str, Any] | None:
+        path = self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
+        if path is None or not path.exists():
+            self._log("no checkpoint to resume from; starting fresh")
+            return None
+        ckpt = read_checkpoint(path)
+        spec = getattr(self.student, "kdscope_spec", None)
+        if ckpt.get("model_spec") and spec and ckpt["model_spec"] != spec:
+            raise CheckpointError(
+                f"{path} was written for student {ckpt['model_spec']['name']!r} "
+                f"({ckpt['model_spec']}), but this run builds {spec}"
+            )
+        try:
+            self.student.load_state_dict(ckpt["model"])
+            self.method.load_state_dict(ckpt["method"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{path} does not match this run: {str(err).splitlines()[0]}") from None
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        self._truncate_metrics(ckpt["epoch"])
+        self._log(f"resuming from {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step']}")
+        return ckpt
+
+    def _truncate_metrics(self, epochs_done: int) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        if self.dist.is_main and path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in lines if json.loads(ln)["epoch"] <= epochs_done]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+    def _tap(self, model, layers, wanted, detach=False):
+        if model is None or not wanted or not layers:
+            return _NullTap()
+        return FeatureTap(model, layers, detach=detach)
+
+    def _log(self, message: str) -> None:
+        if self.dist.is_main and self.show_progress:
+            from rich import print as rprint
+
+            rprint(message)
+
+
+class _stop_between_steps:
+    """Turn the first Ctrl-C into a stop at the next step boundary (so the checkpoint is exact);
+    a second Ctrl-C interrupts at once."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.previous = None
+
+    def _handler(self, signum, frame):
+        if self.trainer._stop_requested:
+            raise KeyboardInterrupt
+        self.trainer._stop_requested = True
+
+    def __enter__(self):
+        self.trainer._stop_requested = False
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class _NullTap:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def ordered(self) -> list[Tensor]:
+        return []
+
+
+class _Accumulator:
+    """Per-step loss terms kept on the device and summed at flush time, so steps never synchronise.
+
+    Flushing is also where non-finite terms are caught: the first bad step and term are named.
+    """
+
+    def __init__(self):
+        self.pending: list[tuple[int, dict[str, Tensor]]] = []
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.steps = 0
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> _Accumulator:
+        acc = cls()
+        if state:
+            acc.sums, acc.count, acc.steps = dict(state["sums"]), state["count"], state["steps"]
+        return acc
+
+    def state(self) -> dict:
+        return {"sums": self.sums, "count": self.count, "steps": self.steps}
+
+    def add(self, terms: dict[str, Tensor], batch: int) -> None:
+        self.pending.append((batch, terms))
+
+    def flush(self, epoch: int, step: int, check: bool = True) -> None:
+        if not self.pending:
+            return
+        names = list(self.pending[0][1])
+        rows = torch.stack([torch.stack([t[k].float() for k in names]) for _, t in self.pending]).cpu()
+        if check and not torch.isfinite(rows).all():
+            bad_row, bad_col = (~torch.isfinite(rows)).nonzero()[0].tolist()
+            first_step = step - len(self.pending) + bad_row
+            value = rows[bad_row, bad_col].item()
+            raise NonFiniteLossError(
+                f"loss term {names[bad_col]!r} became {value} at epoch {epoch + 1}, step {first_step}; "
+                "training stopped, the last good checkpoint is checkpoints/last.pt "
+                "(try a lower learning rate or this method's weight)"
+            )
+        for j, name in enumerate(names):
+            col = rows[:, j].double()
+            if name != "correct":
+                col = col * torch.tensor([b for b, _ in self.pending], dtype=torch.float64)
+            self.sums[name] = self.sums.get(name, 0.0) + col.sum().item()
+        self.count += sum(b for b, _ in self.pending)
+        self.steps += len(self.pending)
+        self.pending = []
+
+    def means(self) -> dict[str, float]:
+        n = max(self.count, 1)
+        terms = {k: v / n for k, v in self.sums.items() if k not in ("loss", "correct")}
+        return {"loss": self.sums.get("loss", 0.0) / n, "terms": terms,
+                "train_acc": self.sums.get("correct", 0.0) / n}
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, dataset: Dataset, batch_size: int, device, collate, amp=False) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset`` (eval mode restored to the previous mode after)."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for x, y, _ in loader:
+        with torch.autocast(torch.device(device).type, enabled=amp):
+            pred = model(x.to(device)).argmax(1).cpu()
+        correct += (pred == y).sum().item()
+        total += y.numel()
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+def _epoch_line(r: dict[str, Any]) -> str:
+    terms = " ".join(f"{k}={v:.4f}" for k, v in r["terms"].items())
+    val = f" val_acc={r['val_acc']:.4f}" if r.get("val_acc") is not None else ""
+    speed = f" {r['images_per_s']:.0f} img/s" if r.get("images_per_s") else ""
+    return f"epoch {r['epoch']}: loss={r['loss']:.4f} {terms} train_acc={r['train_acc']:.4f}{val}{speed}"
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _infer_classes(model: nn.Module | None) -> int | None:
+    spec = getattr(model, "kdscope_spec", None)
+    if spec:
+        return spec["num_classes"]
+    classifier = getattr(model, "classifier", None)
+    return getattr(classifier, "out_features", None)
+
+
+@torch.no_grad()
+def _shapes(model: nn.Module | None, layers: list[str], x: Tensor) -> dict[str, tuple[int, ...]]:
+    if model is None or not layers:
+        return {}
+    was_training = model.training
+    model.eval()
+    with FeatureTap(model, layers, detach=True) as tap:
+        model(x)
+    model.train(was_training)
+    return {name: tuple(t.shape) for name, t in tap.features.items()}
