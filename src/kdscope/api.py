@@ -73,6 +73,7 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> RunResul
         augment=cfg.data.augment,
         seed=cfg.data.seed,
         train_size=cfg.data.train_size,
+        **cfg.data.options,
     )
     student = create_model(cfg.student.name, data.num_classes, data.in_channels, **cfg.student.kwargs)
     if cfg.student.checkpoint:

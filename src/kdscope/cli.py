@@ -103,13 +103,13 @@ def models(
     in_channels: Annotated[int, typer.Option(help="Input channels.")] = 3,
     input_size: Annotated[int, typer.Option(help="Input height = width.")] = 32,
 ) -> None:
-    """List the model zoo with parameters and FLOPs at the given input size."""
+    """List the model zoo with parameters and multiply-adds (MACs) at the given input size."""
     from kdscope.models import zoo_table
 
-    table = Table("model", "params (M)", "MFLOPs", "feature layers")
+    table = Table("model", "params (M)", "MMACs", "feature layers (C x H x W)")
     for row in zoo_table(num_classes, in_channels, input_size):
-        table.add_row(row["name"], f"{row['params'] / 1e6:.3f}", f"{row['flops'] / 1e6:.1f}",
-                      ", ".join(row["feature_layers"]))
+        layers = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in row["features"].items())
+        table.add_row(row["name"], f"{row['params'] / 1e6:.3f}", f"{row['macs'] / 1e6:.1f}", layers)
     console.print(table)
     console.print("Any torchvision classifier is also available as tv:<name>, e.g. tv:resnet18.")
 

@@ -23,8 +23,9 @@ class DataConfig(_Strict):
     download: bool = False
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     augment: str = "none"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     train_size: int | None = Field(None, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(512, ge=1)
     num_workers: int = Field(0, ge=0)

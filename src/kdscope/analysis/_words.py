@@ -16,9 +16,16 @@ def signed(x: float) -> str:
 
 
 def pval(p: float) -> str:
+    """'0.031', '0.00072', '<0.0001'."""
     if p is None or math.isnan(p):
         return "n/a"
-    return "< 0.0001" if p < 1e-4 else f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+    return "<0.0001" if p < 1e-4 else f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+
+
+def peq(name: str, p: float) -> str:
+    """'p = 0.031' or 'p < 0.0001'."""
+    text = pval(p)
+    return f"{name} {text[0]} {text[1:]}" if text.startswith("<") else f"{name} = {text}"
 
 
 def ci(e: Estimate) -> str:
@@ -45,9 +52,8 @@ def test_verdict(
     if math.isnan(p_adj):
         return "not testable"
     if p_adj < alpha:
-        direction = "higher" if cmp.diff.value > 0 else "lower"
-        return f"{a} {direction} than {b}: significant after Holm (p_adj {pval(p_adj)} < {alpha})"
-    return f"no significant difference after Holm (p_adj {pval(p_adj)} >= {alpha})"
+        return f"{a} {'higher' if cmp.diff.value > 0 else 'lower'} than {b}, significant after Holm"
+    return "no significant difference after Holm"
 
 
 def wilcoxon_floor_note(n_values: set[int], alpha: float) -> str | None:
@@ -56,7 +62,7 @@ def wilcoxon_floor_note(n_values: set[int], alpha: float) -> str | None:
     if not low:
         return None
     return (
-        f"With n = {', '.join(map(str, low))} pairs the exact Wilcoxon signed-rank test cannot give "
-        f"p below {pval(wilcoxon_min_p(max(low)))}, so it cannot reject at {alpha}; verdicts use the "
-        "paired t-test, Wilcoxon p-values are shown as a distribution-free check."
+        f"With n = {', '.join(map(str, low))} pairs the exact Wilcoxon signed-rank test cannot "
+        f"give p below {pval(wilcoxon_min_p(max(low)))}, so it cannot reject at {alpha}; verdicts "
+        "use the paired t-test, Wilcoxon p-values are shown as a distribution-free check."
     )

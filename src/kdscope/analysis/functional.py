@@ -38,13 +38,29 @@ CONDITION = ("study", "dataset", "teacher", "student", "method", "alpha", "tempe
 BASELINE = CONDITION[:4]
 REPLICA = CONDITION[:3]
 DEFAULT_MEASURES = (
-    "accuracy", "agree_all", "agree_C", "agree_I", "same_wrong_I",
-    "kl_all", "kl_C", "kl_I", "js_all", "js_C", "js_I",
-    "l2_all", "l2_C", "l2_I", "cos_all", "cos_C", "cos_I", "ece",
-)  # fmt: skip
+    "accuracy",
+    "agree_all",
+    "agree_C",
+    "agree_I",
+    "same_wrong_I",
+    "kl_all",
+    "kl_C",
+    "kl_I",
+    "js_all",
+    "js_C",
+    "js_I",
+    "l2_all",
+    "l2_C",
+    "l2_I",
+    "cos_all",
+    "cos_C",
+    "cos_I",
+    "ece",
+)
 SWEEP_MEASURES = ("agree_all", "agree_C", "agree_I")
 SWEEP_PARAMS = ("alpha", "temperature", "student")
 OTHER_ARMS = ("control", "random_control")
+ARMS_SHOWN = ("control", "kd", "random_control")
 
 
 @dataclass
@@ -83,76 +99,84 @@ def functional_transfer(
     Comparisons with fewer than ``min_seeds`` paired seeds are shown but make no claim.
     """
     check_rows(rows, ID_COLUMNS)
-    wanted = list(measures or DEFAULT_MEASURES)
-    measures = present_measures(rows, wanted)
     section = Section(title, id="functional-transfer")
-    absent = [m for m in wanted if m not in measures]
-    if measures is not None and absent and wanted != list(DEFAULT_MEASURES):
-        section.notes.append(f"Measures not in the table, not analysed: {', '.join(absent)}.")
+    if measures is not None:
+        absent = [m for m in measures if m not in present_measures(rows, measures)]
+        if absent:
+            section.notes.append(f"Measures not in the table, not analysed: {', '.join(absent)}.")
+    measures = present_measures(rows, measures or DEFAULT_MEASURES)
     conditions = _conditions(rows)
     if not conditions:
         section.notes.append("The table has no 'kd' runs: there is nothing to analyse.")
         return section
     _report_missing(rows, conditions, section)
     tests = _tests(conditions, measures, level, alpha, min_seeds)
-    section.blocks.append(_arm_table(conditions, measures, level))
-    section.blocks.append(_test_table(tests, level))
+    section.blocks += [
+        _arm_table(conditions, measures, level),
+        _agreement_figure(conditions, level),
+        _test_table(tests, level),
+    ]
     for cond in conditions:
         for other in OTHER_ARMS:
             family = [t for t in tests if t.cond is cond and t.other == other]
             if family:
                 section.findings.append(_comparison_sentence(family, alpha, min_seeds))
-            elif other == "control" or cond.arms.get("random_control"):
+            elif other == "control" or cond.arms["random_control"]:
                 section.notes.append(f"{cond.label}: no paired kd/{other} runs, not tested.")
-    if not any(c.arms.get("random_control") for c in conditions):
+    if not any(c.arms["random_control"] for c in conditions):
         section.notes.append("No random_control runs: KD vs random-control is not tested.")
     note = w.wilcoxon_floor_note({t.cmp.n for t in tests if t.cmp.n >= min_seeds}, alpha)
     if note:
         section.notes.append(note)
     _payoff(conditions, level, alpha, min_seeds, section)
-    section.blocks.append(_agreement_figure(conditions, level))
     _sweeps(conditions, tests, section)
     return section
 
 
 def _conditions(rows: Sequence[Row]) -> list[_Condition]:
-    arms = {arm: [r for r in rows if r["arm"] == arm] for arm in ("kd", *OTHER_ARMS, "teacher_replica")}
-    kd = group(arms["kd"], CONDITION)
-    controls = group(arms["control"], BASELINE)
-    randoms = group(arms["random_control"], CONDITION)
-    replicas = group(arms["teacher_replica"], REPLICA)
-    multi_study = len({r["study"] for r in rows}) > 1
-    varying = [i for i in range(len(CONDITION)) if len({k[i] for k in kd}) > 1]
-    out = []
-    for key, kd_rows in kd.items():
-        cond = _Condition(key, _label(key, range(len(CONDITION)) if multi_study else range(1, 7)),
-                          _label(key, varying) or str(key[4]))
-        cond.arms = {
-            "control": controls.get(key[:4], []),
-            "kd": kd_rows,
-            "random_control": randoms.get(key, []),
-            "teacher_replica": replicas.get(key[:3], []),
-        }
-        out.append(cond)
-    return out
+    by_arm = {a: [r for r in rows if r["arm"] == a] for a in (*ARMS_SHOWN, "teacher_replica")}
+    kd = group(by_arm["kd"], CONDITION)
+    controls = group(by_arm["control"], BASELINE)
+    randoms = group(by_arm["random_control"], CONDITION)
+    replicas = group(by_arm["teacher_replica"], REPLICA)
+    full = set(CONDITION) if len({r["study"] for r in rows}) > 1 else set(CONDITION[1:])
+    varying = {f for i, f in enumerate(CONDITION) if len({k[i] for k in kd}) > 1}
+    return [
+        _Condition(
+            key,
+            _label(key, full),
+            _label(key, varying) or str(key[4]),
+            {
+                "control": controls.get(key[:4], []),
+                "kd": kd_rows,
+                "random_control": randoms.get(key, []),
+                "teacher_replica": replicas.get(key[:3], []),
+            },
+        )
+        for key, kd_rows in kd.items()
+    ]
 
 
-def _label(key: tuple, fields) -> str:
+def _label(key: tuple, show: set[str]) -> str:
+    """'fmnist / resnet56\u2192resnet20, kd \u03b1=0.9 T=4' with only the ``show`` fields."""
     study, dataset, teacher, student, method, a, t = key
-    parts = {
-        0: f"[{study}]", 1: f"{dataset}:", 2: f"{teacher}\u2192", 3: student, 4: method,
-        5: f"\u03b1={a:g}" if a is not None else "", 6: f"T={t:g}" if t is not None else "",
-    }  # fmt: skip
-    fields = set(fields)
-    pair = f"{parts[2]}{parts[3]}" if {2, 3} <= fields else parts[2].rstrip("\u2192") if 2 in fields else parts[3] if 3 in fields else ""
-    text = " ".join(p for p in (parts[0] if 0 in fields else "", parts[1] if 1 in fields else "", pair) if p)
-    tail = " ".join(parts[i] for i in (4, 5, 6) if i in fields and parts[i])
-    return f"{text}, {tail}" if text and tail else text or tail
+    head = [f"[{study}]"] if "study" in show else []
+    head += [f"{dataset} /"] if "dataset" in show else []
+    if "teacher" in show:
+        head.append(f"{teacher}\u2192{student}" if "student" in show else f"teacher {teacher}")
+    elif "student" in show:
+        head.append(str(student))
+    tail = [str(method)] if "method" in show else []
+    tail += [f"\u03b1={a:g}"] if "alpha" in show and a is not None else []
+    tail += [f"T={t:g}"] if "temperature" in show and t is not None else []
+    return ", ".join(x for x in (" ".join(head).rstrip(" /"), " ".join(tail)) if x)
 
 
 def _report_missing(rows: Sequence[Row], conditions: list[_Condition], section: Section) -> None:
-    seeds = {s: sorted({int(r["seed"]) for r in rs if r["arm"] != "teacher_replica"})
-             for (s,), rs in group(rows, ("study",)).items()}  # fmt: skip
+    seeds = {
+        s: sorted({int(r["seed"]) for r in rs if r["arm"] != "teacher_replica"})
+        for (s,), rs in group(rows, ("study",)).items()
+    }
     has_random = {r["study"] for r in rows if r["arm"] == "random_control"}
     missing = []
     for cond in conditions:
@@ -165,11 +189,18 @@ def _report_missing(rows: Sequence[Row], conditions: list[_Condition], section: 
             if lost:
                 missing.append([cond.label, arm, ", ".join(map(str, lost))])
     if missing:
-        section.blocks.append(Table(["condition", "arm", "missing seeds"], missing,
-                                    "Missing runs: cells of the grid with no result", "ft-missing"))
+        section.blocks.append(
+            Table(
+                ["condition", "arm", "missing seeds"],
+                missing,
+                "Missing runs: cells of the grid with no result",
+                "ft-missing",
+                group=1,
+            )
+        )
         section.notes.append(
-            f"The table is partial: {sum(len(m[2].split(', ')) for m in missing)} run(s) missing in "
-            f"{len(missing)} cell(s) (table 'Missing runs'); analyses use the runs present."
+            f"The table is partial: {sum(len(m[2].split(', ')) for m in missing)} run(s) missing "
+            f"in {len(missing)} cell(s) (table 'Missing runs'); analyses use the runs present."
         )
 
 
@@ -182,10 +213,10 @@ def _tests(conditions, measures, level, alpha, min_seeds) -> list[_Test]:
                 _, a, b = paired(by_seed(cond.arms["kd"], m), by_seed(cond.arms[other], m))
                 if a:
                     family.append(_Test(cond, other, m, compare_paired(a, b, level)))
-            claimable = [t.cmp.n >= min_seeds for t in family]
-            p_t = holm([t.cmp.t_test.p if ok else math.nan for t, ok in zip(family, claimable)])
-            p_w = holm([t.cmp.wilcoxon.p if ok else math.nan for t, ok in zip(family, claimable)])
-            for t, pt, pw in zip(family, p_t, p_w):
+            # Comparisons with too few seeds make no claim, so they do not enter the family.
+            p_t = holm([t.cmp.t_test.p if t.cmp.n >= min_seeds else math.nan for t in family])
+            p_w = holm([t.cmp.wilcoxon.p if t.cmp.n >= min_seeds else math.nan for t in family])
+            for t, pt, pw in zip(family, p_t, p_w, strict=True):
                 t.p_t_adj, t.p_w_adj = float(pt), float(pw)
                 t.verdict = w.test_verdict(t.cmp, t.p_t_adj, alpha, min_seeds, "kd", other)
             tests += family
@@ -193,8 +224,11 @@ def _tests(conditions, measures, level, alpha, min_seeds) -> list[_Test]:
 
 
 def _arm_table(conditions, measures, level) -> Table:
-    arms = [a for a in ("control", "kd", "random_control", "teacher_replica")
-            if any(c.arms[a] for c in conditions)]  # fmt: skip
+    arms = [
+        a
+        for a in ("control", "kd", "random_control", "teacher_replica")
+        if any(c.arms[a] for c in conditions)
+    ]
     rows = []
     for cond in conditions:
         for m in measures:
@@ -203,41 +237,63 @@ def _arm_table(conditions, measures, level) -> Table:
                 continue
             cells = [mean_ci(v, level) if v else None for v in per_arm]
             rows.append([cond.label, m, *cells, " / ".join(str(len(v)) for v in per_arm)])
-    caption = f"Per arm: mean [{level:.0%} t-interval] over seeds"
-    return Table(["condition", "measure", *arms, f"n ({' / '.join(arms)})"], rows, caption, "ft-arms")
+    caption = f"Per arm: mean [{level:.0%} t-interval] over seeds; n per arm in column order"
+    return Table(
+        ["condition", "measure", *arms, "n per arm"],
+        rows,
+        caption,
+        "ft-arms",
+        group=1,
+    )
 
 
 def _test_table(tests: list[_Test], level: float) -> Table:
-    rows = [
-        [t.cond.label, f"kd vs {t.other}", t.measure, t.cmp.n, t.cmp.mean_a, t.cmp.mean_b,
-         t.cmp.diff, t.cmp.t_test.statistic, t.cmp.t_test.p, t.p_t_adj, t.cmp.wilcoxon.p,
-         t.p_w_adj, t.cmp.cohens_dz, t.verdict]
+    records = [
+        {
+            "condition": t.cond.label,
+            "comparison": f"kd vs {t.other}",
+            "measure": t.measure,
+            "n": t.cmp.n,
+            "mean kd": t.cmp.mean_a,
+            "mean other": t.cmp.mean_b,
+            f"\u0394 kd \u2212 other [{level:.0%} CI]": t.cmp.diff,
+            "t": t.cmp.t_test.statistic,
+            "p (t)": t.cmp.t_test.p,
+            "p Holm (t)": t.p_t_adj,
+            "p (Wilcoxon)": t.cmp.wilcoxon.p,
+            "p Holm (Wilcoxon)": t.p_w_adj,
+            "d_z": t.cmp.cohens_dz,
+            "verdict": t.verdict,
+        }
         for t in tests
-    ]  # fmt: skip
-    columns = ["condition", "comparison", "measure", "n", "mean kd", "mean other",
-               f"\u0394 kd \u2212 other [{level:.0%} CI]", "t", "p (t)", "p Holm (t)",
-               "p (Wilcoxon)", "p Holm (Wilcoxon)", "d_z", "verdict"]  # fmt: skip
-    caption = ("Hypothesis tests, paired by seed: paired t-test and Wilcoxon signed-rank; Holm "
-               "across the measures of each comparison; d_z = Cohen's d for paired samples")  # fmt: skip
-    return Table(columns, rows, caption, "ft-tests")
+    ]
+    caption = (
+        "Hypothesis tests, paired by seed: paired t-test and Wilcoxon signed-rank; Holm "
+        "across the measures of each comparison; d_z = Cohen's d for paired samples"
+    )
+    return Table.from_records(records, caption, "ft-tests", group=2)
 
 
 def _comparison_sentence(family: list[_Test], alpha: float, min_seeds: int) -> str:
     first = family[0]
     ns = sorted({t.cmp.n for t in family})
     n = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}\u2013{ns[-1]}"
-    head = f"{first.cond.label}: kd vs {first.other}"
+    head = f"{first.cond.label}, kd vs {first.other}:"
     if ns[-1] < min_seeds:
-        return (f"{head}: only n = {n} paired seed(s) (< {min_seeds}), so no claim is made; the "
-                "test table lists the numbers.")  # fmt: skip
+        return (
+            f"{head} only n = {n} paired seed(s) (< {min_seeds}), so no claim is made; the "
+            "test table lists the numbers."
+        )
     testable = [t for t in family if not math.isnan(t.p_t_adj)]
     sig = [t for t in testable if t.p_t_adj < alpha]
-    text = (f"{head}, paired t-test over n = {n} seeds, Holm across {len(testable)} measures "
-            f"(\u03b1 = {alpha}): ")  # fmt: skip
+    text = (
+        f"{head} paired t-test over n = {n} seeds, Holm across {len(testable)} measures "
+        f"(\u03b1 = {alpha}): "
+    )
     if sig:
         items = "; ".join(
-            f"{t.measure} {w.ci(t.cmp.diff)} ({_closer(t)}, p = {w.pval(t.cmp.t_test.p)}, "
-            f"Holm p = {w.pval(t.p_t_adj)}, d_z = {w.num(t.cmp.cohens_dz)})"
+            f"{t.measure} {w.ci(t.cmp.diff)} ({_closer(t)}, {w.peq('p', t.cmp.t_test.p)}, "
+            f"Holm {w.peq('p', t.p_t_adj)}, d_z = {w.num(t.cmp.cohens_dz)})"
             for t in sig
         )
         text += f"significant for {len(sig)} of {len(testable)}: {items}"
@@ -246,9 +302,11 @@ def _comparison_sentence(family: list[_Test], alpha: float, min_seeds: int) -> s
     rest = [t for t in testable if t not in sig]
     if rest:
         best = min(rest, key=lambda t: t.p_t_adj)
-        text += (f"{'; not significant for the other ' + str(len(rest)) if sig else ''} (smallest "
-                 f"Holm p = {w.pval(best.p_t_adj)} for {best.measure}, "
-                 f"\u0394 = {w.signed(best.cmp.diff.value)}, raw p = {w.pval(best.cmp.t_test.p)})")  # fmt: skip
+        text += (
+            f"{'; not significant for the other ' + str(len(rest)) if sig else ''} (smallest "
+            f"Holm {w.peq('p', best.p_t_adj)} for {best.measure}, "
+            f"\u0394 = {w.signed(best.cmp.diff.value)}, raw {w.peq('p', best.cmp.t_test.p)})"
+        )
     return text + "."
 
 
@@ -261,66 +319,198 @@ def _closer(t: _Test) -> str:
 
 
 def _payoff(conditions, level, alpha, min_seeds, section: Section) -> None:
+    """Delta_C, Delta_I per seed (kd - control agreement), relative forms Delta / (1 - control)."""
     results = []
     for cond in conditions:
-        ctrl, kd = cond.arms["control"], cond.arms["kd"]
-        maps = [by_seed(arm, m) for arm in (ctrl, kd) for m in ("agree_C", "agree_I")]
+        maps = [by_seed(cond.arms[a], m) for a in ("control", "kd") for m in ("agree_C", "agree_I")]
         seeds = sorted(set.intersection(*(set(x) for x in maps)))
         if not seeds:
             continue
         c_c, c_i, k_c, k_i = ([x[s] for s in seeds] for x in maps)
-        d_c = [k - c for k, c in zip(k_c, c_c)]
-        d_i = [k - c for k, c in zip(k_i, c_i)]
-        ok = [i for i in range(len(seeds)) if c_c[i] < 1 and c_i[i] < 1]
-        rel_c = [d_c[i] / (1 - c_c[i]) for i in ok]
-        rel_i = [d_i[i] / (1 - c_i[i]) for i in ok]
+        d_c = [k - c for k, c in zip(k_c, c_c, strict=True)]
+        d_i = [k - c for k, c in zip(k_i, c_i, strict=True)]
+        ok = [j for j in range(len(seeds)) if c_c[j] < 1 and c_i[j] < 1]
         if len(ok) < len(seeds):
-            section.notes.append(f"{cond.label}: {len(seeds) - len(ok)} seed(s) with no headroom "
-                                 "(control agreement 1) left out of the relative payoff.")  # fmt: skip
-        results.append((cond, compare_paired(d_i, d_c, level), compare_paired(rel_i, rel_c, level)))
+            section.notes.append(
+                f"{cond.label}: {len(seeds) - len(ok)} seed(s) with no headroom "
+                "(control agreement 1) left out of the relative payoff."
+            )
+        rel_c = [d_c[j] / (1 - c_c[j]) for j in ok]
+        rel_i = [d_i[j] / (1 - c_i[j]) for j in ok]
+        results.append((cond, d_c, d_i, rel_c, rel_i))
     if not results:
-        section.notes.append("No condition has kd and control runs with agree_C and agree_I: "
-                             "the asymmetric payoff is not computed.")  # fmt: skip
-        return
-    p_adj = holm([rel.t_test.p if rel.n >= min_seeds else math.nan for _, _, rel in results])
-    rows = []
-    for (cond, absolute, rel), p in zip(results, p_adj):
-        verdict = w.seeds_verdict(rel.n, min_seeds)
-        if verdict is None:
-            verdict = ("not testable" if math.isnan(p) else
-                       "no significant asymmetry" if p >= alpha else
-                       "negative asymmetric payoff: relatively more of the teacher's errors taken on"
-                       if rel.diff.value > 0 else
-                       "positive asymmetric payoff: relatively more of the teacher's correct answers")  # fmt: skip
-        rows.append([cond.label, rel.n, mean_ci(_col(absolute, "b"), level),
-                     mean_ci(_col(absolute, "a"), level), absolute.diff, absolute.t_test.p,
-                     mean_ci(_col(rel, "b"), level), mean_ci(_col(rel, "a"), level), rel.diff,
-                     rel.t_test.p, rel.wilcoxon.p, float(p), verdict])  # fmt: skip
-        section.findings.append(
-            f"{cond.label}: asymmetric payoff over n = {rel.n} seeds: \u0394C = "
-            f"{w.ci(rows[-1][2])}, \u0394I = {w.ci(rows[-1][3])}; relative to headroom "
-            f"\u0394C/(1\u2212agree_C) = {w.ci(rows[-1][6])}, \u0394I/(1\u2212agree_I) = "
-            f"{w.ci(rows[-1][7])}; difference I \u2212 C = {w.ci(rel.diff)}, paired t p = "
-            f"{w.pval(rel.t_test.p)}, Holm p = {w.pval(float(p))} (over {len(results)} "
-            f"condition(s)), Wilcoxon p = {w.pval(rel.wilcoxon.p)}: {verdict}."
+        section.notes.append(
+            "No condition has kd and control runs with agree_C and agree_I: "
+            "the asymmetric payoff is not computed."
         )
-    columns = ["condition", "n", "\u0394C", "\u0394I", "\u0394I \u2212 \u0394C", "p (t), abs.",
-               "\u0394C / headroom", "\u0394I / headroom", "rel. \u0394I \u2212 \u0394C", "p (t), rel.",
-               "p (Wilcoxon), rel.", "p Holm (t), rel.", "verdict"]  # fmt: skip
-    caption = (f"Asymmetric payoff: \u0394 = agreement(kd) \u2212 agreement(control) on C (teacher "
-               f"correct) and I (teacher wrong), per seed; headroom = 1 \u2212 control agreement; "
-               f"mean [{level:.0%} CI]; Holm across conditions")  # fmt: skip
-    section.blocks.append(Table(columns, rows, caption, "ft-payoff"))
-    section.blocks.append(Figure(
-        plots.grouped_bars({"gain relative to headroom": {
-            "\u0394C / headroom": [r[6] for r in rows], "\u0394I / headroom": [r[7] for r in rows]}},
-            [c.short for c, _, _ in results], "kd \u2212 control, relative",
-            "Asymmetric payoff (positive I > C: the student takes on the teacher's errors)"),
-        "Relative agreement gain over the control on C and I, mean with CI over seeds",
-        "ft-fig-payoff"))  # fmt: skip
+        return
+    absolute = [compare_paired(d_i, d_c, level) for _, d_c, d_i, _, _ in results]
+    relative = [compare_paired(r_i, r_c, level) for _, _, _, r_c, r_i in results]
+    p_adj = holm([r.t_test.p if r.n >= min_seeds else math.nan for r in relative])
+    rows = []
+    for (cond, d_c, d_i, rel_c, rel_i), ab, rel, p in zip(
+        results, absolute, relative, p_adj, strict=True
+    ):
+        p = float(p)
+        est = [mean_ci(x, level) for x in (d_c, d_i, rel_c, rel_i)]
+        verdict = w.seeds_verdict(rel.n, min_seeds) or (
+            "not testable"
+            if math.isnan(p)
+            else "no significant asymmetry"
+            if p >= alpha
+            else "negative asymmetric payoff: relatively more of the teacher's errors taken on"
+            if rel.diff.value > 0
+            else "positive asymmetric payoff: relatively more of the teacher's correct answers"
+        )
+        rows.append(
+            {
+                "condition": cond.label,
+                "n": rel.n,
+                "\u0394C": est[0],
+                "\u0394I": est[1],
+                "\u0394I \u2212 \u0394C": ab.diff,
+                "p (t), abs.": ab.t_test.p,
+                "\u0394C / headroom": est[2],
+                "\u0394I / headroom": est[3],
+                "rel. \u0394I \u2212 \u0394C": rel.diff,
+                "p (t), rel.": rel.t_test.p,
+                "p (Wilcoxon), rel.": rel.wilcoxon.p,
+                "p Holm (t), rel.": p,
+                "verdict": verdict,
+            }
+        )
+        section.findings.append(
+            f"{cond.label}, asymmetric payoff: over n = {rel.n} seeds, \u0394C = {w.ci(est[0])}, "
+            f"\u0394I = {w.ci(est[1])}; relative to headroom \u0394C/(1\u2212agree_C) = "
+            f"{w.ci(est[2])}, \u0394I/(1\u2212agree_I) = {w.ci(est[3])}; difference I \u2212 C = "
+            f"{w.ci(rel.diff)}, paired t {w.peq('p', rel.t_test.p)}, Holm {w.peq('p', p)} (over "
+            f"{len(results)} condition(s)), Wilcoxon {w.peq('p', rel.wilcoxon.p)}: {verdict}."
+        )
+    caption = (
+        f"Asymmetric payoff: \u0394 = agreement(kd) \u2212 agreement(control) on C (teacher "
+        f"correct) and I (teacher wrong), per seed; headroom = 1 \u2212 control agreement; "
+        f"mean [{level:.0%} CI]; Holm across conditions"
+    )
+    section.blocks.append(Table.from_records(rows, caption, "ft-payoff"))
+    figure = plots.grouped_bars(
+        {
+            "gain over the control relative to headroom": {
+                "\u0394C / (1 \u2212 agree_C)": [r["\u0394C / headroom"] for r in rows],
+                "\u0394I / (1 \u2212 agree_I)": [r["\u0394I / headroom"] for r in rows],
+            }
+        },
+        [c.short for c, *_ in results],
+        "kd \u2212 control, relative",
+        "Asymmetric payoff (I above C: the student takes on the teacher's errors)",
+    )
+    section.blocks.append(
+        Figure(
+            figure, "Relative agreement gains on C and I, mean with CI over seeds", "ft-fig-payoff"
+        )
+    )
 
 
-def _col(cmp: PairedComparison, which: str) -> list[float]:
-    """The per-seed values of side a or b, recovered from mean and differences is not possible,
-    so comparisons keep their inputs: see _payoff; this reads them back."""
-    return cmp.inputs[0] if which == "a" else cmp.inputs[1]
+def _agreement_figure(conditions: list[_Condition], level: float) -> Figure:
+    arms = [a for a in (*ARMS_SHOWN, "teacher_replica") if any(c.arms[a] for c in conditions)]
+    panels = {
+        title: {arm: [_estimate(c.arms[arm], m, level) for c in conditions] for arm in arms}
+        for m, title in (("agree_C", "C: teacher correct"), ("agree_I", "I: teacher wrong"))
+    }
+    figure = plots.grouped_bars(
+        panels,
+        [c.short for c in conditions],
+        "top-1 agreement with teacher",
+        "Agreement on C and I per arm",
+    )
+    return Figure(
+        figure,
+        f"Top-1 agreement with the teacher per arm, mean with {level:.0%} t-interval over seeds",
+        "ft-fig-agreement",
+    )
+
+
+def _estimate(rows: list[Row], measure: str, level: float):
+    values = list(by_seed(rows, measure).values())
+    return mean_ci(values, level) if values else None
+
+
+def _sweeps(conditions: list[_Condition], tests: list[_Test], section: Section) -> None:
+    """Delta (kd - control) against alpha, temperature or student size, one line per setting of
+    the other condition fields."""
+    lookup = {(id(t.cond), t.measure): t for t in tests if t.other == "control"}
+    measures = [m for m in SWEEP_MEASURES if any((id(c), m) in lookup for c in conditions)]
+    rows = []
+    for param in SWEEP_PARAMS:
+        i = CONDITION.index(param)
+        series: dict[tuple, list[_Condition]] = {}
+        for c in conditions:
+            series.setdefault(c.key[:i] + c.key[i + 1 :], []).append(c)
+        series = {k: v for k, v in series.items() if len({c.key[i] for c in v}) > 1}
+        if not series or not measures:
+            continue
+        order = _sweep_order(param, [c for v in series.values() for c in v])
+        others = [f for f in CONDITION if f != param]
+        fields = {f for j, f in enumerate(others) if len({k[j] for k in series}) > 1}
+        panels: dict[str, dict] = {m: {} for m in measures}
+        for conds in series.values():
+            conds = sorted(conds, key=lambda c: order.index(c.key[i]))
+            name = _label(conds[0].key, fields) or str(conds[0].key[4])
+            for m in measures:
+                pts = [(c.key[i], lookup[(id(c), m)]) for c in conds if (id(c), m) in lookup]
+                panels[m][name] = ([v for v, _ in pts], [t.cmp.diff for _, t in pts])
+                rows += [
+                    {
+                        "parameter": param,
+                        "series": name,
+                        "value": v,
+                        "measure": m,
+                        "n": t.cmp.n,
+                        "\u0394 kd \u2212 control [CI]": t.cmp.diff,
+                        "p (t)": t.cmp.t_test.p,
+                        "p Holm (t)": t.p_t_adj,
+                    }
+                    for v, t in pts
+                ]
+                if m == "agree_I":
+                    points = ", ".join(
+                        f"{w.signed(t.cmp.diff.value)} at {param} = {v} (n = {t.cmp.n}, "
+                        f"{w.peq('p', t.cmp.t_test.p)}, Holm {w.peq('p', t.p_t_adj)})"
+                        for v, t in pts
+                    )
+                    section.findings.append(
+                        f"Sweep over {param} ({name}): \u0394 agree_I "
+                        f"(kd \u2212 control, paired t) = {points}."
+                    )
+        figure = plots.lines(
+            panels,
+            param,
+            "\u0394 kd \u2212 control",
+            f"Transfer against {param}",
+            order if param == "student" else None,
+        )
+        section.blocks.append(
+            Figure(
+                figure,
+                f"\u0394 (kd \u2212 control) per {param} value, mean with CI over seeds",
+                f"ft-fig-sweep-{param}",
+            )
+        )
+    if rows:
+        caption = "Sweeps: \u0394 (kd \u2212 control) per value (Holm as in the test table)"
+        section.blocks.append(Table.from_records(rows, caption, "ft-sweeps", group=2))
+
+
+def _sweep_order(param: str, conds: list[_Condition]) -> list:
+    i = CONDITION.index(param)
+    values = list(dict.fromkeys(c.key[i] for c in conds))
+    if param != "student":
+        return sorted(values)
+    size: dict = {}
+    for c in conds:
+        params = [number(r, "student_params") for r in c.arms["kd"]]
+        params = [p for p in params if p is not None]
+        if params:
+            size[c.key[i]] = params[0]
+    if len(size) == len(values):
+        return sorted(values, key=lambda v: size[v])
+    return sorted(values, key=natural_key)

@@ -24,13 +24,29 @@ _PANEL_W, _PANEL_H = 5.2, 3.6
 def _figure(n_panels: int, title: str, width: float = _PANEL_W) -> tuple[Figure, list]:
     cols = min(n_panels, 3)
     rows = math.ceil(n_panels / cols)
-    fig = Figure(figsize=(width * cols, _PANEL_H * rows + (0.4 if title else 0)), layout="constrained")
+    fig = Figure(
+        figsize=(width * cols, _PANEL_H * rows + (0.4 if title else 0)), layout="constrained"
+    )
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
     for ax in axes[n_panels:]:
         ax.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=12)
     return fig, axes[:n_panels]
+
+
+def _legend(fig: Figure, ax) -> None:
+    """One legend for all panels, below them, so that it never covers data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(
+            handles,
+            labels,
+            loc="outside lower center",
+            ncols=min(len(labels), 4),
+            frameon=False,
+            fontsize=9,
+        )
 
 
 def _unpack(estimates: Sequence[Estimate | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -48,20 +64,31 @@ def grouped_bars(
 ) -> Figure:
     """One panel per key of ``panels``; along x the ``groups``, one bar per series with its CI."""
     fig, axes = _figure(len(panels), title, width=max(_PANEL_W, 0.9 * len(groups) + 2))
-    for ax, (panel, series) in zip(axes, panels.items()):
+    for ax, (panel, series) in zip(axes, panels.items(), strict=True):
         width = 0.8 / max(len(series), 1)
         x = np.arange(len(groups))
         for k, (label, estimates) in enumerate(series.items()):
             values, err = _unpack(estimates)
-            ax.bar(x + (k - (len(series) - 1) / 2) * width, values, width, yerr=err, capsize=3,
-                   label=label, color=f"C{k}")
-        ax.set_xticks(x, groups, rotation=20 if max(map(len, groups), default=0) > 12 else 0,
-                      ha="right" if max(map(len, groups), default=0) > 12 else "center")
+            ax.bar(
+                x + (k - (len(series) - 1) / 2) * width,
+                values,
+                width,
+                yerr=err,
+                capsize=3,
+                label=label,
+                color=f"C{k}",
+            )
+        ax.set_xticks(
+            x,
+            groups,
+            rotation=20 if max(map(len, groups), default=0) > 12 else 0,
+            ha="right" if max(map(len, groups), default=0) > 12 else "center",
+        )
         ax.set_title(panel, fontsize=11)
         ax.set_ylabel(ylabel)
         ax.axhline(0, color="0.3", lw=0.8)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=9, frameon=False)
+    _legend(fig, axes[0])
     return fig
 
 
@@ -78,7 +105,7 @@ def lines(
     size); otherwise x is numeric. A dashed line marks y = 0 (no difference).
     """
     fig, axes = _figure(len(panels), title)
-    for ax, (panel, series) in zip(axes, panels.items()):
+    for ax, (panel, series) in zip(axes, panels.items(), strict=True):
         for k, (label, (xs, estimates)) in enumerate(series.items()):
             pos = [categories.index(x) for x in xs] if categories is not None else list(xs)
             values, err = _unpack(estimates)
@@ -90,7 +117,7 @@ def lines(
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, frameon=False)
+    _legend(fig, axes[0])
     return fig
 
 
@@ -103,7 +130,7 @@ def scatter(
     """One panel per key; points per group (e.g. per method) and one least-squares line over all
     points of the panel."""
     fig, axes = _figure(len(panels), title)
-    for ax, (panel, groups) in zip(axes, panels.items()):
+    for ax, (panel, groups) in zip(axes, panels.items(), strict=True):
         all_x, all_y = [], []
         for k, (label, (xs, ys)) in enumerate(groups.items()):
             ax.scatter(xs, ys, s=22, label=label, color=f"C{k}", alpha=0.85)
@@ -117,7 +144,7 @@ def scatter(
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, frameon=False)
+    _legend(fig, axes[0])
     return fig
 
 
@@ -141,8 +168,15 @@ def heatmap(
     ax.set_yticks(range(len(row_labels)), row_labels)
     for (i, j), v in np.ndenumerate(values):
         if np.isfinite(v):
-            ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=9,
-                    color="white" if abs(v) > 0.6 * bound else "black")
+            ax.text(
+                j,
+                i,
+                f"{v:.3g}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if abs(v) > 0.6 * bound else "black",
+            )
     fig.colorbar(image, ax=ax, label=label)
     if title:
         ax.set_title(title, fontsize=11)

@@ -58,12 +58,15 @@ class Code:
 @dataclass
 class Table:
     """Columns and rows of cells: str, int, float (4 significant digits), bool, None (shown as a
-    dash) or :class:`~kdscope.analysis.stats.Estimate` (value with interval)."""
+    dash) or :class:`~kdscope.analysis.stats.Estimate` (value with interval). ``group``: the number
+    of leading columns whose runs of equal values are shown once (e.g. a condition over its
+    measures)."""
 
     columns: list[str]
     rows: list[list[Any]]
     caption: str = ""
     id: str | None = None
+    group: int = 0
 
     def __post_init__(self) -> None:
         for i, row in enumerate(self.rows):
@@ -73,9 +76,21 @@ class Table:
                     f"expected {len(self.columns)} ({self.columns})"
                 )
 
+    @classmethod
+    def from_records(
+        cls,
+        records: Sequence[Mapping[str, Any]],
+        caption: str = "",
+        id: str | None = None,
+        group: int = 0,
+    ) -> Table:
+        """A table whose columns are the keys of the first record (all records share them)."""
+        columns = list(records[0]) if records else []
+        return cls(columns, [[r[c] for c in columns] for r in records], caption, id, group)
+
     def records(self) -> list[dict[str, Any]]:
         """The rows as dicts keyed by column name."""
-        return [dict(zip(self.columns, row)) for row in self.rows]
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
 
     def column(self, name: str) -> list[Any]:
         """One column's cells."""
@@ -109,7 +124,10 @@ Block = Text | Code | Table | Figure
 
 @dataclass
 class Section:
-    """A titled part of a report: findings and notes go to the summary, blocks are shown in order."""
+    """A titled part of a report: findings and notes go to the summary, blocks follow in order.
+
+    A finding's text up to its first ': ' is its subject, set in bold in the summary.
+    """
 
     title: str
     findings: list[str] = field(default_factory=list)
@@ -167,7 +185,7 @@ def render_report(title: str, sections: Sequence[Section], subtitle: str = "") -
         _contents(sections, section_ids),
         _summary(sections, section_ids),
     ]
-    for section, sid in zip(sections, section_ids):
+    for section, sid in zip(sections, section_ids, strict=True):
         parts.append(f'<section id="{sid}"><h2>{_e(section.title)}</h2>')
         parts.extend(_block(b, ids) for b in section.blocks)
         parts.append("</section>")
@@ -179,25 +197,33 @@ def _contents(sections: Sequence[Section], section_ids: list[str]) -> str:
     if len(sections) < 2:
         return ""
     items = "".join(
-        f'<li><a href="#{sid}">{_e(s.title)}</a></li>' for s, sid in zip(sections, section_ids)
+        f'<li><a href="#{sid}">{_e(s.title)}</a></li>'
+        for s, sid in zip(sections, section_ids, strict=True)
     )
     return f'<nav><ol><li><a href="#summary">Summary</a></li>{items}</ol></nav>'
 
 
 def _summary(sections: Sequence[Section], section_ids: list[str]) -> str:
     body = []
-    for section, sid in zip(sections, section_ids):
+    for section, sid in zip(sections, section_ids, strict=True):
         if not (section.findings or section.notes):
             continue
         body.append(f'<h3><a href="#{sid}">{_e(section.title)}</a></h3>')
         if section.findings:
-            body.append("<ul>" + "".join(f"<li>{_e(f)}</li>" for f in section.findings) + "</ul>")
+            body.append(
+                "<ul>" + "".join(f"<li>{_finding(f)}</li>" for f in section.findings) + "</ul>"
+            )
         if section.notes:
             notes = "".join(f"<li>{_e(n)}</li>" for n in section.notes)
             body.append(f'<ul class="notes">{notes}</ul>')
     if not body:
         body.append("<p>No findings were recorded.</p>")
     return f'<section id="summary" class="summary"><h2>Summary</h2>{"".join(body)}</section>'
+
+
+def _finding(text: str) -> str:
+    subject, sep, rest = text.partition(": ")
+    return f"<strong>{_e(subject)}:</strong> {_e(rest)}" if sep else _e(text)
 
 
 def _block(block: Block, ids: _Ids) -> str:
@@ -219,23 +245,55 @@ def _block(block: Block, ids: _Ids) -> str:
             f'<figure id="{bid}" class="plot"><img src="data:image/png;base64,{data}" '
             f'alt="{alt}">{caption}</figure>'
         )
-    raise TypeError(f"unknown report block {type(block).__name__}; accepted: Text, Code, Table, Figure")
+    raise TypeError(
+        f"unknown report block {type(block).__name__}; accepted: Text, Code, Table, Figure"
+    )
 
 
 def _table(table: Table, tid: str) -> str:
     head = "".join(f'<th scope="col">{_e(c)}</th>' for c in table.columns)
+    spans = _spans(table)
     rows = []
-    for row in table.rows:
+    for i, row in enumerate(table.rows):
         cells = []
-        for cell in row:
+        for j, cell in enumerate(row):
+            if j < table.group and spans[j][i] == 0:
+                continue
             text, cls = _cell(cell)
-            cells.append(f'<td class="{cls}">{_e(text)}</td>' if cls else f"<td>{_e(text)}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+            classes, span = [cls] if cls else [], ""
+            if j < table.group:
+                classes.append("group")
+                span = f' rowspan="{spans[j][i]}"' if spans[j][i] > 1 else ""
+            attrs = (f' class="{" ".join(classes)}"' if classes else "") + span
+            cells.append(f"<td{attrs}>{_e(text)}</td>")
+        start = any(spans[j][i] > 0 for j in range(table.group))
+        rows.append(
+            f'<tr class="start">{"".join(cells)}</tr>' if start else f"<tr>{''.join(cells)}</tr>"
+        )
     caption = f"<caption>{_e(table.caption)}</caption>" if table.caption else ""
     return (
         f'<div class="table-wrap"><table id="{tid}">{caption}<thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
+
+
+def _spans(table: Table) -> list[list[int]]:
+    """Per grouped column, the rowspan of each row: the run length where a run of equal values
+    (within the enclosing column's run) starts, 0 inside a run."""
+    spans: list[list[int]] = []
+    for j in range(table.group):
+        col = [0] * len(table.rows)
+        start = 0
+        for i in range(1, len(table.rows) + 1):
+            if (
+                i == len(table.rows)
+                or table.rows[i][j] != table.rows[start][j]
+                or any(spans[k][i] > 0 for k in range(j))
+            ):
+                col[start] = i - start
+                start = i
+        spans.append(col)
+    return spans
 
 
 def _cell(value: Any) -> tuple[str, str]:
@@ -290,11 +348,13 @@ body { margin: 0; color: var(--fg); background: #fff;
   font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
 main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 48px; }
 h1 { font-size: 1.7em; margin: 0 0 4px; }
-h2 { font-size: 1.3em; margin: 36px 0 12px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
+h2 { font-size: 1.3em; margin: 36px 0 12px; padding-bottom: 4px;
+  border-bottom: 2px solid var(--line); }
 h3 { font-size: 1.05em; margin: 18px 0 6px; }
 a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: underline; }
 .subtitle { color: var(--muted); margin: 0; }
-nav ol { margin: 12px 0 0; padding-left: 20px; color: var(--muted); columns: 2; }
+nav ol { margin: 12px 0 0; padding: 0; list-style: none; display: flex; flex-wrap: wrap;
+  gap: 4px 18px; }
 .summary { background: var(--band); border: 1px solid var(--line); border-radius: 6px;
   padding: 4px 20px 12px; margin-top: 20px; }
 .summary h2 { border: 0; margin-top: 12px; }
@@ -305,16 +365,19 @@ ul.notes li::before { content: "Note: "; font-weight: 600; }
 .table-wrap { overflow-x: auto; margin: 14px 0 22px; }
 table { border-collapse: collapse; font-size: 0.88em; min-width: 40%; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding: 4px 0 6px; }
-th, td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+th, td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: left;
+  vertical-align: top; }
 thead th { background: var(--band); border-bottom: 2px solid var(--line); white-space: nowrap; }
 tbody tr:nth-child(even) td { background: #fafbfc; }
+tbody tr.start td { border-top: 2px solid var(--line); }
+td.group { background: #fff !important; font-weight: 600; border-right: 1px solid var(--line); }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.na { color: var(--muted); text-align: center; }
 figure { margin: 16px 0 24px; } figure.plot img { max-width: 100%; height: auto;
   border: 1px solid var(--line); border-radius: 4px; }
 figcaption { color: var(--muted); font-size: 0.9em; margin-top: 4px; }
 figure.code figcaption { margin: 0 0 4px; }
-pre { background: var(--band); border: 1px solid var(--line); border-radius: 4px; padding: 10px 12px;
-  overflow-x: auto; font-size: 0.85em; }
+pre { background: var(--band); border: 1px solid var(--line); border-radius: 4px;
+  padding: 10px 12px; overflow-x: auto; font-size: 0.85em; }
 footer { margin-top: 40px; color: var(--muted); font-size: 0.85em; }
 """

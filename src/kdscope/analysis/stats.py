@@ -72,7 +72,7 @@ class Correlation:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.4g}"
+    return f"{x:.3g}"
 
 
 def _vector(x: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
@@ -235,7 +235,7 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def pearson(x, y, level: float = 0.95) -> Correlation:
-    """Pearson r with its two-sided p-value and Fisher-z confidence interval (scipy.stats.pearsonr)."""
+    """Pearson r with its two-sided p-value and Fisher-z interval (scipy.stats.pearsonr)."""
     a, b = _pair(x, y)
     if a.size < 3 or np.all(a == a[0]) or np.all(b == b[0]):
         return Correlation(math.nan, math.nan, a.size, math.nan, math.nan, "pearson")
@@ -294,10 +294,11 @@ def kendall_tau(x, y) -> Correlation:
 
 
 def kendalls_w(scores: Sequence[Sequence[float]] | np.ndarray) -> TestResult:
-    """Kendall's coefficient of concordance W of m rankings of the same n items (Kendall & Babington
-    Smith 1939): rows are raters (e.g. teacher/student pairs), columns items (e.g. methods); each row
-    is ranked (average ranks for ties; no tie correction). W = 12 S / (m^2 (n^3 - n)), S the sum of
-    squared deviations of the column rank sums; W = 1 is full agreement, 0 none.
+    """Kendall's coefficient of concordance W of m rankings of the same n items (Kendall &
+    Babington Smith 1939): rows are raters (e.g. teacher/student pairs), columns items (e.g.
+    methods); each row is ranked (average ranks for ties; no tie correction).
+    W = 12 S / (m^2 (n^3 - n)), S the sum of squared deviations of the column rank sums;
+    W = 1 is full agreement, 0 none.
     p from the chi-square approximation m (n - 1) W ~ chi2(n - 1) (Friedman's test)."""
     arr = np.asarray(scores, dtype=np.float64)
     if arr.ndim != 2:

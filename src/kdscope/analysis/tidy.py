@@ -107,7 +107,9 @@ def by_seed(rows: Iterable[Row], column: str) -> dict[int, float]:
     return out
 
 
-def paired(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[list[int], list[float], list[float]]:
+def paired(
+    a: Mapping[int, float], b: Mapping[int, float]
+) -> tuple[list[int], list[float], list[float]]:
     """Seeds present in both seed -> value maps, and the two aligned value lists."""
     seeds = sorted(set(a) & set(b))
     return seeds, [a[s] for s in seeds], [b[s] for s in seeds]
@@ -126,7 +128,7 @@ def missing_cells(
 ) -> list[dict[str, Any]]:
     """The ``expected`` key tuples (over ``keys``) that no row in ``rows`` has, as dicts."""
     present = set(group(rows, keys))
-    return [dict(zip(keys, cell)) for cell in expected if tuple(cell) not in present]
+    return [dict(zip(keys, cell, strict=True)) for cell in expected if tuple(cell) not in present]
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:

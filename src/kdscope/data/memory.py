@@ -18,15 +18,16 @@ Batch = tuple[Tensor, Tensor, Tensor]
 class InMemoryDataset(Dataset):
     """Images stored as uint8 ``(N, C, H, W)`` and normalised as they are read.
 
-    A pixel's value is ``raw * scale`` (``scale`` = 1/255 for 8-bit images) and it is returned as
-    ``(raw * scale - mean) / std`` per channel. Items are ``(image, label, index)``; ``__getitems__``
-    serves a whole batch with one ``index_select``, which is what DataLoader calls when the dataset
-    defines it.
+    A pixel's value is ``raw * scale`` (``scale`` = 1/255 for 8-bit images) and it is returned
+    as ``(raw * scale - mean) / std`` per channel. Items are ``(image, label, index)``;
+    ``__getitems__`` serves a whole batch with one ``index_select``, which is what DataLoader calls
+    when the dataset defines it.
 
-    Storing uint8 and normalising per batch is 4x smaller than storing normalised float32 and was no
-    slower: for a batch of 128 Fashion-MNIST-sized images (1x28x28, from 60000) ``index_select`` plus
-    normalisation took 28 us against 36 us for ``index_select`` of float32 (CIFAR-sized: 103 vs 137 us;
-    one CPU thread). Advanced indexing (``images[idx]``) was 3-4x slower than ``index_select`` for both.
+    Storing uint8 and normalising per batch is 4x smaller than storing normalised float32 and was
+    no slower: for a batch of 128 Fashion-MNIST-sized images (1x28x28, from 60000),
+    ``index_select`` plus normalisation took 28 us against 36 us for ``index_select`` of float32
+    (CIFAR-sized: 103 vs 137 us; one CPU thread). Advanced indexing (``images[idx]``) was 3-4x
+    slower than ``index_select`` for both.
     """
 
     def __init__(

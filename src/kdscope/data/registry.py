@@ -23,7 +23,8 @@ class DatasetNotFoundError(FileNotFoundError):
 def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
     """Register ``factory(*, data_dir, download, val_fraction, seed, train_size, **options)``.
 
-    ``data_dir`` is a Path or None (the factory picks its default, usually :data:`DEFAULT_DATA_DIR`).
+    ``data_dir`` is a Path or None (the factory picks its default, usually
+    :data:`DEFAULT_DATA_DIR`).
     The factory returns a :class:`DataBundle` without augmentation (``load_data`` sets it). It must
     carve validation from the official train split and honour ``train_size`` with
     :func:`~kdscope.data.splits.carve_splits`, so every dataset splits the same way.

@@ -17,9 +17,9 @@ _SUBSET_STREAM = 1
 def stratified_sample(labels: Sequence[int] | np.ndarray, count: int, seed: int) -> np.ndarray:
     """Draw ``count`` indices so that every class keeps its share of ``labels``.
 
-    Per-class quotas are ``count * n_c / n`` rounded by largest remainder (ties go to the lower class
-    label), so the quotas sum to exactly ``count``. Within a class the examples are chosen by a
-    permutation from ``numpy.random.default_rng(seed)``.
+    Per-class quotas are ``count * n_c / n`` rounded by largest remainder (ties go to the lower
+    class label), so the quotas sum to exactly ``count``. Within a class the examples are chosen
+    by a permutation from ``numpy.random.default_rng(seed)``.
     """
     labels = np.asarray(labels)
     n = len(labels)

@@ -17,13 +17,14 @@ AUGMENTS: Registry[BatchAugment | None] = Registry("augmentation preset")
 def standard_augment(x: Tensor, generator: Generator) -> Tensor:
     """Random crop with zero padding, then random horizontal flip, for a whole batch at once.
 
-    The CIFAR recipe of He et al. 2016 (pad 4, crop 32, flip with probability 1/2), generalised to any
-    size with ``pad = max(1, min(H, W) // 8)``. Every example draws its own offsets and flip from
-    ``generator``, which must live on ``x``'s device; the same generator state gives the same output.
+    The CIFAR recipe of He et al. 2016 (pad 4, crop 32, flip with probability 1/2), generalised to
+    any size with ``pad = max(1, min(H, W) // 8)``. Every example draws its own offsets and flip
+    from ``generator``, which must live on ``x``'s device; the same generator state gives the same
+    output.
 
-    Deviations: the padding value is 0 in normalised space, i.e. the dataset's mean colour rather than
-    black. Flips are applied whatever the data; they are wrong for digits and text, where a mirrored
-    image is no longer the same class, so choose ``"none"`` there.
+    Deviations: the padding value is 0 in normalised space, i.e. the dataset's mean colour rather
+    than black. Flips are applied whatever the data; they are wrong for digits and text, where a
+    mirrored image is no longer the same class, so choose ``"none"`` there.
     """
     if x.dim() != 4:
         raise ValueError(f"expected a batch of shape (B, C, H, W), got shape {tuple(x.shape)}")

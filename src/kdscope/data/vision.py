@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import transforms as T
@@ -97,7 +96,9 @@ def _load_cifar(
     seed: int,
     train_size: int | None,
 ) -> DataBundle:
-    folder = _find_cifar(name, spec, data_dir if data_dir is not None else DEFAULT_DATA_DIR, download)
+    folder = _find_cifar(
+        name, spec, data_dir if data_dir is not None else DEFAULT_DATA_DIR, download
+    )
     with open(folder / spec.meta_file, "rb") as f:
         class_names = list(pickle.load(f, encoding="latin1")[spec.names_key])
     return memory_bundle(
@@ -185,12 +186,13 @@ def load_image_folder(
     """Images in class subfolders (torchvision ImageFolder), read from disk per item.
 
     ``data_dir`` holds ``train/`` and optionally ``val/`` and ``test/``, each with one subfolder per
-    class, or is itself one folder of class subfolders (used as ``train/``). A missing ``test/`` is
-    carved from train (a fixed stratified 20%, the same for every seed); a missing ``val/`` is carved
-    with ``val_fraction`` and ``seed`` (``val_fraction`` is unused when ``val/`` exists). Images are
-    converted to RGB, resized so the shorter side is ``image_size`` and centre-cropped to a square;
-    the default 32 suits the CIFAR-style models of the zoo. Normalisation statistics are estimated
-    from up to 1000 training images drawn with a fixed seed. ``download`` is ignored.
+    class, or is itself one folder of class subfolders (used as ``train/``). A missing ``test/``
+    is carved from train (a fixed stratified 20%, the same for every seed); a missing ``val/`` is
+    carved with ``val_fraction`` and ``seed`` (``val_fraction`` is unused when ``val/`` exists).
+    Images are converted to RGB, resized so the shorter side is ``image_size`` and centre-cropped
+    to a square; the default 32 suits the CIFAR-style models of the zoo. Normalisation statistics
+    are estimated from up to 1000 training images drawn with a fixed seed. ``download`` is
+    ignored.
     """
     if data_dir is None:
         raise ValueError("imagefolder needs data_dir, the folder that holds the images")
@@ -254,5 +256,5 @@ def _estimate_stats(
     chosen = stratified_sample(labels, min(len(samples), FOLDER_STATS_SAMPLE), seed=0)
     images = (resize(default_loader(samples[i][0])) for i in chosen)
     mean, std = channel_stats(img[None] for img in images)
-    # A constant channel (say blue in pure-red images) has std 0: leave it unscaled, not divided by 0.
+    # A constant channel (say blue in pure-red images) has std 0: leave it unscaled.
     return mean, tuple(s if s > 0 else 1.0 for s in std)

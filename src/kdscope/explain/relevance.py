@@ -29,17 +29,10 @@ from kdscope.explain.gradcam import eval_mode, grad_cam
 from kdscope.explain.road import road_keep_top
 from kdscope.explain.unicam import batch_composition, unicam
 from kdscope.features import FeatureTap, pair_layers
-from kdscope.metrics.similarity import (
-    ZeroVarianceError,
-    distance_correlation_sqr,
-    u_distance_correlation_sqr,
-)
+from kdscope.metrics.relevance import ESTIMATOR_NAMES, ESTIMATORS
+from kdscope.metrics.similarity import ZeroVarianceError
 
-Estimator = Literal["u", "v"]
-ESTIMATORS = {
-    "u": ("bias-corrected R* (u_distance_correlation_sqr)", u_distance_correlation_sqr),
-    "v": ("V-statistic dCor^2 (distance_correlation_sqr)", distance_correlation_sqr),
-}
+Estimator = Literal["bias_corrected", "v_statistic"]
 SCORES = {
     "gradcam": ("fss", "rs_student", "rs_base"),
     "unicam": ("fss", "rs_distilled", "rs_residual"),
@@ -103,7 +96,7 @@ def perturbed_relevance(
     label_embeddings: Tensor,
     layers: Sequence[tuple[str, str]] | None = None,
     keep_fraction: float = 0.5,
-    estimator: Estimator = "u",
+    estimator: Estimator = "bias_corrected",
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     noise_std: float = 0.01,
@@ -120,7 +113,7 @@ def perturbed_relevance(
         layers: ``(student_layer, base_layer)`` pairs; default: the models' ``feature_layers``
             paired by relative depth.
         keep_fraction: share of pixels each explanation keeps.
-        estimator: ``"u"`` bias-corrected R* (default, can be negative) or ``"v"`` V-statistic
+        estimator: ``"bias_corrected"`` R* (default; can be negative) or ``"v_statistic"``
             dCor^2.
         mean, std: the normalisation of ``inputs``, undone for imputation (ROAD works on [0, 1]
             images); ``None`` when inputs are already in [0, 1].
@@ -130,7 +123,7 @@ def perturbed_relevance(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
-    description, similarity = ESTIMATORS[estimator]
+    similarity = ESTIMATORS[estimator]
     pairs = list(layers) if layers is not None else default_layer_pairs(student, base)
     results = [LayerRelevance(s, b) for s, b in pairs]
     generator = torch.Generator().manual_seed(seed)
@@ -147,12 +140,12 @@ def perturbed_relevance(
             continue
         device = next(student.parameters()).device
         inputs = inputs.to(device)
-        images = _unnormalize(inputs, mean, std)
+        images = unnormalize(inputs, mean, std)
         embeddings = label_embeddings.to(device)[labels.to(device)]
 
         def keep_top(maps: Tensor, images: Tensor = images) -> Tensor:
             kept = road_keep_top(images, maps, keep_fraction, noise_std, generator)
-            return _normalize(kept, mean, std)
+            return normalize(kept, mean, std)
 
         for result in results:
             s_layer, b_layer = result.student_layer, result.base_layer
@@ -181,7 +174,7 @@ def perturbed_relevance(
         compositions.append({"batch": i, **batch_composition(labels, indices)})
 
     return RelevanceResult(
-        estimator=description,
+        estimator=ESTIMATOR_NAMES[estimator],
         keep_fraction=keep_fraction,
         noise_std=noise_std,
         layers=results,
@@ -232,14 +225,16 @@ def _summary(values: list[float | None]) -> dict:
     return {"mean": mean, "std": std, "n": n, "per_batch": values}
 
 
-def _unnormalize(x: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
+def unnormalize(x: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
+    """Undo per-channel ``(x - mean) / std``; no change when either is None."""
     if mean is None or std is None:
         return x
     m, s = _stats(x, mean, std)
     return x * s + m
 
 
-def _normalize(x: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
+def normalize(x: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
+    """Per-channel ``(x - mean) / std``; no change when either is None."""
     if mean is None or std is None:
         return x
     m, s = _stats(x, mean, std)

@@ -28,7 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from kdscope.explain.gradcam import cam_from, eval_mode, layer_activations
-from kdscope.metrics.similarity import semipartial_distance_correlation, u_distance_correlation_sqr
+from kdscope.metrics.similarity import (
+    pairwise_distances,
+    u_centered,
+    u_correlation,
+    u_inner,
+)
 
 UNIQUE_TOLERANCE = 1e-10
 
@@ -103,19 +108,24 @@ def unicam(
     with eval_mode(student, base), torch.enable_grad():
         _, s = layer_activations(student, student_layer, inputs)
         _, b = layer_activations(base, base_layer, inputs)
-        shared = u_distance_correlation_sqr(s.detach(), b.detach()).clamp(-1.0, 1.0).item()
+        # Each distance matrix is built once; the two objectives share them.
+        a, c = u_centered(pairwise_distances(s)), u_centered(pairwise_distances(b))
+        e = u_centered(pairwise_distances(embeddings))
+        shared = u_correlation(a.detach(), c.detach()).clamp(-1.0, 1.0).item()
         unique_fraction = 1.0 - shared**2
         empty = unique_fraction <= tolerance
-        maps, objectives = [], []
-        for own, other in ((s, b), (b, s)):
-            if empty:
-                maps.append(torch.zeros(inputs.shape[0], *inputs.shape[-2:], device=inputs.device))
-                objectives.append(0.0)
-                continue
-            objective = semipartial_distance_correlation(own, embeddings, other)
-            (grads,) = torch.autograd.grad(objective, own, retain_graph=True)
-            maps.append(cam_from(own.detach(), grads, inputs.shape[-2:]))
-            objectives.append(objective.item())
+        if empty:
+            zeros = torch.zeros(inputs.shape[0], *inputs.shape[-2:], device=inputs.device)
+            maps, objectives = (zeros, zeros.clone()), (0.0, 0.0)
+        else:
+            # The other model's matrix is a constant in each objective, so one backward pass
+            # through their sum gives d(distilled)/ds and d(residual)/db.
+            distilled = u_correlation(_residual(a, c.detach()), e)
+            residual = u_correlation(_residual(c, a.detach()), e)
+            grad_s, grad_b = torch.autograd.grad(distilled + residual, (s, b))
+            size = inputs.shape[-2:]
+            maps = (cam_from(s.detach(), grad_s, size), cam_from(b.detach(), grad_b, size))
+            objectives = (distilled.item(), residual.item())
 
     return UniCAMResult(
         distilled=maps[0],
@@ -127,6 +137,11 @@ def unicam(
         unique_fraction=unique_fraction,
         empty=empty,
     )
+
+
+def _residual(own: Tensor, other: Tensor) -> Tensor:
+    """``own`` minus its projection on ``other`` (U-centred matrices): what ``other`` lacks."""
+    return own - (u_inner(own, other) / u_inner(other, other)) * other
 
 
 def _check_batch(inputs: Tensor, labels: Tensor, label_embeddings: Tensor) -> None:

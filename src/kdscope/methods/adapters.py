@@ -6,22 +6,43 @@ embedding); they are trainable submodules of the method, built in ``bind`` once 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdscope.methods.base import Method
+from kdscope.methods.base import Method, Outputs
+
+Forward = Callable[[Method, Outputs], dict[str, Tensor]]
+
+
+def full_precision(forward: Forward) -> Forward:
+    """Run a method's ``forward`` outside autocast, so its matmuls stay in float32 under AMP.
+
+    For losses built on Gram matrices, eigenvectors or exp(score / tau), which overflow or lose
+    their cancellations in float16; the decorated forward casts its features to float itself.
+    """
+
+    @functools.wraps(forward)
+    def wrapper(self: Method, out: Outputs) -> dict[str, Tensor]:
+        with torch.autocast(out.student_logits.device.type, enabled=False):
+            return forward(self, out)
+
+    return wrapper
 
 
 def classifier_of(model: nn.Module) -> nn.Linear:
-    """The model's final linear layer: ``model.classifier_layer`` (zoo models) or ``model.classifier``."""
+    """The model's final linear layer: ``model.classifier_layer`` (zoo models) or
+    ``model.classifier``.
+    """
     name = getattr(model, "classifier_layer", None)
     head = model.get_submodule(name) if name else getattr(model, "classifier", None)
     if not isinstance(head, nn.Linear):
         raise TypeError(
-            f"{type(model).__name__} exposes no linear classifier: set `classifier_layer` (a submodule "
-            "name) or a `classifier` nn.Linear attribute"
+            f"{type(model).__name__} exposes no linear classifier: set `classifier_layer` "
+            "(a submodule name) or a `classifier` nn.Linear attribute"
         )
     return head
 
@@ -39,17 +60,23 @@ def penultimate_layer(model: nn.Module) -> str:
 
 
 def pooled_map_layer(model: nn.Module) -> str:
-    """The feature map the classifier sees after global pooling: ``"avgpool:in"`` where the model has
-    an ``avgpool`` module (every zoo model, torchvision ResNets), else the last of ``feature_layers``."""
+    """The feature map the classifier sees after global pooling: ``"avgpool:in"`` where the model
+    has an ``avgpool`` module (every zoo model, torchvision ResNets), else the last of
+    ``feature_layers``.
+    """
     if isinstance(getattr(model, "avgpool", None), nn.Module):
         return "avgpool:in"
     layers = list(getattr(model, "feature_layers", []))
     if not layers:
-        raise TypeError(f"{type(model).__name__} has neither an `avgpool` module nor `feature_layers`")
+        raise TypeError(
+            f"{type(model).__name__} has neither an `avgpool` module nor `feature_layers`"
+        )
     return layers[-1]
 
 
-def keep_pairs(method: Method, student: nn.Module, teacher: nn.Module | None, index: int | str) -> None:
+def keep_pairs(
+    method: Method, student: nn.Module, teacher: nn.Module | None, index: int | str
+) -> None:
     """Resolve the method's layers (``Method.resolve_layers``) and keep one pair of them.
 
     ``index`` is a position in the paired lists or ``"middle"`` (FitNet's hint: the pair at half
@@ -90,11 +117,13 @@ def require_maps(method: str, shapes: dict[str, tuple[int, ...]]) -> None:
 
 
 class ConvRegressor(nn.Module):
-    """FitNet's regressor: student map (C_s, H_s, W_s) -> teacher map (C_t, H_t, W_t), then BN + ReLU.
+    """FitNet's regressor: student map (C_s, H_s, W_s) -> teacher map (C_t, H_t, W_t), then BN +
+    ReLU.
 
-    The spatial mapping follows CRD/mdistiller's ``ConvReg``: a stride-2 3x3 conv when the student map
-    is twice as large, a stride-2 4x4 transposed conv when half as large, otherwise a valid conv with
-    kernel (1 + H_s - H_t, 1 + W_s - W_t) (1x1 when sizes match). Vectors (B, D) get a linear layer.
+    The spatial mapping follows CRD/mdistiller's ``ConvReg``: a stride-2 3x3 conv when the student
+    map is twice as large, a stride-2 4x4 transposed conv when half as large, otherwise a valid conv
+    with kernel (1 + H_s - H_t, 1 + W_s - W_t) (1x1 when sizes match). Vectors (B, D) get a linear
+    layer.
     """
 
     def __init__(self, s_shape: Sequence[int], t_shape: Sequence[int], relu: bool = True):
@@ -117,7 +146,8 @@ class ConvRegressor(nn.Module):
                 self.map = nn.Conv2d(cs, ct, (1 + hs - ht, 1 + ws - wt))
             else:
                 raise ValueError(
-                    f"student map {hs}x{ws} is smaller than the teacher's {ht}x{wt} and not half of it"
+                    f"student map {hs}x{ws} is smaller than the teacher's {ht}x{wt} "
+                    "and not half of it"
                 )
             self.bn = nn.BatchNorm2d(ct)
         self.relu = relu
@@ -148,7 +178,7 @@ class Connector(nn.Module):
 
 
 class Embed(nn.Module):
-    """Linear projection of flattened features to ``dim`` followed by L2 normalisation (CRD, CRCD)."""
+    """Linear map of flattened features to ``dim``, then L2 normalisation (CRD, CRCD)."""
 
     def __init__(self, dim_in: int, dim: int = 128):
         super().__init__()

@@ -62,12 +62,15 @@ class Method(nn.Module):
 
     Subclasses set ``needs``, the paper's defaults as ``__init__`` keyword arguments, and ``ce_weight``
     (the weight of the cross-entropy on labels that the Trainer adds unless the run overrides it).
+    ``same_label_space = False`` lets teacher and student predict different class sets (lifelong
+    learning). With several teachers, ``Outputs.teacher_logits`` has shape (K, B, C).
     Trainable extras (regressors, projectors) are submodules created in ``bind`` once feature shapes are
     known, so the optimizer sees them.
     """
 
     needs: ClassVar[Needs] = Needs(teacher=False)
     ce_weight: float = 1.0
+    same_label_space: ClassVar[bool] = True
     family: ClassVar[str] = "response"
     paper: ClassVar[str] = ""
 
@@ -144,7 +147,8 @@ def method_info(name: str) -> dict[str, Any]:
     defaults = {
         k: p.default
         for k, p in params.items()
-        if k not in ("self", "student_layers", "teacher_layers") and p.default is not inspect.Parameter.empty
+        if k not in ("self", "student_layers", "teacher_layers")
+        and p.default is not inspect.Parameter.empty
     }
     needs = [k for k, v in vars(cls.needs).items() if v and k != "teacher"]
     return {"family": cls.family, "paper": cls.paper, "defaults": defaults, "needs": needs}

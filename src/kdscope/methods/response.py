@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from kdscope.methods.base import Method, Needs, Outputs, register_method
+from kdscope.methods.base import BindContext, Method, Needs, Outputs, register_method
 
 
 def kd_div(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -35,9 +36,9 @@ class NoDistillation(Method):
 class VanillaKD(Method):
     """Hinton, Vinyals, Dean 2015, "Distilling the Knowledge in a Neural Network".
 
-    loss = alpha * T^2 * KL(p_t^T || p_s^T), batch mean; the run adds (1 - alpha) * CE (0.1 * CE at the
-    defaults) unless it sets its own CE weight. Defaults T=4, alpha=0.9 follow the common CIFAR recipe (mdistiller, CRD); the paper gives no
-    single value.
+    loss = alpha * T^2 * KL(p_t^T || p_s^T), batch mean; the run adds (1 - alpha) * CE (0.1 * CE at
+    the defaults) unless it sets its own CE weight. Defaults T=4, alpha=0.9 follow the common CIFAR
+    recipe (mdistiller, CRD); the paper gives no single value.
     """
 
     needs = Needs(teacher_logits=True)
@@ -51,3 +52,244 @@ class VanillaKD(Method):
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:
         return {"kd": self.alpha * kd_div(out.student_logits, out.teacher_logits, self.temperature)}
+
+
+def dkd_terms(
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """Decoupled KD's two parts, each T^2 * batch-mean KL (Zhao et al. 2022, Eq. 5).
+
+    TCKD = KL(b_t || b_s) over the binary (target, non-target) probabilities; NCKD = KL(p^_t ||
+    p^_s) over the distribution among non-target classes. Computed in log space: b's non-target
+    log-probability is a logsumexp over the other classes, not log(1 - p) of a rounded p.
+    """
+    zs, zt = student_logits.float() / temperature, teacher_logits.float() / temperature
+    gt = F.one_hot(labels, zs.shape[1]).bool()
+
+    def binary_log_probs(z: Tensor) -> Tensor:
+        log_all = z.logsumexp(1)
+        log_target = z[gt] - log_all
+        log_other = z.masked_fill(gt, float("-inf")).logsumexp(1) - log_all
+        return torch.stack([log_target, log_other], dim=1)
+
+    tckd = F.kl_div(
+        binary_log_probs(zs), binary_log_probs(zt), reduction="batchmean", log_target=True
+    )
+    # The target class is pushed out of the softmax by -1000 (exp underflows to exactly 0), as in
+    # the paper's code: the non-target distributions then have the same support and KL stays finite.
+    log_ps_hat = F.log_softmax(zs - 1000.0 * gt, dim=1)
+    log_pt_hat = F.log_softmax(zt - 1000.0 * gt, dim=1)
+    nckd = F.kl_div(log_ps_hat, log_pt_hat, reduction="batchmean", log_target=True)
+    return tckd * temperature**2, nckd * temperature**2
+
+
+@register_method("dkd")
+class DecoupledKD(Method):
+    """Zhao, Cui, Song, Qiu, Liang 2022, "Decoupled Knowledge Distillation", CVPR 2022,
+    arXiv:2203.08679.
+
+    loss = min((epoch + 1) / warmup, 1) * (alpha * TCKD + beta * NCKD), both T^2-scaled (see
+    :func:`dkd_terms`); CE weight 1. Defaults alpha=1, beta=8, T=4, warmup=20 epochs are the paper's
+    CIFAR-100 settings (its code's resnet32x4 -> resnet8x4 config; beta varies per pair there).
+    ``Outputs.epoch`` counts from 0, the paper's code from 1, hence ``epoch + 1``.
+    """
+
+    needs = Needs(teacher_logits=True)
+    ce_weight = 1.0
+    paper = "Zhao et al. 2022, arXiv:2203.08679"
+
+    def __init__(
+        self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20
+    ):
+        super().__init__()
+        self.alpha, self.beta = alpha, beta
+        self.temperature = temperature
+        self.warmup = warmup
+
+    def forward(self, out: Outputs) -> dict[str, Tensor]:
+        ramp = min((out.epoch + 1) / self.warmup, 1.0) if self.warmup > 0 else 1.0
+        tckd, nckd = dkd_terms(out.student_logits, out.teacher_logits, out.labels, self.temperature)
+        return {"tckd": ramp * self.alpha * tckd, "nckd": ramp * self.beta * nckd}
+
+
+class LearningSimplifier(nn.Module):
+    """Single-head self-attention over the examples of a batch, with a residual connection.
+
+    z' = z + softmax(Q K^T / sqrt(C)) V W_o for softened teacher logits z (B, C). W_o starts at
+    zero, so the simplifier starts as the identity and SKD starts as plain KD.
+    """
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.query = nn.Linear(num_classes, num_classes)
+        self.key = nn.Linear(num_classes, num_classes)
+        self.value = nn.Linear(num_classes, num_classes)
+        self.out = nn.Linear(num_classes, num_classes)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, z: Tensor) -> Tensor:
+        scores = self.query(z) @ self.key(z).T / z.shape[1] ** 0.5
+        return z + self.out(scores.softmax(dim=1) @ self.value(z))
+
+
+@register_method("skd")
+class StudentFriendlyKD(Method):
+    """Yuan, Lang, Quan 2024, "Student-friendly Knowledge Distillation", Knowledge-Based Systems,
+    arXiv:2305.10893.
+
+    The teacher's logits are softened by T, passed through a learning simplifier trained jointly
+    with the student under the KD loss, and the student imitates the simplified distribution: loss =
+    alpha * T^2 * KL(softmax(S(z_t / T)) || softmax(z_s / T)).
+
+    Assumed (only the abstract was verified): the simplifier :class:`LearningSimplifier` is one
+    self-attention layer whose tokens are the examples of the batch (C-dimensional, C = classes)
+    with a zero-initialised residual output, so training starts from plain KD; T=4, alpha=0.9 and
+    the CE weight 1 - alpha are taken from ``kd``.
+    """
+
+    needs = Needs(teacher_logits=True)
+    paper = "Yuan et al. 2024, arXiv:2305.10893"
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.9):
+        super().__init__()
+        self.temperature = temperature
+        self.alpha = alpha
+        self.ce_weight = 1.0 - alpha
+
+    def bind(self, ctx: BindContext) -> None:
+        self.simplifier = LearningSimplifier(ctx.num_classes)
+
+    def forward(self, out: Outputs) -> dict[str, Tensor]:
+        simplified = self.simplifier(out.teacher_logits.float() / self.temperature)
+        log_p_s = F.log_softmax(out.student_logits.float() / self.temperature, dim=1)
+        kl = F.kl_div(log_p_s, F.log_softmax(simplified, 1), reduction="batchmean", log_target=True)
+        return {"skd": self.alpha * kl * self.temperature**2}
+
+
+def teacher_weights(teacher_logits: Tensor, labels: Tensor, weighting: str) -> Tensor:
+    """Per-example weights (K, B) of K teachers, summing to 1 over teachers.
+
+    ``"mean"``: 1/K. ``"confidence"``: CA-MKD's w_k = (1 - softmax_k(CE_k)) / (K - 1), where CE_k is
+    teacher k's cross-entropy on the label: teachers closer to the label weigh more.
+    """
+    k, b = teacher_logits.shape[:2]
+    if weighting == "mean" or k == 1:
+        return teacher_logits.new_full((k, b), 1.0 / k)
+    ce = F.cross_entropy(
+        teacher_logits.float().flatten(0, 1), labels.repeat(k), reduction="none"
+    ).view(k, b)
+    return (1.0 - ce.softmax(dim=0)) / (k - 1)
+
+
+@register_method("multi_teacher")
+class MultiTeacherKD(Method):
+    """KD from K teachers through the average of their softened probabilities.
+
+    p_t = sum_k w_k softmax(z_k / T); loss = alpha * T^2 * KL(p_t || p_s^T), batch mean; CE weight 1
+    - alpha. ``weighting="mean"`` (w_k = 1/K) is the averaged soft target of You, Xu, Xu, Tao 2017,
+    "Learning from Multiple Teacher Networks", KDD 2017. ``weighting="confidence"`` takes CA-MKD's
+    per-example weights (Zhang, Chen, Wang 2022, "Confidence-Aware Multi-Teacher Knowledge
+    Distillation", ICASSP 2022, arXiv:2201.00007); deviation: CA-MKD weights the K per-teacher KL
+    terms and also distils features, here the weights mix the teachers' probabilities into one
+    target.
+
+    ``Outputs.teacher_logits`` is (K, B, C) for K teachers or (B, C) for one (then this is ``kd``).
+    """
+
+    needs = Needs(teacher_logits=True)
+    paper = "You et al. 2017 (KDD); Zhang et al. 2022, arXiv:2201.00007"
+    weightings = ("mean", "confidence")
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, weighting: str = "mean"):
+        super().__init__()
+        if weighting not in self.weightings:
+            raise ValueError(
+                f"weighting must be one of {', '.join(self.weightings)}; got {weighting!r}"
+            )
+        self.temperature = temperature
+        self.alpha = alpha
+        self.weighting = weighting
+        self.ce_weight = 1.0 - alpha
+
+    def forward(self, out: Outputs) -> dict[str, Tensor]:
+        z_t = out.teacher_logits.float()
+        z_t = z_t.unsqueeze(0) if z_t.dim() == 2 else z_t
+        w = teacher_weights(z_t, out.labels, self.weighting)
+        p_t = (w.unsqueeze(-1) * F.softmax(z_t / self.temperature, dim=-1)).sum(0)
+        log_p_s = F.log_softmax(out.student_logits.float() / self.temperature, dim=1)
+        kl = F.kl_div(log_p_s, p_t, reduction="batchmean")
+        return {"kd": self.alpha * kl * self.temperature**2}
+
+
+def gaussian_like(logits: Tensor) -> Tensor:
+    """Gaussian logits with exactly the per-example mean and standard deviation of ``logits`` (B,
+    C).
+    """
+    noise = torch.randn_like(logits)
+    noise = (noise - noise.mean(1, keepdim=True)) / noise.std(1, keepdim=True)
+    return logits.mean(1, keepdim=True) + logits.std(1, keepdim=True) * noise
+
+
+@register_method("random_control")
+class RandomControlKD(Method):
+    """KD with the teacher's knowledge removed: the control arm of the functional-transfer study
+    (shared/specs/functional-transfer.md, after Mason-Williams et al. 2025, arXiv:2510.12615).
+
+    The loss and weights are those of ``kd`` (alpha * T^2 * KL, CE weight 1 - alpha); only the
+    target changes. ``mode="gaussian"``: softmax of Gaussian logits drawn fresh every step with each
+    example's teacher logit mean and standard deviation (matched exactly, not just in expectation).
+    ``mode="permute"``: example i is given the teacher output of example pi(i) for a fixed random
+    derangement pi of the training set drawn at ``bind``; outputs are kept in a bank of num_train x
+    C floats, filled as examples are seen (or ahead of training through :meth:`remember`, e.g. from
+    a teacher cache). While pi(i) has not been seen yet (first epoch) the target is the teacher
+    output of another example of the same batch.
+    """
+
+    needs = Needs(teacher_logits=True)
+    paper = "Mason-Williams et al. 2025, arXiv:2510.12615 (control)"
+    modes = ("gaussian", "permute")
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, mode: str = "gaussian"):
+        super().__init__()
+        if mode not in self.modes:
+            raise ValueError(f"mode must be one of {', '.join(self.modes)}; got {mode!r}")
+        self.temperature = temperature
+        self.alpha = alpha
+        self.mode = mode
+        self.ce_weight = 1.0 - alpha
+        if mode == "permute":
+            self.needs = Needs(teacher_logits=True, indices=True)
+
+    def bind(self, ctx: BindContext) -> None:
+        if self.mode != "permute":
+            return
+        n = ctx.num_train
+        if n < 2:
+            raise ValueError(f"mode='permute' needs at least 2 training examples, got {n}")
+        order = torch.randperm(n)
+        partner = torch.empty(n, dtype=torch.long)
+        partner[order] = order.roll(-1)  # one n-cycle: nobody is paired with itself
+        self.register_buffer("partner", partner)
+        self.register_buffer("bank", torch.zeros(n, ctx.num_classes))
+        self.register_buffer("seen", torch.zeros(n, dtype=torch.bool))
+
+    @torch.no_grad()
+    def remember(self, indices: Tensor, teacher_logits: Tensor) -> None:
+        """Store the teacher's logits of the examples ``indices`` in the bank (mode="permute")."""
+        self.bank[indices] = teacher_logits.float()
+        self.seen[indices] = True
+
+    def target_logits(self, out: Outputs) -> Tensor:
+        """The noise logits that replace the teacher's for this batch."""
+        z_t = out.teacher_logits.float()
+        if self.mode == "gaussian":
+            return gaussian_like(z_t)
+        self.remember(out.indices, z_t)
+        source = self.partner[out.indices]
+        known = self.seen[source].unsqueeze(1)
+        return torch.where(known, self.bank[source], z_t.roll(1, dims=0))
+
+    def forward(self, out: Outputs) -> dict[str, Tensor]:
+        kd = kd_div(out.student_logits.float(), self.target_logits(out), self.temperature)
+        return {"kd": self.alpha * kd}

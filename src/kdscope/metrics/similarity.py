@@ -312,9 +312,13 @@ class MinibatchCKA:
         if n < 4:
             self.skipped_examples += n
             return
-        ku, lu = u_centered(linear_gram(x)), u_centered(linear_gram(y))
+        self.update_centred(u_centered(linear_gram(x)), u_centered(linear_gram(y)))
+
+    @torch.no_grad()
+    def update_centred(self, ku: Tensor, lu: Tensor) -> None:
+        """Add a batch given its U-centred Gram matrices (callers may share one across pairs)."""
         self._sums += torch.stack([u_inner(ku, lu), u_inner(ku, ku), u_inner(lu, lu)]).cpu()
-        self.n += n
+        self.n += ku.shape[0]
         self.batches += 1
 
     def compute(self) -> float:

@@ -1,4 +1,4 @@
-"""Model zoo: CIFAR-style ResNets, WRNs, VGGs, MobileNetV2, small nets, and torchvision as ``tv:<name>``."""
+"""Model zoo: CIFAR ResNets, WRNs, VGGs, MobileNetV2, small nets; torchvision as ``tv:<name>``."""
 
 from kdscope.models import mobilenetv2, resnet, small, vgg, wrn  # noqa: F401  (registers the zoo)
 from kdscope.models.registry import (

@@ -1,14 +1,14 @@
 """CIFAR-style MobileNetV2 (Sandler et al. 2018) as defined by CRD (Tian et al. 2020).
 
-Inverted residual blocks (1x1 expand, 3x3 depthwise, linear 1x1 project; identity shortcut where shapes
-allow) in seven groups ``blocks.0..6`` with (t, c, n, s) = (1,16,1,1), (6,24,2,1), (6,32,3,2), (6,64,4,2),
-(6,96,3,1), (6,160,3,2), (6,320,1,1) after a stride-2 stem, a 1x1 conv to 1280 channels, pooling and
-``classifier``. As in CRD the t=1 group keeps its (1x) expansion conv, and the default
-``width_mult=0.5`` is the network CRD and mdistiller report as "MobileNetV2" (0.81M parameters at 100
-classes). Deviation: global pooling is adaptive, so any input side >= 8 works.
+Inverted residual blocks (1x1 expand, 3x3 depthwise, linear 1x1 project; identity shortcut where
+shapes allow) in seven groups ``blocks.0..6`` with (t, c, n, s) = (1,16,1,1), (6,24,2,1),
+(6,32,3,2), (6,64,4,2), (6,96,3,1), (6,160,3,2), (6,320,1,1) after a stride-2 stem, a 1x1 conv to
+1280 channels, pooling and ``classifier``. As in CRD the t=1 group keeps its (1x) expansion conv,
+and the default ``width_mult=0.5`` is the network CRD and mdistiller report as "MobileNetV2" (0.81M
+parameters at 100 classes). Deviation: global pooling is adaptive, so any input side >= 8 works.
 
-Group outputs end in BN with no ReLU (linear bottlenecks), so they are already pre-activation features
-and ``preact_layers`` equals ``feature_layers``.
+Group outputs end in BN with no ReLU (linear bottlenecks), so they are already pre-activation
+features and ``preact_layers`` equals ``feature_layers``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """CIFAR-style ResNets as defined by CRD (Tian et al. 2020) and mdistiller.
 
 He et al. 2016, Sec. 4.2: a 3x3 stem, three stages of BasicBlocks at 1, 1/2 and 1/4 resolution and
-depth = 6n + 2. ``resnet8x4``/``resnet32x4`` are CRD's 4x-wide variants (stem 32, stages 64/128/256).
-Shortcuts that change shape are 1x1 conv + BN (option B), as in CRD, which fixes the parameter counts
-(resnet56: 0.86M, resnet32x4: 7.43M at 100 classes). Deviation: global pooling is adaptive instead of
-``AvgPool2d(8)``, so any input side >= 8 works; at 32x32 the two are identical.
+depth = 6n + 2. ``resnet8x4``/``resnet32x4`` are CRD's 4x-wide variants (stem 32, stages
+64/128/256). Shortcuts that change shape are 1x1 conv + BN (option B), as in CRD, which fixes the
+parameter counts (resnet56: 0.86M, resnet32x4: 7.43M at 100 classes). Deviation: global pooling is
+adaptive instead of ``AvgPool2d(8)``, so any input side >= 8 works; at 32x32 the two are identical.
 """
 
 from __future__ import annotations

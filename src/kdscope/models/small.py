@@ -18,15 +18,15 @@ def _conv_bn(in_channels: int, out_channels: int, kernel: int) -> list[nn.Module
 class AlexNetSmall(nn.Module):
     """AlexNet (Krizhevsky et al. 2012) at half width for small images, in three stages.
 
-    ``stage1``: 5x5 conv (48); ``stage2``: 5x5 conv (128); ``stage3``: three 3x3 convs (192, 192, 128);
-    each stage ends in 2x2 max-pooling, so 32x32 inputs give 16, 8 and 4 pixel feature maps. Then global
-    pooling, dropout 0.5 and one linear ``classifier``. Deviations from AlexNet: batch norm instead of
-    local response normalisation, 2x2 instead of overlapping 3x3 pooling, stride-1 first conv, and a
-    single linear layer instead of the three fully connected ones, so that the classifier applies to
-    pooled features (as GLD needs).
+    ``stage1``: 5x5 conv (48); ``stage2``: 5x5 conv (128); ``stage3``: three 3x3 convs (192, 192,
+    128); each stage ends in 2x2 max-pooling, so 32x32 inputs give 16, 8 and 4 pixel feature maps.
+    Then global pooling, dropout 0.5 and one linear ``classifier``. Deviations from AlexNet: batch
+    norm instead of local response normalisation, 2x2 instead of overlapping 3x3 pooling, stride-1
+    first conv, and a single linear layer instead of the three fully connected ones, so that the
+    classifier applies to pooled features (as GLD needs).
 
-    Each stage pools before its last ReLU (max-pooling commutes with ReLU), so ``"<stage>.act:in"`` is
-    the pre-activation feature at the stage's output resolution.
+    Each stage pools before its last ReLU (max-pooling commutes with ReLU), so ``"<stage>.act:in"``
+    is the pre-activation feature at the stage's output resolution.
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, dropout: float = 0.5):
@@ -34,9 +34,13 @@ class AlexNetSmall(nn.Module):
         self.stage1 = self._stage(_conv_bn(in_channels, 48, 5))
         self.stage2 = self._stage(_conv_bn(48, 128, 5))
         self.stage3 = self._stage(
-            [*_conv_bn(128, 192, 3), nn.ReLU(inplace=True),
-             *_conv_bn(192, 192, 3), nn.ReLU(inplace=True),
-             *_conv_bn(192, 128, 3)]  # fmt: skip
+            [
+                *_conv_bn(128, 192, 3),
+                nn.ReLU(inplace=True),
+                *_conv_bn(192, 192, 3),
+                nn.ReLU(inplace=True),
+                *_conv_bn(192, 128, 3),
+            ]
         )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
@@ -59,10 +63,11 @@ class AlexNetSmall(nn.Module):
 class MLP(nn.Module):
     """Fully connected ReLU network on flattened images.
 
-    Images are first average-pooled to ``input_size x input_size`` (adaptive pooling), so any image size
-    is accepted and the network is a plain MLP on the pixels when ``input_size`` equals the image side
-    (pass 28 for Fashion-MNIST, 8 for digits; the default 32 fits CIFAR). Hidden layers
-    ``hidden.fc1, hidden.fc2, ...`` are Linear + ReLU; ``"hidden.fc<i>.act:in"`` is the pre-activation.
+    Images are first average-pooled to ``input_size x input_size`` (adaptive pooling), so any image
+    size is accepted and the network is a plain MLP on the pixels when ``input_size`` equals the
+    image side (pass 28 for Fashion-MNIST, 8 for digits; the default 32 fits CIFAR). Hidden layers
+    ``hidden.fc1, hidden.fc2, ...`` are Linear + ReLU; ``"hidden.fc<i>.act:in"`` is the
+    pre-activation.
     """
 
     def __init__(
@@ -74,7 +79,9 @@ class MLP(nn.Module):
     ):
         super().__init__()
         if not hidden_sizes or min(hidden_sizes) < 1:
-            raise ValueError(f"hidden_sizes must be one or more positive ints, got {hidden_sizes!r}")
+            raise ValueError(
+                f"hidden_sizes must be one or more positive ints, got {hidden_sizes!r}"
+            )
         if input_size < 1:
             raise ValueError(f"input_size must be a positive int, got {input_size}")
         self.pool = nn.AdaptiveAvgPool2d(input_size)
@@ -82,7 +89,7 @@ class MLP(nn.Module):
         self.hidden = nn.Sequential(
             OrderedDict(
                 (f"fc{i}", nn.Sequential(OrderedDict(linear=nn.Linear(a, b), act=nn.ReLU())))
-                for i, (a, b) in enumerate(zip(widths, widths[1:]), start=1)
+                for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False), start=1)
             )
         )
         self.classifier = nn.Linear(widths[-1], num_classes)

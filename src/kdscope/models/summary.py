@@ -20,10 +20,10 @@ def model_summary(
 ) -> dict[str, Any]:
     """Size and cost of one model on a ``1 x in_channels x input_size x input_size`` input.
 
-    Returns a dict with ``name``, ``params`` (all parameters), ``macs`` (multiply-adds of one image, what
-    CRD-style tables call FLOPs), ``flops`` (= 2 * macs, torch's FlopCounterMode convention) and
-    ``features`` (the shape, without batch, of each of the model's ``feature_layers``). Only matrix
-    products and convolutions are counted; norms, activations and pooling are not.
+    Returns a dict with ``name``, ``params`` (all parameters), ``macs`` (multiply-adds of one image,
+    what CRD-style tables call FLOPs), ``flops`` (= 2 * macs, torch's FlopCounterMode convention)
+    and ``features`` (the shape, without batch, of each of the model's ``feature_layers``). Only
+    matrix products and convolutions are counted; norms, activations and pooling are not.
     """
     if isinstance(model_or_name, str):
         name = model_or_name

@@ -1,12 +1,13 @@
-"""Any torchvision classifier as a kdscope model: ``create_model("tv:resnet18", num_classes, in_channels)``.
+"""Any torchvision classifier as a kdscope model: ``create_model("tv:resnet18", 10, in_channels)``.
 
-Weights are never downloaded (``weights=None``); the model is built with ``num_classes`` outputs, its first
-conv is rebuilt for ``in_channels`` other than 3, and with ``small_input=True`` (the default) it is
-adapted to 8-32 pixel images: the ResNet family (resnet*, resnext*, wide_resnet*) gets the CIFAR stem
-(3x3 stride-1 conv, no max-pool); other models' max-pools round up (``ceil_mode``), which leaves even
-sizes unchanged and keeps odd or tiny feature maps from pooling to nothing. Networks built for ImageNet
-may still shrink 8-pixel inputs to nothing (alexnet, densenet, googlenet, squeezenet, convnext); the zoo
-models suit such images.
+Weights are never downloaded (``weights=None``); the model is built with ``num_classes`` outputs,
+its first conv is rebuilt for ``in_channels`` other than 3, and with ``small_input=True`` (the
+default) it is adapted to 8-32 pixel images: the ResNet family (resnet*, resnext*, wide_resnet*)
+gets the CIFAR stem (3x3 stride-1 conv, no max-pool); other models' non-overlapping pools (VGG's 2x2
+max-pools, DenseNet's transitions) round up (``ceil_mode``), which leaves even sizes unchanged and
+keeps odd or tiny feature maps from pooling to nothing. Networks built for ImageNet may still shrink
+8-pixel inputs to nothing (alexnet, densenet, googlenet, squeezenet, convnext); the zoo models suit
+such images.
 
 ``feature_layers``: ``layer1..layer4`` for the ResNet family; for the others, the children of the
 model's trunk (``features``, ``trunk_output`` or ``layers``; else the model itself), pooling layers
@@ -45,7 +46,7 @@ def create_torchvision_model(
     feature_layers: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build torchvision classifier ``name`` untrained, adapted to ``num_classes`` and ``in_channels``.
+    """Build torchvision classifier ``name`` untrained, for ``num_classes`` and ``in_channels``.
 
     Args:
         small_input: adapt the stem or pooling to small images (see the module docstring).
@@ -70,7 +71,9 @@ def create_torchvision_model(
             _replace_first_conv(model, in_channels)
         if small_input:
             for m in model.modules():
-                if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+                # Only for non-overlapping pools: rounding up an overlapping 3x3/2 pool can leave a
+                # later one a map smaller than its kernel.
+                if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and m.kernel_size == m.stride:
                     m.ceil_mode = True
 
     if feature_layers is not None:
@@ -102,7 +105,9 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
 
 
 def _stage_outputs(model: nn.Module, name: str, in_channels: int) -> list[str]:
-    trunk_name = next((t for t in _TRUNKS if isinstance(getattr(model, t, None), nn.Sequential)), "")
+    trunk_name = next(
+        (t for t in _TRUNKS if isinstance(getattr(model, t, None), nn.Sequential)), ""
+    )
     trunk = model.get_submodule(trunk_name)
     prefix = f"{trunk_name}." if trunk_name else ""
     sizes: dict[str, tuple[int, ...]] = {}
@@ -126,8 +131,8 @@ def _stage_outputs(model: nn.Module, name: str, in_channels: int) -> list[str]:
             model(torch.zeros(1, in_channels, _PROBE_SIZE, _PROBE_SIZE))
     except Exception as err:
         raise ValueError(
-            f"Could not find the stages of tv:{name} with a {_PROBE_SIZE}x{_PROBE_SIZE} forward pass "
-            f"({err}); pass feature_layers=[...] explicitly."
+            f"Could not find the stages of tv:{name} with a {_PROBE_SIZE}x{_PROBE_SIZE} forward "
+            f"pass ({err}); pass feature_layers=[...] explicitly."
         ) from err
     finally:
         model.train(was_training)
@@ -140,11 +145,13 @@ def _stage_outputs(model: nn.Module, name: str, in_channels: int) -> list[str]:
             f"tv:{name} has no child of {trunk_name or 'the model'} with a 4-D (image) output; "
             "pass feature_layers=[...] explicitly."
         )
-    return [n for (n, s), (_, nxt) in zip(seq, seq[1:]) if _smaller(nxt, s)] + [seq[-1][0]]
+    return [n for (n, s), (_, nxt) in zip(seq, seq[1:], strict=False) if _smaller(nxt, s)] + [
+        seq[-1][0]
+    ]
 
 
 def _smaller(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
-    return any(x < y for x, y in zip(a, b))
+    return any(x < y for x, y in zip(a, b, strict=True))
 
 
 def _last_linear(model: nn.Module, num_classes: int) -> str | None:

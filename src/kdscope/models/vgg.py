@@ -1,10 +1,10 @@
 """CIFAR-style VGG with batch norm (Simonyan & Zisserman 2015) as defined by CRD (Tian et al. 2020).
 
-Five blocks of 3x3 conv-BN-ReLU (64, 128, 256, 512, 512 channels) with 2x2 max-pooling after the first
-three, global pooling and a single linear ``classifier`` (the fully connected layers of ImageNet VGG are
-dropped). Configurations: vgg8 "S" (one conv per block), vgg11 "A", vgg13 "B", vgg16 "D", vgg19 "E".
-Deviation: CRD also pools after block3 when the input is 64x64; kdscope never does (use ``tv:vgg*`` for
-large images).
+Five blocks of 3x3 conv-BN-ReLU (64, 128, 256, 512, 512 channels) with 2x2 max-pooling after the
+first three, global pooling and a single linear ``classifier`` (the fully connected layers of
+ImageNet VGG are dropped). Configurations: vgg8 "S" (one conv per block), vgg11 "A", vgg13 "B",
+vgg16 "D", vgg19 "E". Deviation: CRD also pools after block3 when the input is 64x64; kdscope never
+does (use ``tv:vgg*`` for large images).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _block(in_channels: int, widths: list[int]) -> nn.Sequential:
 
 
 class VGG(nn.Module):
-    """``block0..block4`` with ``pool0..pool2`` between the first four, then pooling and ``classifier``."""
+    """``block0..block4`` with ``pool0..pool2`` after the first three; pooling; ``classifier``."""
 
     def __init__(self, config: str, num_classes: int, in_channels: int = 3):
         super().__init__()

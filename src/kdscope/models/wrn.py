@@ -1,12 +1,12 @@
 """Wide ResNets WRN-d-w (Zagoruyko & Komodakis 2016) as defined by CRD (Tian et al. 2020).
 
-Pre-activation blocks (BN-ReLU-conv), three stages of n = (d - 4) / 6 blocks with 16w, 32w, 64w channels,
-a final BN-ReLU, global pooling and ``classifier``. Deviation: global pooling is adaptive instead of
-``avg_pool2d(8)``, so any input side >= 8 works; at 32x32 the two are identical.
+Pre-activation blocks (BN-ReLU-conv), three stages of n = (d - 4) / 6 blocks with 16w, 32w, 64w
+channels, a final BN-ReLU, global pooling and ``classifier``. Deviation: global pooling is adaptive
+instead of ``avg_pool2d(8)``, so any input side >= 8 works; at 32x32 the two are identical.
 
-Stage outputs are sums that no ReLU has touched yet; the pre-activation features that OFD distils are
-those sums after the next BN, as in CRD: the inputs of ``block2.0.relu1``, ``block3.0.relu1`` and of the
-final ``act``.
+Stage outputs are sums that no ReLU has touched yet; the pre-activation features that OFD distils
+are those sums after the next BN, as in CRD: the inputs of ``block2.0.relu1``, ``block3.0.relu1``
+and of the final ``act``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class WideBlock(nn.Module):
         if self.drop_rate > 0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         out = self.conv2(out)
-        # A projection shortcut sees the activated input, an identity shortcut the raw one (WRN paper).
+        # A projection shortcut sees the activated input, an identity one the raw input (as in CRD).
         return out + (x if self.shortcut is None else self.shortcut(act))
 
 
@@ -56,7 +56,9 @@ class WideResNet(nn.Module):
     ):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
-            raise ValueError(f"depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth}")
+            raise ValueError(
+                f"depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40, ...), got {depth}"
+            )
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)

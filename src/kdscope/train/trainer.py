@@ -62,7 +62,7 @@ class Trainer:
         train_set: Dataset,
         val_set: Dataset | None = None,
         *,
-        teacher: nn.Module | None = None,
+        teacher: nn.Module | list[nn.Module] | None = None,
         method: Method | str = "none",
         num_classes: int | None = None,
         augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
@@ -80,12 +80,21 @@ class Trainer:
         from kdscope.data import collate as default_collate
 
         self.method = create_method(method) if isinstance(method, str) else method
-        if self.method.needs.teacher and teacher is None:
+        if self.method.needs.teacher and not teacher:
             raise ValueError(f"method {type(self.method).__name__} needs a teacher; none was given")
+        self.num_teachers = len(teacher) if isinstance(teacher, (list, tuple)) else int(bool(teacher))
+        if self.num_teachers > 1:
+            if self.method.needs.teacher_features:
+                raise ValueError("feature-based methods take one teacher; got several")
+            teacher = TeacherEnsemble(list(teacher))
         self.student, self.teacher = student, teacher
         self.train_set, self.val_set = train_set, val_set
         self.num_classes = num_classes or _infer_classes(student)
-        if teacher is not None and _infer_classes(teacher) not in (None, self.num_classes):
+        if (
+            teacher is not None
+            and self.method.same_label_space
+            and _infer_classes(teacher) not in (None, self.num_classes)
+        ):
             raise ValueError(
                 f"teacher predicts {_infer_classes(teacher)} classes but the student predicts "
                 f"{self.num_classes}: they must share the label space"
@@ -206,6 +215,7 @@ class Trainer:
         if state is not None:
             start_epoch, start_step = state["epoch"], state["step"]
             best, acc_state, history = state["best_val_acc"], state.get("accumulators"), state["history"]
+        self._rewrite_metrics(history)
         self.cache_mode = self._cache_mode()
         result = FitResult(None, None, None, self.cfg.epochs, history, self.cache_mode)
         with make_progress(self.show_progress and self.dist.is_main) as progress:
@@ -312,10 +322,13 @@ class Trainer:
             return None, []
         if self.cache is not None:
             logits, feats = self.cache.lookup(idx, self.device)
-            return logits, feats
-        with torch.no_grad():
-            logits = self.teacher(x)
-        return logits, t_tap.ordered() if needs.teacher_features else []
+        else:
+            with torch.no_grad():
+                logits = self.teacher(x)
+            feats = t_tap.ordered() if needs.teacher_features else []
+        if self.num_teachers > 1:
+            logits = logits.transpose(0, 1)  # the ensemble is cached per example: (B, K, C)
+        return logits, feats
 
     # ---- evaluation, checkpoints, logs --------------------------------------------------------
     def _val_acc(self) -> float | None:
@@ -330,20 +343,21 @@ class Trainer:
     def _teacher_val_acc(self) -> float | None:
         if self.teacher is None or self.val_set is None or not self.dist.is_main:
             return None
+        if self.num_teachers > 1 or not self.method.same_label_space:
+            return None
         return accuracy(self.teacher, self.val_set, self.eval_batch_size, self.device, self.collate,
                         self.amp)
 
     def _end_epoch(self, epoch, record, best, history, improved) -> None:
-        if not self.dist.is_main:
-            return
-        self._log(_epoch_line(record))
-        if self.run_dir is None:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        self._save("last.pt", epoch + 1, 0, best, history, None)
-        if improved:
-            self._save("best.pt", epoch + 1, 0, best, history, None)
+        if self.dist.is_main:
+            self._log(_epoch_line(record))
+        if self.dist.is_main and self.run_dir is not None:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            self._save("last.pt", epoch + 1, 0, best, history, None)
+            if improved:
+                self._save("best.pt", epoch + 1, 0, best, history, None)
+        ddp.barrier(self.dist)  # other ranks may read the checkpoints next
 
     def _save(self, name, epoch, step, best, history, accumulators) -> None:
         save_atomic(
@@ -385,16 +399,16 @@ class Trainer:
             raise CheckpointError(f"{path} does not match this run: {str(err).splitlines()[0]}") from None
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
-        self._truncate_metrics(ckpt["epoch"])
         self._log(f"resuming from {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step']}")
         return ckpt
 
-    def _truncate_metrics(self, epochs_done: int) -> None:
-        path = self.run_dir / "metrics.jsonl"
-        if self.dist.is_main and path.exists():
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            keep = [ln for ln in lines if json.loads(ln)["epoch"] <= epochs_done]
-            path.write_text("".join(ln + "\n" for ln in keep))
+    def _rewrite_metrics(self, history: list[dict[str, Any]]) -> None:
+        """metrics.jsonl as the checkpoint knows it: a kill between the log line and the checkpoint
+        (or a fresh start in an old directory) must not leave duplicate or orphan epochs."""
+        if self.dist.is_main and self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            text = "".join(json.dumps(r) + "\n" for r in history)
+            (self.run_dir / "metrics.jsonl").write_text(text)
 
     def _tap(self, model, layers, wanted, detach=False):
         if model is None or not wanted or not layers:
@@ -406,6 +420,18 @@ class Trainer:
             from rich import print as rprint
 
             rprint(message)
+
+
+class TeacherEnsemble(nn.Module):
+    """Several teachers run as one module; logits stacked per example as (B, K, C)."""
+
+    def __init__(self, teachers: list[nn.Module]):
+        super().__init__()
+        self.teachers = nn.ModuleList(teachers)
+        self.feature_layers: list[str] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack([t(x) for t in self.teachers], dim=1)
 
 
 class _stop_between_steps:
@@ -474,7 +500,11 @@ class _Accumulator:
         names = list(self.pending[0][1])
         rows = torch.stack([torch.stack([t[k].float() for k in names]) for _, t in self.pending]).cpu()
         if check and not torch.isfinite(rows).all():
-            bad_row, bad_col = (~torch.isfinite(rows)).nonzero()[0].tolist()
+            bad = ~torch.isfinite(rows)
+            bad_row = int(bad.any(1).nonzero()[0])
+            # name the term that went bad rather than the total it poisons
+            cols = [j for j in bad[bad_row].nonzero().flatten().tolist() if names[j] != "loss"]
+            bad_col = cols[0] if cols else names.index("loss")
             first_step = step - len(self.pending) + bad_row
             value = rows[bad_row, bad_col].item()
             raise NonFiniteLossError(
@@ -528,6 +558,11 @@ def _pick_device(name: str) -> torch.device:
 
 
 def _infer_classes(model: nn.Module | None) -> int | None:
+    if isinstance(model, TeacherEnsemble):
+        counts = {_infer_classes(t) for t in model.teachers} - {None}
+        if len(counts) > 1:
+            raise ValueError(f"the teachers predict different class counts: {sorted(counts)}")
+        return counts.pop() if counts else None
     spec = getattr(model, "kdscope_spec", None)
     if spec:
         return spec["num_classes"]

@@ -1,0 +1,523 @@
+"""KRS validation analysis (shared/specs/krs-study.md), after Alba & Villaverde 2025: does the
+Knowledge Retention Score track what distillation does to a student?
+
+Input: the tidy table of runs (:mod:`kdscope.analysis.tidy`) with ``accuracy``, ``krs``, ``fss``
+and ``aoa``. A *pair* is (study, dataset, teacher, student); its base student is the ``control``
+arm (trained on labels alone, "before KD"), its distilled students the ``kd`` arm, one cell per
+method; runs are paired with the base by seed. A *task* is (study, dataset): correlations,
+rankings and concordance are computed within a task. Output: one report
+:class:`~kdscope.analysis.report.Section` with tables ``krs-before-after``, ``krs-gains``,
+``krs-correlation``, ``krs-ablation``, ``krs-ranking``, ``krs-sensitivity``,
+``krs-generalisation``, ``krs-concordance`` (and ``krs-missing`` when runs are missing) and
+figures ``krs-fig-before-after``, ``krs-fig-correlation``, ``krs-fig-ablation``,
+``krs-fig-generalisation-<task>``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from kdscope.analysis import _words as w
+from kdscope.analysis import plots
+from kdscope.analysis.report import Figure, Section, Table
+from kdscope.analysis.stats import (
+    Correlation,
+    Estimate,
+    PairedComparison,
+    compare_paired,
+    holm,
+    kendall_tau,
+    kendalls_w,
+    mean_ci,
+    pearson,
+    spearman,
+)
+from kdscope.analysis.tidy import ID_COLUMNS, Row, by_seed, check_rows, group, number, paired
+
+PAIR = ("study", "dataset", "teacher", "student")
+MEASURES = ("accuracy", "krs", "fss", "aoa")
+BASE = "base (no KD)"
+PAPER_R = 0.943  # Alba & Villaverde 2025, KRS vs accuracy across classification runs
+
+
+def krs_validation(
+    rows: Sequence[Row],
+    *,
+    level: float = 0.95,
+    alpha: float = 0.05,
+    min_seeds: int = 3,
+    paper_r: float = PAPER_R,
+    title: str = "KRS validation",
+) -> Section:
+    """The paper's four validations of KRS plus before/after: base vs distilled students (with
+    FSS and AOA), Pearson/Spearman of KRS vs accuracy across runs, the FSS/AOA ablation per
+    method, Kendall tau between method rankings by accuracy gain and by KRS gain, and Kendall's W
+    of the methods' KRS-gain ranks across pairs. Claims need ``min_seeds`` seeds in every cell
+    involved; with fewer, numbers are shown and the verdict says no claim is made.
+    """
+    check_rows(rows, ID_COLUMNS)
+    section = Section(title, id="krs-validation")
+    rows = [r for r in rows if r["arm"] in ("control", "kd")]
+    cells = group(rows, (*PAIR, "method", "arm"))
+    pairs = group(rows, PAIR)
+    if not any(k[-1] == "kd" for k in cells) or not any(k[-1] == "control" for k in cells):
+        section.notes.append("KRS validation needs base (control) and distilled (kd) runs.")
+        return section
+    multi = len({r["study"] for r in rows}) > 1, len({r["dataset"] for r in rows}) > 1
+    label = {p: _pair_label(p, *multi) for p in pairs}
+    few = _check_grid(rows, cells, label, min_seeds, section)
+    gains = _gains(cells, level)
+    section.blocks += _before_after(cells, label, level)
+    _gain_table(gains, label, alpha, min_seeds, few, section)
+    tasks = group(rows, PAIR[:2])
+    task_label = {t: f"[{t[0]}] {t[1]}" if multi[0] else str(t[1]) for t in tasks}
+    _correlation(tasks, task_label, label, few, level, alpha, min_seeds, paper_r, section)
+    _ablation(gains, tasks, task_label, few, level, alpha, min_seeds, section)
+    _rankings(gains, tasks, task_label, label, few, alpha, min_seeds, section)
+    return section
+
+
+def _pair_label(pair: tuple, multi_study: bool, multi_dataset: bool) -> str:
+    study, dataset, teacher, student = pair
+    prefix = (f"[{study}] " if multi_study else "") + (f"{dataset} / " if multi_dataset else "")
+    return f"{prefix}{teacher}\u2192{student}"
+
+
+def _method(key: tuple) -> str:
+    return BASE if key[-1] == "control" else str(key[-2])
+
+
+def _check_grid(rows, cells, label, min_seeds, section: Section) -> set[tuple]:
+    """Report missing runs (pairs x methods x seeds of each study) and return the pairs with a
+    cell of fewer than ``min_seeds`` seeds."""
+    missing, few = [], set()
+    for study_rows in group(rows, ("study",)).values():
+        seeds = sorted({int(r["seed"]) for r in study_rows})
+        methods = sorted({r["method"] for r in study_rows if r["arm"] == "kd"})
+        for pair in group(study_rows, PAIR):
+            for method, arm in [("none", "control"), *((m, "kd") for m in methods)]:
+                have = {int(r["seed"]) for r in cells.get((*pair, method, arm), [])}
+                if len(have) < min_seeds:
+                    few.add(pair)
+                lost = [s for s in seeds if s not in have]
+                if lost:
+                    name = BASE if arm == "control" else method
+                    missing.append([label[pair], name, ", ".join(map(str, lost))])
+    if missing:
+        section.blocks.append(
+            Table(["pair", "method", "missing seeds"], missing, "Missing runs", "krs-missing")
+        )
+        section.notes.append(
+            f"The table is partial: runs are missing in {len(missing)} cell(s) (table 'Missing "
+            "runs'); analyses use the runs present."
+        )
+    if few:
+        names = ", ".join(label[p] for p in few)
+        section.notes.append(
+            f"Pairs with a cell of fewer than {min_seeds} seeds: {names}; no claim is made from "
+            "them."
+        )
+    return few
+
+
+@dataclass
+class _Gain:
+    """Distilled (a) vs base (b) values of one measure in one (pair, method) cell, by seed."""
+
+    a: list[float]
+    b: list[float]
+    cmp: PairedComparison
+
+
+def _gains(cells, level) -> dict[tuple, dict[str, _Gain]]:
+    """(pair, method) -> measure -> distilled vs base, paired by seed."""
+    out: dict[tuple, dict[str, _Gain]] = {}
+    for key, kd_rows in cells.items():
+        if key[-1] != "kd":
+            continue
+        base = cells.get((*key[:4], "none", "control"), [])
+        for m in MEASURES:
+            _, a, b = paired(by_seed(kd_rows, m), by_seed(base, m))
+            if a:
+                out.setdefault((key[:4], key[4]), {})[m] = _Gain(a, b, compare_paired(a, b, level))
+    return out
+
+
+def _before_after(cells, label, level) -> list:
+    records, panels = [], {"KRS": {}, "accuracy": {}}
+    order = sorted(cells, key=lambda k: (k[:4], k[-1] != "control", k[4]))
+    for key in order:
+        est = {m: _mean(cells[key], m, level) for m in MEASURES}
+        records.append(
+            {"pair": label[key[:4]], "student": _method(key), "n": len(cells[key])}
+            | {m.upper() if m != "accuracy" else m: est[m] for m in MEASURES}
+        )
+        for panel, m in (("KRS", "krs"), ("accuracy", "accuracy")):
+            panels[panel].setdefault(label[key[:4]], {})[_method(key)] = est[m]
+    methods = list(dict.fromkeys(_method(k) for k in order))
+    figure = plots.grouped_bars(
+        {
+            p: {pair: [v.get(m) for m in methods] for pair, v in s.items()}
+            for p, s in panels.items()
+        },
+        methods,
+        "value",
+        "Before (base) and after KD",
+    )
+    caption = f"Before/after KD: mean [{level:.0%} t-interval] over seeds per student"
+    return [
+        Table.from_records(records, caption, "krs-before-after", group=1),
+        Figure(figure, "KRS and accuracy of base and distilled students", "krs-fig-before-after"),
+    ]
+
+
+def _mean(rows, measure, level):
+    values = list(by_seed(rows, measure).values())
+    return mean_ci(values, level) if values else None
+
+
+def _gain_table(gains, label, alpha, min_seeds, few, section: Section) -> None:
+    keys = list(gains)
+    adj = {
+        m: holm(
+            [_p(gains[k][m].cmp if m in gains[k] else None, k[0] in few, min_seeds) for k in keys]
+        )
+        for m in ("accuracy", "krs")
+    }
+    records = []
+    for i, (pair, method) in enumerate(keys):
+        g = gains[(pair, method)]
+        record = {"pair": label[pair], "method": method, "n": max(x.cmp.n for x in g.values())}
+        for m in ("accuracy", "krs"):
+            c = g[m].cmp if m in g else None
+            name = "KRS" if m == "krs" else m
+            record |= {
+                f"\u0394 {name} [CI]": c.diff if c else None,
+                f"p {name}": c.t_test.p if c else None,
+                f"p Holm {name}": float(adj[m][i]),
+                f"verdict {name}": _verdict(c, adj[m][i], alpha, min_seeds, pair in few),
+            }
+        records.append(record)
+    caption = (
+        "Gains over the base student, paired by seed (paired t-test; Holm across all "
+        "pair x method cells, per measure)"
+    )
+    section.blocks.append(Table.from_records(records, caption, "krs-gains", group=1))
+
+
+def _p(c: PairedComparison | None, few: bool, min_seeds: int) -> float:
+    return math.nan if c is None or few or c.n < min_seeds else c.t_test.p
+
+
+def _verdict(c, p_adj, alpha, min_seeds, few: bool) -> str:
+    if c is None:
+        return "not measured"
+    if few:
+        return f"no claim: a cell of this pair has < {min_seeds} seeds"
+    return w.test_verdict(c, float(p_adj), alpha, min_seeds, "distilled", "base")
+
+
+def _correlation(tasks, task_label, label, few, level, alpha, min_seeds, paper_r, section):
+    scopes = []
+    for task, task_rows in tasks.items():
+        scopes.append((task, task_label[task] + ", all pairs", task_rows))
+        pairs = group(task_rows, PAIR)
+        if len(pairs) > 1:
+            scopes += [(task, label[p], r) for p, r in pairs.items()]
+    results, panels = [], {}
+    for task, scope, scope_rows in scopes:
+        pts = [(number(r, "krs"), number(r, "accuracy")) for r in scope_rows]
+        pts = [(k, a) for k, a in pts if k is not None and a is not None]
+        x, y = [k for k, _ in pts], [a for _, a in pts]
+        blocked = any(p in few for p in group(scope_rows, PAIR))
+        results.append((scope, pearson(x, y, level), spearman(x, y, level), blocked))
+        if scope.endswith(", all pairs"):
+            groups = group(
+                [r for r in scope_rows if number(r, "krs") is not None], ("arm", "method")
+            )
+            panels[task_label[task]] = {
+                (BASE if arm == "control" else m): (
+                    [number(r, "krs") for r in g],
+                    [number(r, "accuracy") for r in g],
+                )
+                for (arm, m), g in groups.items()
+            }
+    adj = holm([r.p if not blocked else math.nan for _, r, _, blocked in results])
+    records = []
+    for (scope, r, rho, blocked), p in zip(results, adj, strict=True):
+        verdict = _paper_verdict(r, float(p), alpha, paper_r, blocked, min_seeds)
+        records.append(
+            {
+                "scope": scope,
+                "n runs": r.n,
+                "Pearson r [CI]": _corr_cell(r, level),
+                "p (Pearson)": r.p,
+                "p Holm": float(p),
+                "Spearman rho [CI]": _corr_cell(rho, level),
+                "p (Spearman)": rho.p,
+                "paper r": paper_r,
+                "verdict": verdict,
+            }
+        )
+        if scope.endswith(", all pairs"):
+            section.findings.append(
+                f"KRS vs accuracy on {scope} (n = {r.n} runs): Pearson r = "
+                f"{w.ci(_corr_cell(r, level))}, {w.peq('p', r.p)}, Holm {w.peq('p', float(p))}; "
+                f"Spearman rho = {w.num(rho.r)}, {w.peq('p', rho.p)}; paper r = {paper_r}: "
+                f"{verdict}."
+            )
+    caption = (
+        f"Correlation of KRS with student accuracy across runs (base and distilled); Pearson "
+        f"interval by Fisher z, Spearman by bootstrap ({level:.0%}); Holm over the rows"
+    )
+    section.blocks.append(Table.from_records(records, caption, "krs-correlation"))
+    figure = plots.scatter(panels, "KRS", "accuracy", "KRS against accuracy, one point per run")
+    section.blocks.append(Figure(figure, "Each run's KRS and accuracy", "krs-fig-correlation"))
+    section.notes.append(
+        "Pooled correlations mix pairs whose accuracy and KRS levels differ, so between-pair "
+        "differences can drive r; per-pair rows are shown when a task has several pairs."
+    )
+
+
+def _corr_cell(c: Correlation, level: float) -> Estimate:
+    return Estimate(c.r, c.low, c.high, c.n, level)
+
+
+def _paper_verdict(r, p_adj, alpha, paper_r, blocked, min_seeds) -> str:
+    if blocked:
+        return f"no claim: a cell has < {min_seeds} seeds"
+    if math.isnan(p_adj):
+        return "not testable"
+    if p_adj >= alpha or r.r <= 0:
+        return "does not reproduce: no significant positive correlation"
+    if math.isnan(r.low) or r.low <= paper_r <= r.high:
+        return "reproduces: significant positive correlation, consistent with the paper"
+    side = "weaker" if r.high < paper_r else "stronger"
+    return f"partly reproduces: significant positive correlation, {side} than the paper's"
+
+
+def _ablation(gains, tasks, task_label, few, level, alpha, min_seeds, section: Section) -> None:
+    """Change in FSS and AOA (and KRS) per method, pooled over a task's pairs, paired by
+    (pair, seed)."""
+    results = []
+    for task in tasks:
+        for method in dict.fromkeys(m for (p, m) in gains if p[:2] == task):
+            cells = [(p, g) for (p, m), g in gains.items() if m == method and p[:2] == task]
+            blocked = any(p in few for p, _ in cells)
+            cmp = {}
+            for m in ("fss", "aoa", "krs"):
+                a = [v for _, g in cells if m in g for v in g[m].a]
+                b = [v for _, g in cells if m in g for v in g[m].b]
+                cmp[m] = compare_paired(a, b, level) if a else None
+            results.append((task, method, len(cells), blocked, cmp))
+    tests = [(i, m) for i, r in enumerate(results) for m in ("fss", "aoa")]
+    adj = holm([_p(results[i][4][m], results[i][3], min_seeds) for i, m in tests])
+    p_adj = {t: float(p) for t, p in zip(tests, adj, strict=True)}
+    records, panels, sentences = [], {}, {}
+    for i, (task, method, n_pairs, blocked, cmp) in enumerate(results):
+        record = {"task": task_label[task], "method": method, "pairs": n_pairs}
+        for m in ("fss", "aoa", "krs"):
+            c, name = cmp[m], m.upper()
+            record[f"\u0394 {name} [CI]"] = c.diff if c else None
+            if m != "krs":
+                record[f"p {name}"] = c.t_test.p if c else None
+                record[f"p Holm {name}"] = p_adj[(i, m)]
+                record[f"verdict {name}"] = _verdict(c, p_adj[(i, m)], alpha, min_seeds, blocked)
+        records.append(record)
+        panel = panels.setdefault(
+            task_label[task], {"\u0394 FSS": [], "\u0394 AOA": [], "\u0394 KRS": []}
+        )
+        for m in ("fss", "aoa", "krs"):
+            panel[f"\u0394 {m.upper()}"].append(cmp[m].diff if cmp[m] else None)
+        sentences.setdefault(task, []).append(
+            f"{method} \u0394FSS = {_describe(cmp['fss'], p_adj[(i, 'fss')])}, "
+            f"\u0394AOA = {_describe(cmp['aoa'], p_adj[(i, 'aoa')])}"
+        )
+    for task, parts in sentences.items():
+        section.findings.append(
+            f"Ablation on {task_label[task]} (distilled \u2212 base, pooled over pairs, paired t, "
+            f"Holm over {len(tests)} tests): " + "; ".join(parts) + "."
+        )
+    caption = (
+        "Ablation: change in the KRS components from base to distilled per method, pooled over "
+        "the task's pairs (paired by pair and seed); Holm across methods and components"
+    )
+    section.blocks.append(Table.from_records(records, caption, "krs-ablation", group=1))
+    methods = [r["method"] for r in records]
+    figure = plots.grouped_bars(
+        {t: s for t, s in panels.items()},
+        list(dict.fromkeys(methods)),
+        "distilled \u2212 base",
+        "Change in FSS, AOA and KRS per method",
+    )
+    section.blocks.append(Figure(figure, "Ablation of KRS into FSS and AOA", "krs-fig-ablation"))
+
+
+def _describe(c: PairedComparison | None, p_adj: float) -> str:
+    if c is None:
+        return "n/a"
+    return f"{w.ci(c.diff)} (n = {c.n}, {w.peq('p', c.t_test.p)}, Holm {w.peq('p', p_adj)})"
+
+
+def _rankings(gains, tasks, task_label, label, few, alpha, min_seeds, section: Section) -> None:
+    """Sensitivity (Kendall tau between rankings by accuracy gain and by KRS gain) and
+    architecture generalisation (Kendall's W of KRS-gain ranks across pairs), per task."""
+    ranking, sensitivity, general, concordance = [], [], [], []
+    for task in tasks:
+        pairs = list(dict.fromkeys(p for p, _ in gains if p[:2] == task))
+        methods = [
+            m
+            for m in dict.fromkeys(m for p, m in gains if p[:2] == task)
+            if all({"accuracy", "krs"} <= set(gains.get((p, m), {})) for p in pairs)
+        ]
+        dropped = {m for p, m in gains if p[:2] == task} - set(methods)
+        if dropped:
+            section.notes.append(
+                f"{task_label[task]}: method(s) {', '.join(sorted(dropped))} are missing from "
+                "some pair and are left out of the rankings."
+            )
+        acc = np.array([[gains[(p, m)]["accuracy"].cmp.diff.value for m in methods] for p in pairs])
+        krs = np.array([[gains[(p, m)]["krs"].cmp.diff.value for m in methods] for p in pairs])
+        blocked = any(p in few for p in pairs)
+        scopes = [(f"{task_label[task]}, all pairs", acc.mean(axis=0), krs.mean(axis=0))]
+        if len(pairs) > 1:
+            scopes += [(label[p], acc[j], krs[j]) for j, p in enumerate(pairs)]
+        for scope, a, k in scopes:
+            sensitivity.append((scope, len(methods), kendall_tau(a, k), blocked))
+        ranks_a, ranks_k = _ranks(acc.mean(axis=0)), _ranks(krs.mean(axis=0))
+        for j, m in enumerate(methods):
+            ranking.append(
+                {
+                    "task": task_label[task],
+                    "method": m,
+                    "mean \u0394 accuracy": float(acc[:, j].mean()),
+                    "rank by accuracy": ranks_a[j],
+                    "mean \u0394 KRS": float(krs[:, j].mean()),
+                    "rank by KRS": ranks_k[j],
+                }
+            )
+            for i, p in enumerate(pairs):
+                general.append(
+                    {
+                        "task": task_label[task],
+                        "method": m,
+                        "pair": label[p],
+                        "\u0394 KRS [CI]": gains[(p, m)]["krs"].cmp.diff,
+                        "rank in pair": _ranks(krs[i])[j],
+                    }
+                )
+        if len(pairs) > 1 and len(methods) > 1:
+            concordance.append((task, len(pairs), len(methods), kendalls_w(krs), blocked))
+            section.blocks.append(
+                Figure(
+                    plots.heatmap(
+                        krs.T, methods, [label[p] for p in pairs], "KRS gain", "\u0394 KRS"
+                    ),
+                    f"KRS gain per method and pair, {task_label[task]}",
+                    f"krs-fig-generalisation-{task_label[task]}",
+                )
+            )
+    section.blocks.append(
+        Table.from_records(
+            ranking, "Methods ranked by mean gain over pairs (1 = largest)", "krs-ranking", 1
+        )
+    )
+    _sensitivity_table(sensitivity, alpha, min_seeds, section)
+    section.blocks.append(
+        Table.from_records(
+            general,
+            "Architecture generalisation: KRS gain per method and pair",
+            "krs-generalisation",
+            group=2,
+        )
+    )
+    _concordance_table(concordance, task_label, alpha, min_seeds, section)
+
+
+def _ranks(values: np.ndarray) -> list[int]:
+    """1 for the largest value; ties share the smallest rank."""
+    return [int(r) for r in stats.rankdata(-np.asarray(values), method="min")]
+
+
+def _sensitivity_table(results, alpha, min_seeds, section: Section) -> None:
+    adj = holm([t.p if not blocked and n >= 3 else math.nan for _, n, t, blocked in results])
+    records = []
+    for (scope, n, tau, blocked), p in zip(results, adj, strict=True):
+        if blocked:
+            verdict = f"no claim: a cell has < {min_seeds} seeds"
+        elif n < 3:
+            verdict = "no claim: fewer than 3 methods"
+        elif math.isnan(p):
+            verdict = "not testable"
+        elif p >= alpha:
+            verdict = "no significant agreement between the rankings"
+        elif tau.r > 0:
+            verdict = "rankings agree (significant after Holm)"
+        else:
+            verdict = "rankings are reversed (significant negative tau after Holm)"
+        records.append(
+            {
+                "scope": scope,
+                "methods": n,
+                "Kendall tau": tau.r,
+                "p": tau.p,
+                "p Holm": float(p),
+                "verdict": verdict,
+            }
+        )
+        if scope.endswith(", all pairs"):
+            section.findings.append(
+                f"Ranking sensitivity on {scope}: Kendall tau between methods ranked by mean "
+                f"accuracy gain and by mean KRS gain = {w.num(tau.r)} (n = {n} methods, "
+                f"{w.peq('p', tau.p)}, Holm {w.peq('p', float(p))}): {verdict}."
+            )
+    caption = (
+        "Ranking sensitivity: Kendall tau-b between method rankings by accuracy gain and by KRS "
+        "gain; Holm over the rows"
+    )
+    section.blocks.append(Table.from_records(records, caption, "krs-sensitivity"))
+    floor = sorted({n for _, n, _, _ in results if n > 2 and 2 / math.factorial(n) >= alpha})
+    if floor:
+        section.notes.append(
+            f"With {', '.join(map(str, floor))} methods the exact Kendall tau test cannot give p "
+            f"below {w.pval(2 / math.factorial(max(floor)))}, so ranking agreement cannot be "
+            f"significant at {alpha}: more methods are needed."
+        )
+
+
+def _concordance_table(results, task_label, alpha, min_seeds, section: Section) -> None:
+    records = []
+    for task, m, n, res, blocked in results:
+        if blocked:
+            verdict = f"no claim: a cell has < {min_seeds} seeds"
+        elif n < 3:
+            verdict = "no claim: fewer than 3 methods"
+        elif res.p < alpha:
+            verdict = "method ranks hold across pairs"
+        else:
+            verdict = "no significant concordance of method ranks across pairs"
+        records.append(
+            {
+                "task": task_label[task],
+                "pairs": m,
+                "methods": n,
+                "Kendall W": res.statistic,
+                "p": res.p,
+                "verdict": verdict,
+            }
+        )
+        section.findings.append(
+            f"Architecture generalisation on {task_label[task]}: Kendall's W of the methods' "
+            f"KRS-gain ranks across {m} pairs = {w.num(res.statistic)} (n = {n} methods, "
+            f"chi-square {w.peq('p', res.p)}, one test per task, no correction): {verdict}."
+        )
+    if not records:
+        section.notes.append("Architecture generalisation needs at least 2 pairs and 2 methods.")
+        return
+    caption = "Concordance of methods' KRS-gain ranks across pairs (Kendall's W, chi-square p)"
+    section.blocks.append(Table.from_records(records, caption, "krs-concordance"))

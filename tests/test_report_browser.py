@@ -1,0 +1,88 @@
+"""Open a generated study report in headless Chromium: it must load without console errors or
+network requests, show its summary, tables and figures, and leave a screenshot in tmp_path.
+
+Needs the Debian packages chromium and chromium-driver and the Python package selenium; the
+test skips, saying which is missing, otherwise. It never downloads a browser or a driver.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from _synthetic import functional_rows, krs_rows
+from kdscope.analysis.functional import functional_transfer
+from kdscope.analysis.krs_validation import krs_validation
+from kdscope.analysis.report import write_report
+
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed (pip install selenium)"
+)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+if CHROMIUM is None or CHROMEDRIVER is None:
+    pytest.skip(
+        "headless Chromium test needs /usr/bin/chromium and /usr/bin/chromedriver "
+        "(apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
+
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1600",
+)
+
+
+@pytest.fixture()
+def browser(tmp_path):
+    os.environ.setdefault("SE_AVOID_STATS", "true")  # Selenium Manager must not phone home
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+def test_study_report_renders_in_chromium(tmp_path, browser):
+    sections = [
+        functional_transfer(functional_rows({"agree_I": 0.1}, seeds=range(3))),
+        krs_validation(krs_rows(("kd", "fitnet", "at"), pairs=(("resnet56", "resnet20"),))),
+    ]
+    path = write_report(tmp_path / "report.html", "Synthetic study", sections)
+    browser.get(path.as_uri())
+
+    assert browser.title == "Synthetic study"
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+    resources = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert [r for r in resources if not r.startswith("data:")] == []
+    for element_id in ("summary", "ft-arms", "ft-tests", "ft-payoff", "krs-correlation"):
+        element = browser.find_element("id", element_id)
+        assert element.is_displayed() and element.size["height"] > 0
+    for figure_id in ("ft-fig-agreement", "ft-fig-payoff", "krs-fig-correlation"):
+        loaded = browser.execute_script(
+            "const img = document.querySelector(`#${arguments[0]} img`);"
+            "return img.complete && img.naturalWidth > 100;",
+            figure_id,
+        )
+        assert loaded, f"figure {figure_id} did not load"
+    summary = browser.find_element("id", "summary").text
+    assert "agree_I" in summary and "KRS vs accuracy" in summary
+
+    shot = Path(tmp_path / "report.png")
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000

@@ -1,0 +1,154 @@
+import os
+import signal
+
+import pytest
+import torch
+
+from kdscope.config import TrainConfig
+from kdscope.methods import Method, Needs, create_method
+from kdscope.models import create_model
+from kdscope.train import CheckpointError, NonFiniteLossError, Trainer, read_checkpoint
+
+
+def _models(seed=0):
+    torch.manual_seed(seed)
+    teacher = create_model("resnet8", 10, 1).eval()
+    student = create_model("resnet8", 10, 1)
+    return teacher, student
+
+
+def _fit(
+    digits,
+    run_dir=None,
+    method="kd",
+    epochs=2,
+    resume=False,
+    student=None,
+    teacher=None,
+    train_set=None,
+    **cfg,
+):
+    t, s = _models()
+    trainer = Trainer(
+        student or s,
+        train_set or digits.train,
+        digits.val,
+        teacher=teacher or t,
+        method=create_method(method) if isinstance(method, str) else method,
+        batch_size=32,
+        train=TrainConfig(epochs=epochs, deterministic=True, **cfg),
+        run_dir=run_dir,
+        progress=False,
+    )
+    return trainer, trainer.fit(resume=resume)
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_student_learns_and_logs_each_term(digits, tmp_path):
+    trainer, result = _fit(digits, run_dir=tmp_path, epochs=3)
+    assert len(result.history) == 3
+    assert set(result.history[0]["terms"]) == {"ce", "kd"}
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.history[-1]["train_acc"] > 0.3
+    assert result.cache == "memory"
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 3
+    assert (
+        read_checkpoint(tmp_path / "checkpoints" / "best.pt")["best_val_acc"] == result.best_val_acc
+    )
+
+
+def test_teacher_cache_is_exact(digits, tmp_path):
+    cached, _ = _fit(digits, cache="memory")
+    uncached, _ = _fit(digits, cache="off")
+    on_disk, _ = _fit(digits, cache="disk", run_dir=tmp_path)
+    assert cached.cache is not None and uncached.cache is None
+    assert _same_weights(cached.student, uncached.student)
+    assert _same_weights(cached.student, on_disk.student)
+
+
+def test_cache_refused_with_random_augmentation(digits):
+    from kdscope.data import get_augment
+
+    t, s = _models()
+    trainer = Trainer(
+        s,
+        digits.train,
+        teacher=t,
+        method="kd",
+        augment=get_augment("standard"),
+        train=TrainConfig(epochs=1, cache="memory"),
+        progress=False,
+    )
+    with pytest.raises(ValueError, match="deterministic inputs"):
+        trainer.fit()
+
+
+class _InterruptAt(torch.utils.data.Dataset):
+    """Sends the process a SIGINT while the loader fetches batch number ``at`` (a real Ctrl-C)."""
+
+    def __init__(self, dataset, at):
+        self.dataset, self.at, self.calls = dataset, at, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[i]
+
+    def __getitems__(self, indices):
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.dataset.__getitems__(indices)
+
+
+def test_ctrl_c_checkpoints_mid_epoch_and_resume_is_exact(digits, tmp_path):
+    reference, _ = _fit(digits, epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(digits, run_dir=tmp_path, epochs=2, train_set=_InterruptAt(digits.train, at=12))
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    # fetches: 1 for the teacher cache, 8 in epoch 1, so the 12th is epoch 2's third batch: the stop
+    # lands before that batch is trained on, after 2 steps of epoch 2.
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 2)
+    resumed, result = _fit(digits, run_dir=tmp_path, epochs=2, resume=True)
+    assert _same_weights(reference.student, resumed.student)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+
+
+class _Explodes(Method):
+    needs = Needs(teacher=False)
+
+    def forward(self, out):
+        bad = out.epoch == 1 and out.step == 3
+        return {"boom": out.student_logits.sum() * (float("nan") if bad else 0.0)}
+
+
+def test_nan_loss_names_term_and_step_and_keeps_last_good_checkpoint(digits, tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"'boom' became nan at epoch 2, step 3"):
+        _fit(digits, run_dir=tmp_path, method=_Explodes(), epochs=2)
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_resume_refuses_corrupt_and_mismatched_checkpoints(digits, tmp_path):
+    _fit(digits, run_dir=tmp_path, epochs=1, method="none")
+    other = create_model("resnet14", 10, 1)
+    with pytest.raises(CheckpointError, match="resnet8"):
+        _fit(digits, run_dir=tmp_path, epochs=2, method="none", student=other, resume=True)
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        _fit(digits, run_dir=tmp_path, epochs=2, method="none", resume=True)
+
+
+def test_teacher_and_student_must_share_classes(digits):
+    teacher = create_model("resnet8", 5, 1)
+    with pytest.raises(ValueError, match="5 classes"):
+        Trainer(create_model("resnet8", 10, 1), digits.train, teacher=teacher, method="kd")
+
+
+def test_method_needing_teacher_without_one(digits):
+    with pytest.raises(ValueError, match="needs a teacher"):
+        Trainer(create_model("resnet8", 10, 1), digits.train, method="kd")
