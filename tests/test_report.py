@@ -1,9 +1,12 @@
 import base64
+import math
 import re
 
+import numpy as np
 import pytest
 from matplotlib.figure import Figure as MplFigure
 
+from kdscope.analysis import plots
 from kdscope.analysis.report import (
     Code,
     Figure,
@@ -127,3 +130,45 @@ def test_table_access_and_validation():
 def test_unknown_block_type_is_rejected():
     with pytest.raises(TypeError, match="accepted: Text, Code, Table, Figure"):
         render_report("r", [Section("S", blocks=["just a string"])])
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+
+def test_grouped_bars_draw_values_and_interval_lengths():
+    est = [Estimate(0.5, 0.4, 0.7, 5), None]
+    fig = plots.grouped_bars({"C": {"kd": est}, "I": {"kd": est}}, ["a", "b"], "agreement")
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["C", "I"]
+    bars = axes[0].patches
+    assert bars[0].get_height() == pytest.approx(0.5) and math.isnan(bars[1].get_height())
+    # asymmetric error bar from 0.4 to 0.7
+    segments = axes[0].collections[0].get_segments()
+    assert segments[0][:, 1].tolist() == pytest.approx([0.4, 0.7])
+    assert fig.legends and [t.get_text() for t in fig.legends[0].get_texts()] == ["kd"]
+
+
+def test_lines_place_categories_in_the_given_order():
+    series = {
+        "kd": (["resnet32", "resnet8"], [Estimate(0.2, 0.1, 0.3, 5), Estimate(0.1, 0, 0.2, 5)])
+    }
+    fig = plots.lines({"agree_I": series}, "student", "delta", categories=["resnet8", "resnet32"])
+    ax = fig.axes[0]
+    x, y = ax.lines[0].get_data()
+    assert list(x) == [1, 0] and list(y) == pytest.approx([0.2, 0.1])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["resnet8", "resnet32"]
+
+
+def test_scatter_fits_one_line_over_all_groups():
+    groups = {"base": ([0.0, 1.0], [1.0, 3.0]), "kd": ([2.0], [5.0])}
+    fig = plots.scatter({"digits": groups}, "KRS", "accuracy")
+    ax = fig.axes[0]
+    assert len(ax.collections) == 2
+    x, y = ax.lines[0].get_data()
+    assert y[0] == pytest.approx(1.0) and y[-1] == pytest.approx(5.0)  # y = 2x + 1
+
+
+def test_heatmap_annotates_every_finite_cell():
+    fig = plots.heatmap(np.array([[0.1, -0.2], [math.nan, 0.3]]), ["a", "b"], ["p", "q"])
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["0.1", "-0.2", "0.3"]

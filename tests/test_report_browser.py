@@ -5,7 +5,6 @@ Needs the Debian packages chromium and chromium-driver and the Python package se
 test skips, saying which is missing, otherwise. It never downloads a browser or a driver.
 """
 
-import os
 import shutil
 from pathlib import Path
 
@@ -43,8 +42,8 @@ FLAGS = (
 
 
 @pytest.fixture()
-def browser(tmp_path):
-    os.environ.setdefault("SE_AVOID_STATS", "true")  # Selenium Manager must not phone home
+def browser(tmp_path, monkeypatch):
+    monkeypatch.setenv("SE_AVOID_STATS", "true")  # Selenium Manager must not phone home
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):

@@ -42,17 +42,19 @@ def seeds_verdict(n: int, min_seeds: int) -> str | None:
     return None
 
 
-def test_verdict(
-    cmp: PairedComparison, p_adj: float, alpha: float, min_seeds: int, a: str, b: str
+def paired_verdict(
+    cmp: PairedComparison, p_adj: float, alpha: float, min_seeds: int, subject: str = ""
 ) -> str:
-    """'a higher than b, significant after Holm' / 'no significant difference' / 'no claim ...'."""
+    """'<subject> higher, significant after Holm' / 'no significant difference after Holm' /
+    'no claim: n = 2 < 3 seeds'; short, for a table whose columns say what was compared."""
     few = seeds_verdict(cmp.n, min_seeds)
     if few:
         return few
     if math.isnan(p_adj):
         return "not testable"
     if p_adj < alpha:
-        return f"{a} {'higher' if cmp.diff.value > 0 else 'lower'} than {b}, significant after Holm"
+        direction = "higher" if cmp.diff.value > 0 else "lower"
+        return f"{subject} {direction}, significant after Holm".lstrip()
     return "no significant difference after Holm"
 
 

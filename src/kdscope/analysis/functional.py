@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from kdscope.analysis import _words as w
 from kdscope.analysis import plots
+from kdscope.analysis.payoff import add_payoff
 from kdscope.analysis.report import Figure, Section, Table
 from kdscope.analysis.stats import PairedComparison, compare_paired, holm, mean_ci
 from kdscope.analysis.tidy import (
@@ -43,18 +44,7 @@ DEFAULT_MEASURES = (
     "agree_C",
     "agree_I",
     "same_wrong_I",
-    "kl_all",
-    "kl_C",
-    "kl_I",
-    "js_all",
-    "js_C",
-    "js_I",
-    "l2_all",
-    "l2_C",
-    "l2_I",
-    "cos_all",
-    "cos_C",
-    "cos_I",
+    *(f"{m}_{split}" for m in ("kl", "js", "l2", "cos") for split in ("all", "C", "I")),
     "ece",
 )
 SWEEP_MEASURES = ("agree_all", "agree_C", "agree_I")
@@ -64,7 +54,10 @@ ARMS_SHOWN = ("control", "kd", "random_control")
 
 
 @dataclass
-class _Condition:
+class Condition:
+    """One KD setting (``key`` over :data:`CONDITION`), its labels for tables (``label``) and
+    plots (``short``: only the fields that vary), and the rows of each arm compared with it."""
+
     key: tuple
     label: str
     short: str
@@ -73,7 +66,9 @@ class _Condition:
 
 @dataclass
 class _Test:
-    cond: _Condition
+    """One measure's paired comparison of kd with another arm, with its Holm-adjusted p-values."""
+
+    cond: Condition
     other: str
     measure: str
     cmp: PairedComparison
@@ -128,12 +123,12 @@ def functional_transfer(
     note = w.wilcoxon_floor_note({t.cmp.n for t in tests if t.cmp.n >= min_seeds}, alpha)
     if note:
         section.notes.append(note)
-    _payoff(conditions, level, alpha, min_seeds, section)
+    add_payoff(conditions, level, alpha, min_seeds, section)
     _sweeps(conditions, tests, section)
     return section
 
 
-def _conditions(rows: Sequence[Row]) -> list[_Condition]:
+def _conditions(rows: Sequence[Row]) -> list[Condition]:
     by_arm = {a: [r for r in rows if r["arm"] == a] for a in (*ARMS_SHOWN, "teacher_replica")}
     kd = group(by_arm["kd"], CONDITION)
     controls = group(by_arm["control"], BASELINE)
@@ -142,7 +137,7 @@ def _conditions(rows: Sequence[Row]) -> list[_Condition]:
     full = set(CONDITION) if len({r["study"] for r in rows}) > 1 else set(CONDITION[1:])
     varying = {f for i, f in enumerate(CONDITION) if len({k[i] for k in kd}) > 1}
     return [
-        _Condition(
+        Condition(
             key,
             _label(key, full),
             _label(key, varying) or str(key[4]),
@@ -172,7 +167,7 @@ def _label(key: tuple, show: set[str]) -> str:
     return ", ".join(x for x in (" ".join(head).rstrip(" /"), " ".join(tail)) if x)
 
 
-def _report_missing(rows: Sequence[Row], conditions: list[_Condition], section: Section) -> None:
+def _report_missing(rows: Sequence[Row], conditions: list[Condition], section: Section) -> None:
     seeds = {
         s: sorted({int(r["seed"]) for r in rs if r["arm"] != "teacher_replica"})
         for (s,), rs in group(rows, ("study",)).items()
@@ -218,7 +213,7 @@ def _tests(conditions, measures, level, alpha, min_seeds) -> list[_Test]:
             p_w = holm([t.cmp.wilcoxon.p if t.cmp.n >= min_seeds else math.nan for t in family])
             for t, pt, pw in zip(family, p_t, p_w, strict=True):
                 t.p_t_adj, t.p_w_adj = float(pt), float(pw)
-                t.verdict = w.test_verdict(t.cmp, t.p_t_adj, alpha, min_seeds, "kd", other)
+                t.verdict = w.paired_verdict(t.cmp, t.p_t_adj, alpha, min_seeds, "kd")
             tests += family
     return tests
 
@@ -312,105 +307,14 @@ def _comparison_sentence(family: list[_Test], alpha: float, min_seeds: int) -> s
 
 def _closer(t: _Test) -> str:
     direction = "higher" if t.cmp.diff.value > 0 else "lower"
-    if t.measure not in MEASURES or t.measure == "accuracy":
+    closer_when_higher = MEASURES.get(t.measure, ("", None))[1]
+    if closer_when_higher is None:
         return f"kd {direction}"
-    toward = (t.cmp.diff.value > 0) == MEASURES[t.measure][1]
+    toward = (t.cmp.diff.value > 0) == closer_when_higher
     return f"kd {direction}, {'closer to' if toward else 'further from'} the teacher"
 
 
-def _payoff(conditions, level, alpha, min_seeds, section: Section) -> None:
-    """Delta_C, Delta_I per seed (kd - control agreement), relative forms Delta / (1 - control)."""
-    results = []
-    for cond in conditions:
-        maps = [by_seed(cond.arms[a], m) for a in ("control", "kd") for m in ("agree_C", "agree_I")]
-        seeds = sorted(set.intersection(*(set(x) for x in maps)))
-        if not seeds:
-            continue
-        c_c, c_i, k_c, k_i = ([x[s] for s in seeds] for x in maps)
-        d_c = [k - c for k, c in zip(k_c, c_c, strict=True)]
-        d_i = [k - c for k, c in zip(k_i, c_i, strict=True)]
-        ok = [j for j in range(len(seeds)) if c_c[j] < 1 and c_i[j] < 1]
-        if len(ok) < len(seeds):
-            section.notes.append(
-                f"{cond.label}: {len(seeds) - len(ok)} seed(s) with no headroom "
-                "(control agreement 1) left out of the relative payoff."
-            )
-        rel_c = [d_c[j] / (1 - c_c[j]) for j in ok]
-        rel_i = [d_i[j] / (1 - c_i[j]) for j in ok]
-        results.append((cond, d_c, d_i, rel_c, rel_i))
-    if not results:
-        section.notes.append(
-            "No condition has kd and control runs with agree_C and agree_I: "
-            "the asymmetric payoff is not computed."
-        )
-        return
-    absolute = [compare_paired(d_i, d_c, level) for _, d_c, d_i, _, _ in results]
-    relative = [compare_paired(r_i, r_c, level) for _, _, _, r_c, r_i in results]
-    p_adj = holm([r.t_test.p if r.n >= min_seeds else math.nan for r in relative])
-    rows = []
-    for (cond, d_c, d_i, rel_c, rel_i), ab, rel, p in zip(
-        results, absolute, relative, p_adj, strict=True
-    ):
-        p = float(p)
-        est = [mean_ci(x, level) for x in (d_c, d_i, rel_c, rel_i)]
-        verdict = w.seeds_verdict(rel.n, min_seeds) or (
-            "not testable"
-            if math.isnan(p)
-            else "no significant asymmetry"
-            if p >= alpha
-            else "negative asymmetric payoff: relatively more of the teacher's errors taken on"
-            if rel.diff.value > 0
-            else "positive asymmetric payoff: relatively more of the teacher's correct answers"
-        )
-        rows.append(
-            {
-                "condition": cond.label,
-                "n": rel.n,
-                "\u0394C": est[0],
-                "\u0394I": est[1],
-                "\u0394I \u2212 \u0394C": ab.diff,
-                "p (t), abs.": ab.t_test.p,
-                "\u0394C / headroom": est[2],
-                "\u0394I / headroom": est[3],
-                "rel. \u0394I \u2212 \u0394C": rel.diff,
-                "p (t), rel.": rel.t_test.p,
-                "p (Wilcoxon), rel.": rel.wilcoxon.p,
-                "p Holm (t), rel.": p,
-                "verdict": verdict,
-            }
-        )
-        section.findings.append(
-            f"{cond.label}, asymmetric payoff: over n = {rel.n} seeds, \u0394C = {w.ci(est[0])}, "
-            f"\u0394I = {w.ci(est[1])}; relative to headroom \u0394C/(1\u2212agree_C) = "
-            f"{w.ci(est[2])}, \u0394I/(1\u2212agree_I) = {w.ci(est[3])}; difference I \u2212 C = "
-            f"{w.ci(rel.diff)}, paired t {w.peq('p', rel.t_test.p)}, Holm {w.peq('p', p)} (over "
-            f"{len(results)} condition(s)), Wilcoxon {w.peq('p', rel.wilcoxon.p)}: {verdict}."
-        )
-    caption = (
-        f"Asymmetric payoff: \u0394 = agreement(kd) \u2212 agreement(control) on C (teacher "
-        f"correct) and I (teacher wrong), per seed; headroom = 1 \u2212 control agreement; "
-        f"mean [{level:.0%} CI]; Holm across conditions"
-    )
-    section.blocks.append(Table.from_records(rows, caption, "ft-payoff"))
-    figure = plots.grouped_bars(
-        {
-            "gain over the control relative to headroom": {
-                "\u0394C / (1 \u2212 agree_C)": [r["\u0394C / headroom"] for r in rows],
-                "\u0394I / (1 \u2212 agree_I)": [r["\u0394I / headroom"] for r in rows],
-            }
-        },
-        [c.short for c, *_ in results],
-        "kd \u2212 control, relative",
-        "Asymmetric payoff (I above C: the student takes on the teacher's errors)",
-    )
-    section.blocks.append(
-        Figure(
-            figure, "Relative agreement gains on C and I, mean with CI over seeds", "ft-fig-payoff"
-        )
-    )
-
-
-def _agreement_figure(conditions: list[_Condition], level: float) -> Figure:
+def _agreement_figure(conditions: list[Condition], level: float) -> Figure:
     arms = [a for a in (*ARMS_SHOWN, "teacher_replica") if any(c.arms[a] for c in conditions)]
     panels = {
         title: {arm: [_estimate(c.arms[arm], m, level) for c in conditions] for arm in arms}
@@ -434,7 +338,7 @@ def _estimate(rows: list[Row], measure: str, level: float):
     return mean_ci(values, level) if values else None
 
 
-def _sweeps(conditions: list[_Condition], tests: list[_Test], section: Section) -> None:
+def _sweeps(conditions: list[Condition], tests: list[_Test], section: Section) -> None:
     """Delta (kd - control) against alpha, temperature or student size, one line per setting of
     the other condition fields."""
     lookup = {(id(t.cond), t.measure): t for t in tests if t.other == "control"}
@@ -442,7 +346,7 @@ def _sweeps(conditions: list[_Condition], tests: list[_Test], section: Section) 
     rows = []
     for param in SWEEP_PARAMS:
         i = CONDITION.index(param)
-        series: dict[tuple, list[_Condition]] = {}
+        series: dict[tuple, list[Condition]] = {}
         for c in conditions:
             series.setdefault(c.key[:i] + c.key[i + 1 :], []).append(c)
         series = {k: v for k, v in series.items() if len({c.key[i] for c in v}) > 1}
@@ -500,7 +404,7 @@ def _sweeps(conditions: list[_Condition], tests: list[_Test], section: Section) 
         section.blocks.append(Table.from_records(rows, caption, "ft-sweeps", group=2))
 
 
-def _sweep_order(param: str, conds: list[_Condition]) -> list:
+def _sweep_order(param: str, conds: list[Condition]) -> list:
     i = CONDITION.index(param)
     values = list(dict.fromkeys(c.key[i] for c in conds))
     if param != "student":

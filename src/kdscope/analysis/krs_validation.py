@@ -19,11 +19,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-from scipy import stats
-
 from kdscope.analysis import _words as w
 from kdscope.analysis import plots
+from kdscope.analysis.krs_rankings import add_rankings
 from kdscope.analysis.report import Figure, Section, Table
 from kdscope.analysis.stats import (
     Correlation,
@@ -31,8 +29,6 @@ from kdscope.analysis.stats import (
     PairedComparison,
     compare_paired,
     holm,
-    kendall_tau,
-    kendalls_w,
     mean_ci,
     pearson,
     spearman,
@@ -63,9 +59,13 @@ def krs_validation(
     check_rows(rows, ID_COLUMNS)
     section = Section(title, id="krs-validation")
     rows = [r for r in rows if r["arm"] in ("control", "kd")]
-    cells = group(rows, (*PAIR, "method", "arm"))
+    # A cell is (pair, student name): the base student, whatever its method is called, or a method.
+    cells: dict[tuple, list[Row]] = {}
+    for r in rows:
+        name = BASE if r["arm"] == "control" else str(r["method"])
+        cells.setdefault((*(r[k] for k in PAIR), name), []).append(r)
     pairs = group(rows, PAIR)
-    if not any(k[-1] == "kd" for k in cells) or not any(k[-1] == "control" for k in cells):
+    if not any(k[-1] != BASE for k in cells) or not any(k[-1] == BASE for k in cells):
         section.notes.append("KRS validation needs base (control) and distilled (kd) runs.")
         return section
     multi = len({r["study"] for r in rows}) > 1, len({r["dataset"] for r in rows}) > 1
@@ -73,12 +73,12 @@ def krs_validation(
     few = _check_grid(rows, cells, label, min_seeds, section)
     gains = _gains(cells, level)
     section.blocks += _before_after(cells, label, level)
-    _gain_table(gains, label, alpha, min_seeds, few, section)
+    _gain_table(gains, label, alpha, min_seeds, section)
     tasks = group(rows, PAIR[:2])
     task_label = {t: f"[{t[0]}] {t[1]}" if multi[0] else str(t[1]) for t in tasks}
     _correlation(tasks, task_label, label, few, level, alpha, min_seeds, paper_r, section)
     _ablation(gains, tasks, task_label, few, level, alpha, min_seeds, section)
-    _rankings(gains, tasks, task_label, label, few, alpha, min_seeds, section)
+    add_rankings(gains, tasks, task_label, label, few, alpha, min_seeds, section)
     return section
 
 
@@ -88,25 +88,20 @@ def _pair_label(pair: tuple, multi_study: bool, multi_dataset: bool) -> str:
     return f"{prefix}{teacher}\u2192{student}"
 
 
-def _method(key: tuple) -> str:
-    return BASE if key[-1] == "control" else str(key[-2])
-
-
 def _check_grid(rows, cells, label, min_seeds, section: Section) -> set[tuple]:
     """Report missing runs (pairs x methods x seeds of each study) and return the pairs with a
     cell of fewer than ``min_seeds`` seeds."""
     missing, few = [], set()
     for study_rows in group(rows, ("study",)).values():
         seeds = sorted({int(r["seed"]) for r in study_rows})
-        methods = sorted({r["method"] for r in study_rows if r["arm"] == "kd"})
+        methods = sorted({str(r["method"]) for r in study_rows if r["arm"] == "kd"})
         for pair in group(study_rows, PAIR):
-            for method, arm in [("none", "control"), *((m, "kd") for m in methods)]:
-                have = {int(r["seed"]) for r in cells.get((*pair, method, arm), [])}
+            for name in (BASE, *methods):
+                have = {int(r["seed"]) for r in cells.get((*pair, name), [])}
                 if len(have) < min_seeds:
                     few.add(pair)
                 lost = [s for s in seeds if s not in have]
                 if lost:
-                    name = BASE if arm == "control" else method
                     missing.append([label[pair], name, ", ".join(map(str, lost))])
     if missing:
         section.blocks.append(
@@ -126,7 +121,7 @@ def _check_grid(rows, cells, label, min_seeds, section: Section) -> set[tuple]:
 
 
 @dataclass
-class _Gain:
+class Gain:
     """Distilled (a) vs base (b) values of one measure in one (pair, method) cell, by seed."""
 
     a: list[float]
@@ -134,32 +129,32 @@ class _Gain:
     cmp: PairedComparison
 
 
-def _gains(cells, level) -> dict[tuple, dict[str, _Gain]]:
+def _gains(cells, level) -> dict[tuple, dict[str, Gain]]:
     """(pair, method) -> measure -> distilled vs base, paired by seed."""
-    out: dict[tuple, dict[str, _Gain]] = {}
+    out: dict[tuple, dict[str, Gain]] = {}
     for key, kd_rows in cells.items():
-        if key[-1] != "kd":
+        if key[-1] == BASE:
             continue
-        base = cells.get((*key[:4], "none", "control"), [])
+        base = cells.get((*key[:4], BASE), [])
         for m in MEASURES:
             _, a, b = paired(by_seed(kd_rows, m), by_seed(base, m))
             if a:
-                out.setdefault((key[:4], key[4]), {})[m] = _Gain(a, b, compare_paired(a, b, level))
+                out.setdefault((key[:4], key[4]), {})[m] = Gain(a, b, compare_paired(a, b, level))
     return out
 
 
 def _before_after(cells, label, level) -> list:
     records, panels = [], {"KRS": {}, "accuracy": {}}
-    order = sorted(cells, key=lambda k: (k[:4], k[-1] != "control", k[4]))
+    order = sorted(cells, key=lambda k: (k[:4], k[-1] != BASE, k[-1]))
     for key in order:
         est = {m: _mean(cells[key], m, level) for m in MEASURES}
         records.append(
-            {"pair": label[key[:4]], "student": _method(key), "n": len(cells[key])}
+            {"pair": label[key[:4]], "student": key[-1], "n": len(cells[key])}
             | {m.upper() if m != "accuracy" else m: est[m] for m in MEASURES}
         )
         for panel, m in (("KRS", "krs"), ("accuracy", "accuracy")):
-            panels[panel].setdefault(label[key[:4]], {})[_method(key)] = est[m]
-    methods = list(dict.fromkeys(_method(k) for k in order))
+            panels[panel].setdefault(label[key[:4]], {})[key[-1]] = est[m]
+    methods = list(dict.fromkeys(k[-1] for k in order))
     figure = plots.grouped_bars(
         {
             p: {pair: [v.get(m) for m in methods] for pair, v in s.items()}
@@ -181,12 +176,12 @@ def _mean(rows, measure, level):
     return mean_ci(values, level) if values else None
 
 
-def _gain_table(gains, label, alpha, min_seeds, few, section: Section) -> None:
+def _gain_table(gains, label, alpha, min_seeds, section: Section) -> None:
+    """One row per (pair, method): its gains over the base student, each claim resting on the
+    seeds those two cells share."""
     keys = list(gains)
     adj = {
-        m: holm(
-            [_p(gains[k][m].cmp if m in gains[k] else None, k[0] in few, min_seeds) for k in keys]
-        )
+        m: holm([_p(gains[k][m].cmp if m in gains[k] else None, False, min_seeds) for k in keys])
         for m in ("accuracy", "krs")
     }
     records = []
@@ -200,7 +195,7 @@ def _gain_table(gains, label, alpha, min_seeds, few, section: Section) -> None:
                 f"\u0394 {name} [CI]": c.diff if c else None,
                 f"p {name}": c.t_test.p if c else None,
                 f"p Holm {name}": float(adj[m][i]),
-                f"verdict {name}": _verdict(c, adj[m][i], alpha, min_seeds, pair in few),
+                f"verdict {name}": _verdict(c, adj[m][i], alpha, min_seeds, False),
             }
         records.append(record)
     caption = (
@@ -210,16 +205,17 @@ def _gain_table(gains, label, alpha, min_seeds, few, section: Section) -> None:
     section.blocks.append(Table.from_records(records, caption, "krs-gains", group=1))
 
 
-def _p(c: PairedComparison | None, few: bool, min_seeds: int) -> float:
-    return math.nan if c is None or few or c.n < min_seeds else c.t_test.p
+def _p(c: PairedComparison | None, blocked: bool, min_seeds: int) -> float:
+    """The p-value that enters a Holm family: NaN (no claim) when blocked or too few seeds."""
+    return math.nan if c is None or blocked or c.n < min_seeds else c.t_test.p
 
 
-def _verdict(c, p_adj, alpha, min_seeds, few: bool) -> str:
+def _verdict(c, p_adj, alpha, min_seeds, blocked: bool) -> str:
     if c is None:
         return "not measured"
-    if few:
+    if blocked:
         return f"no claim: a cell of this pair has < {min_seeds} seeds"
-    return w.test_verdict(c, float(p_adj), alpha, min_seeds, "distilled", "base")
+    return w.paired_verdict(c, float(p_adj), alpha, min_seeds)
 
 
 def _correlation(tasks, task_label, label, few, level, alpha, min_seeds, paper_r, section):
@@ -362,162 +358,3 @@ def _describe(c: PairedComparison | None, p_adj: float) -> str:
     if c is None:
         return "n/a"
     return f"{w.ci(c.diff)} (n = {c.n}, {w.peq('p', c.t_test.p)}, Holm {w.peq('p', p_adj)})"
-
-
-def _rankings(gains, tasks, task_label, label, few, alpha, min_seeds, section: Section) -> None:
-    """Sensitivity (Kendall tau between rankings by accuracy gain and by KRS gain) and
-    architecture generalisation (Kendall's W of KRS-gain ranks across pairs), per task."""
-    ranking, sensitivity, general, concordance = [], [], [], []
-    for task in tasks:
-        pairs = list(dict.fromkeys(p for p, _ in gains if p[:2] == task))
-        methods = [
-            m
-            for m in dict.fromkeys(m for p, m in gains if p[:2] == task)
-            if all({"accuracy", "krs"} <= set(gains.get((p, m), {})) for p in pairs)
-        ]
-        dropped = {m for p, m in gains if p[:2] == task} - set(methods)
-        if dropped:
-            section.notes.append(
-                f"{task_label[task]}: method(s) {', '.join(sorted(dropped))} are missing from "
-                "some pair and are left out of the rankings."
-            )
-        acc = np.array([[gains[(p, m)]["accuracy"].cmp.diff.value for m in methods] for p in pairs])
-        krs = np.array([[gains[(p, m)]["krs"].cmp.diff.value for m in methods] for p in pairs])
-        blocked = any(p in few for p in pairs)
-        scopes = [(f"{task_label[task]}, all pairs", acc.mean(axis=0), krs.mean(axis=0))]
-        if len(pairs) > 1:
-            scopes += [(label[p], acc[j], krs[j]) for j, p in enumerate(pairs)]
-        for scope, a, k in scopes:
-            sensitivity.append((scope, len(methods), kendall_tau(a, k), blocked))
-        ranks_a, ranks_k = _ranks(acc.mean(axis=0)), _ranks(krs.mean(axis=0))
-        for j, m in enumerate(methods):
-            ranking.append(
-                {
-                    "task": task_label[task],
-                    "method": m,
-                    "mean \u0394 accuracy": float(acc[:, j].mean()),
-                    "rank by accuracy": ranks_a[j],
-                    "mean \u0394 KRS": float(krs[:, j].mean()),
-                    "rank by KRS": ranks_k[j],
-                }
-            )
-            for i, p in enumerate(pairs):
-                general.append(
-                    {
-                        "task": task_label[task],
-                        "method": m,
-                        "pair": label[p],
-                        "\u0394 KRS [CI]": gains[(p, m)]["krs"].cmp.diff,
-                        "rank in pair": _ranks(krs[i])[j],
-                    }
-                )
-        if len(pairs) > 1 and len(methods) > 1:
-            concordance.append((task, len(pairs), len(methods), kendalls_w(krs), blocked))
-            section.blocks.append(
-                Figure(
-                    plots.heatmap(
-                        krs.T, methods, [label[p] for p in pairs], "KRS gain", "\u0394 KRS"
-                    ),
-                    f"KRS gain per method and pair, {task_label[task]}",
-                    f"krs-fig-generalisation-{task_label[task]}",
-                )
-            )
-    section.blocks.append(
-        Table.from_records(
-            ranking, "Methods ranked by mean gain over pairs (1 = largest)", "krs-ranking", 1
-        )
-    )
-    _sensitivity_table(sensitivity, alpha, min_seeds, section)
-    section.blocks.append(
-        Table.from_records(
-            general,
-            "Architecture generalisation: KRS gain per method and pair",
-            "krs-generalisation",
-            group=2,
-        )
-    )
-    _concordance_table(concordance, task_label, alpha, min_seeds, section)
-
-
-def _ranks(values: np.ndarray) -> list[int]:
-    """1 for the largest value; ties share the smallest rank."""
-    return [int(r) for r in stats.rankdata(-np.asarray(values), method="min")]
-
-
-def _sensitivity_table(results, alpha, min_seeds, section: Section) -> None:
-    adj = holm([t.p if not blocked and n >= 3 else math.nan for _, n, t, blocked in results])
-    records = []
-    for (scope, n, tau, blocked), p in zip(results, adj, strict=True):
-        if blocked:
-            verdict = f"no claim: a cell has < {min_seeds} seeds"
-        elif n < 3:
-            verdict = "no claim: fewer than 3 methods"
-        elif math.isnan(p):
-            verdict = "not testable"
-        elif p >= alpha:
-            verdict = "no significant agreement between the rankings"
-        elif tau.r > 0:
-            verdict = "rankings agree (significant after Holm)"
-        else:
-            verdict = "rankings are reversed (significant negative tau after Holm)"
-        records.append(
-            {
-                "scope": scope,
-                "methods": n,
-                "Kendall tau": tau.r,
-                "p": tau.p,
-                "p Holm": float(p),
-                "verdict": verdict,
-            }
-        )
-        if scope.endswith(", all pairs"):
-            section.findings.append(
-                f"Ranking sensitivity on {scope}: Kendall tau between methods ranked by mean "
-                f"accuracy gain and by mean KRS gain = {w.num(tau.r)} (n = {n} methods, "
-                f"{w.peq('p', tau.p)}, Holm {w.peq('p', float(p))}): {verdict}."
-            )
-    caption = (
-        "Ranking sensitivity: Kendall tau-b between method rankings by accuracy gain and by KRS "
-        "gain; Holm over the rows"
-    )
-    section.blocks.append(Table.from_records(records, caption, "krs-sensitivity"))
-    floor = sorted({n for _, n, _, _ in results if n > 2 and 2 / math.factorial(n) >= alpha})
-    if floor:
-        section.notes.append(
-            f"With {', '.join(map(str, floor))} methods the exact Kendall tau test cannot give p "
-            f"below {w.pval(2 / math.factorial(max(floor)))}, so ranking agreement cannot be "
-            f"significant at {alpha}: more methods are needed."
-        )
-
-
-def _concordance_table(results, task_label, alpha, min_seeds, section: Section) -> None:
-    records = []
-    for task, m, n, res, blocked in results:
-        if blocked:
-            verdict = f"no claim: a cell has < {min_seeds} seeds"
-        elif n < 3:
-            verdict = "no claim: fewer than 3 methods"
-        elif res.p < alpha:
-            verdict = "method ranks hold across pairs"
-        else:
-            verdict = "no significant concordance of method ranks across pairs"
-        records.append(
-            {
-                "task": task_label[task],
-                "pairs": m,
-                "methods": n,
-                "Kendall W": res.statistic,
-                "p": res.p,
-                "verdict": verdict,
-            }
-        )
-        section.findings.append(
-            f"Architecture generalisation on {task_label[task]}: Kendall's W of the methods' "
-            f"KRS-gain ranks across {m} pairs = {w.num(res.statistic)} (n = {n} methods, "
-            f"chi-square {w.peq('p', res.p)}, one test per task, no correction): {verdict}."
-        )
-    if not records:
-        section.notes.append("Architecture generalisation needs at least 2 pairs and 2 methods.")
-        return
-    caption = "Concordance of methods' KRS-gain ranks across pairs (Kendall's W, chi-square p)"
-    section.blocks.append(Table.from_records(records, caption, "krs-concordance"))

@@ -307,7 +307,8 @@ def _cell(value: Any) -> tuple[str, str]:
         return f"{value:.4g}", "num"
     if isinstance(value, Estimate):
         return str(value), "num"
-    return str(value), ""
+    text = str(value)
+    return text, "long" if len(text) > 24 else ""
 
 
 class _Ids:
@@ -373,6 +374,7 @@ tbody tr.start td { border-top: 2px solid var(--line); }
 td.group { background: #fff !important; font-weight: 600; border-right: 1px solid var(--line); }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.na { color: var(--muted); text-align: center; }
+td.long { min-width: 16em; }
 figure { margin: 16px 0 24px; } figure.plot img { max-width: 100%; height: auto;
   border: 1px solid var(--line); border-radius: 4px; }
 figcaption { color: var(--muted); font-size: 0.9em; margin-top: 4px; }

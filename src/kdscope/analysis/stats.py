@@ -40,6 +40,8 @@ class Estimate:
 class TestResult:
     """One hypothesis test: its statistic, two-sided p-value, sample size and the variant used."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
     statistic: float
     p: float
     n: int

@@ -39,10 +39,11 @@ Row = Mapping[str, Any]
 ARMS = ("control", "kd", "random_control", "teacher_replica")
 ID_COLUMNS = ("study", "dataset", "teacher", "student", "method", "arm", "seed")
 
-# name -> (description, True when a larger value means the student is closer to the teacher)
-MEASURES: dict[str, tuple[str, bool]] = {
-    "accuracy": ("student test accuracy", True),
-    "ece": ("expected calibration error (15 bins)", False),
+# name -> (description, True when a larger value means the student is closer to the teacher,
+# False when a smaller one does, None when the measure is not about the teacher)
+MEASURES: dict[str, tuple[str, bool | None]] = {
+    "accuracy": ("student test accuracy", None),
+    "ece": ("expected calibration error (15 bins)", None),
     "same_wrong_I": ("makes the teacher's exact wrong prediction, on I", True),
     "krs": ("Knowledge Retention Score", True),
     "fss": ("KRS feature similarity (CKA)", True),
@@ -121,14 +122,6 @@ def natural_key(value: Any) -> tuple:
         return (0, float(value))
     parts = re.split(r"(\d+(?:\.\d+)?)", str(value))
     return (1, tuple((0, float(p)) if i % 2 else (1, p) for i, p in enumerate(parts)))
-
-
-def missing_cells(
-    rows: Sequence[Row], keys: Sequence[str], expected: Iterable[tuple]
-) -> list[dict[str, Any]]:
-    """The ``expected`` key tuples (over ``keys``) that no row in ``rows`` has, as dicts."""
-    present = set(group(rows, keys))
-    return [dict(zip(keys, cell, strict=True)) for cell in expected if tuple(cell) not in present]
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:

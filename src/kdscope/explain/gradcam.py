@@ -68,6 +68,21 @@ def layer_activations(model: nn.Module, layer: str, inputs: Tensor) -> tuple[Ten
     frozen = not any(p.requires_grad for p in model.parameters())
     with FeatureTap(model, [layer], keep_grad=True) as tap:
         logits = model(inputs.detach().requires_grad_(frozen))
+    acts = _spatial(tap, layer)
+    if not acts.requires_grad:
+        raise RuntimeError(f"activations of {layer!r} do not require grad (inside torch.no_grad?)")
+    return logits, acts
+
+
+@torch.no_grad()
+def layer_features(model: nn.Module, layer: str, inputs: Tensor) -> Tensor:
+    """Detached (B, C, h, w) activations of ``layer``, the model in eval mode."""
+    with eval_mode(model), FeatureTap(model, [layer], detach=True) as tap:
+        model(inputs)
+    return _spatial(tap, layer)
+
+
+def _spatial(tap: FeatureTap, layer: str) -> Tensor:
     acts = tap.features.get(layer)
     if acts is None:
         raise RuntimeError(f"layer {layer!r} was not reached by the forward pass")
@@ -76,9 +91,7 @@ def layer_activations(model: nn.Module, layer: str, inputs: Tensor) -> tuple[Ten
             f"Grad-CAM needs a spatial layer with (B, C, h, w) output; {layer!r} gives shape "
             f"{tuple(acts.shape)}. Choose a convolutional stage (e.g. one of model.feature_layers)."
         )
-    if not acts.requires_grad:
-        raise RuntimeError(f"activations of {layer!r} do not require grad (inside torch.no_grad?)")
-    return logits, acts
+    return acts
 
 
 @contextmanager

@@ -25,10 +25,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from kdscope.explain.gradcam import eval_mode, grad_cam
+from kdscope.explain.gradcam import grad_cam, layer_features
 from kdscope.explain.road import road_keep_top
 from kdscope.explain.unicam import batch_composition, unicam
-from kdscope.features import FeatureTap, pair_layers
+from kdscope.features import pair_layers
 from kdscope.metrics.relevance import ESTIMATOR_NAMES, ESTIMATORS
 from kdscope.metrics.similarity import ZeroVarianceError
 
@@ -153,16 +153,16 @@ def perturbed_relevance(
             uc = unicam(student, base, pair, inputs, labels, label_embeddings, indices)
             features = {
                 "gradcam": (
-                    _features(student, s_layer, keep_top(grad_cam(student, s_layer, inputs))),
-                    _features(base, b_layer, keep_top(grad_cam(base, b_layer, inputs))),
+                    layer_features(student, s_layer, keep_top(grad_cam(student, s_layer, inputs))),
+                    layer_features(base, b_layer, keep_top(grad_cam(base, b_layer, inputs))),
                 ),
             }
             if uc.empty:
                 result.unicam_empty_batches.append(i)
             else:
                 features["unicam"] = (
-                    _features(student, s_layer, keep_top(uc.distilled)),
-                    _features(base, b_layer, keep_top(uc.residual)),
+                    layer_features(student, s_layer, keep_top(uc.distilled)),
+                    layer_features(base, b_layer, keep_top(uc.residual)),
                 )
             for kind, (f_s, f_b) in features.items():
                 fss, rs_s, rs_b = SCORES[kind]
@@ -201,13 +201,6 @@ def _skip_reason(labels: Tensor) -> str | None:
     if labels.unique().numel() < 2:
         return f"a single class ({int(labels[0])}); dCor with label embeddings needs >= 2"
     return None
-
-
-@torch.no_grad()
-def _features(model: nn.Module, layer: str, inputs: Tensor) -> Tensor:
-    with eval_mode(model), FeatureTap(model, [layer], detach=True) as tap:
-        model(inputs)
-    return tap[layer]
 
 
 def _score(similarity, x: Tensor, y: Tensor) -> float | None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from kdscope.explain.gradcam import cam_from, eval_mode, layer_activations
+from kdscope.explain.gradcam import cam_from, layer_features
 from kdscope.metrics.similarity import (
     pairwise_distances,
     u_centered,
@@ -105,9 +105,11 @@ def unicam(
     embeddings = label_embeddings.detach().to(inputs.device, torch.float64)
     embeddings = embeddings[labels.to(inputs.device)]
 
-    with eval_mode(student, base), torch.enable_grad():
-        _, s = layer_activations(student, student_layer, inputs)
-        _, b = layer_activations(base, base_layer, inputs)
+    # The objective depends on the layers' activations only: the forward passes need no graph, and
+    # the gradient is taken with respect to the activations as leaves.
+    s = layer_features(student, student_layer, inputs).requires_grad_()
+    b = layer_features(base, base_layer, inputs).requires_grad_()
+    with torch.enable_grad():
         # Each distance matrix is built once; the two objectives share them.
         a, c = u_centered(pairwise_distances(s)), u_centered(pairwise_distances(b))
         e = u_centered(pairwise_distances(embeddings))

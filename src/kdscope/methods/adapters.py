@@ -34,9 +34,7 @@ def full_precision(forward: Forward) -> Forward:
 
 
 def classifier_of(model: nn.Module) -> nn.Linear:
-    """The model's final linear layer: ``model.classifier_layer`` (zoo models) or
-    ``model.classifier``.
-    """
+    """The model's final linear layer: ``model.classifier_layer`` or ``model.classifier``."""
     name = getattr(model, "classifier_layer", None)
     head = model.get_submodule(name) if name else getattr(model, "classifier", None)
     if not isinstance(head, nn.Linear):
@@ -60,9 +58,10 @@ def penultimate_layer(model: nn.Module) -> str:
 
 
 def pooled_map_layer(model: nn.Module) -> str:
-    """The feature map the classifier sees after global pooling: ``"avgpool:in"`` where the model
-    has an ``avgpool`` module (every zoo model, torchvision ResNets), else the last of
-    ``feature_layers``.
+    """The feature map the classifier sees through global pooling.
+
+    ``"avgpool:in"`` where the model has an ``avgpool`` module (every zoo model, torchvision
+    ResNets), else the last of ``feature_layers``.
     """
     if isinstance(getattr(model, "avgpool", None), nn.Module):
         return "avgpool:in"
@@ -117,8 +116,7 @@ def require_maps(method: str, shapes: dict[str, tuple[int, ...]]) -> None:
 
 
 class ConvRegressor(nn.Module):
-    """FitNet's regressor: student map (C_s, H_s, W_s) -> teacher map (C_t, H_t, W_t), then BN +
-    ReLU.
+    """FitNet's regressor: student map (C_s, H_s, W_s) -> teacher's (C_t, H_t, W_t), BN, ReLU.
 
     The spatial mapping follows CRD/mdistiller's ``ConvReg``: a stride-2 3x3 conv when the student
     map is twice as large, a stride-2 4x4 transposed conv when half as large, otherwise a valid conv

@@ -44,7 +44,15 @@ class _ContrastBase(_PenultimateMixin, Method):
     needs = Needs(student_features=True, teacher_features=True, indices=True)
     family = "relation"
 
-    def __init__(self, feat_dim, nce_k, nce_t, nce_m, student_layers, teacher_layers):
+    def __init__(
+        self,
+        feat_dim: int,
+        nce_k: int,
+        nce_t: float,
+        nce_m: float,
+        student_layers: list[str] | None,
+        teacher_layers: list[str] | None,
+    ):
         super().__init__(student_layers, teacher_layers)
         self.feat_dim = feat_dim
         self.nce_k = nce_k
@@ -70,9 +78,9 @@ class _ContrastBase(_PenultimateMixin, Method):
         self.register_buffer("z_t", torch.tensor(-1.0))
 
     def embeddings(self, out: Outputs) -> tuple[Tensor, Tensor]:
-        return self.embed_s(out.student_features[0].float()), self.embed_t(
-            out.teacher_features[0].float()
-        )
+        """The student's and the teacher's L2-normalised embeddings (B, feat_dim)."""
+        f_s, f_t = out.student_features[0].float(), out.teacher_features[0].float()
+        return self.embed_s(f_s), self.embed_t(f_t)
 
     def negatives(self, device: torch.device) -> Tensor:
         """K bank indices drawn uniformly (with replacement), shared by the batch's examples."""
@@ -209,9 +217,8 @@ class CRCD(_ContrastBase):
         pos = relation_cosines(v, anchors).unsqueeze(-1)
         negs = relation_cosines(v, anchors, bank[neg])
         scores = torch.exp(torch.cat([pos, negs], dim=2) / self.nce_t)
-        valid = (neg.view(1, 1, -1) != idx.view(-1, 1, 1)) & (
-            neg.view(1, 1, -1) != idx.view(1, -1, 1)
-        )
+        negs_idx = neg.view(1, 1, -1)
+        valid = (negs_idx != idx.view(-1, 1, 1)) & (negs_idx != idx.view(1, -1, 1))
         return scores, valid.float()
 
     @full_precision

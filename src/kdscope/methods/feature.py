@@ -35,8 +35,8 @@ class FitNet(Method):
     The paper's two-stage schedule is ``hint_epochs > 0``: during epochs < hint_epochs only the hint
     term is returned and :meth:`ce_weight_at` is 0 (the Trainer must honour it); afterwards the
     student is trained with KD (``temperature``, ``alpha``, CE weight 1 - alpha) and no hint term.
-    Deviation: during the hint stage the layers after the guided one get no gradient but are not
-    frozen (weight decay still applies to them).
+    Deviation: during the hint stage the layers after the guided one get no hint gradient but are
+    not frozen (the optimizer's weight decay and momentum may still move them).
     """
 
     needs = FEATURES

@@ -45,9 +45,7 @@ def rkd_distance(e: Tensor) -> Tensor:
 
 
 def rkd_angle(e: Tensor) -> Tensor:
-    """cos of the angle at vertex i between examples j and k, for all (i, j, k): RKD's angle
-    potential.
-    """
+    """RKD's angle potential: cos of the angle at example i between j and k, all (i, j, k)."""
     diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)
     return torch.bmm(diff, diff.transpose(1, 2)).flatten()
 
@@ -345,17 +343,18 @@ class GraphKD(Method):
     Each stage's map is compressed per example to its top right singular vector (teacher) or to the
     one of the student's top 4 that best matches the teacher's, sign-aligned (SVD compression of
     KD-SVD); between consecutive stages a multi-head attention builds graphs (heads x B x B) over
-    the batch; loss = beta * sum over stage pairs, heads and rows of KL(softmax(tanh G_s) ||
-    softmax(tanh G_t)) (reverse KL, summed as in the authors' code). The attention and an estimator
-    are trained on the teacher alone by a self-supervised term ``gkd_mha`` = mean(1 - cos(estimate,
-    v_t)); the transfer term sees them frozen. CE weight 1, 8 heads as in the authors' code.
+    the batch; loss = beta * sum over stage pairs and heads of the mean over rows of KL(softmax(tanh
+    G_s) || softmax(tanh G_t)) (the reverse KL, as in the authors' code). The attention and an
+    estimator are trained on the teacher alone by a self-supervised term ``gkd_mha`` = mean(1 -
+    cos(estimate, v_t)); the transfer term sees them frozen. CE weight 1, 8 heads as in the authors'
+    code.
 
     Deviations: the attention is trained jointly instead of before distillation; the authors clip
-    the distillation gradient to the CE gradient's norm, which a loss cannot express: beta=1 leaves
-    the summed KL unclipped (untuned); the teacher's singular vector sign is fixed to a non-negative
-    sum; the student's singular vectors get the gradient of one power-iteration step
-    (:func:`attach`); a student with other channel counts than the teacher gets a 1x1 conv projector
-    first.
+    the distillation gradient to the CE gradient's norm, which a loss cannot express, and sum the KL
+    over rows: here rows are averaged (a sum grows with the batch and, unclipped, swamps the CE) and
+    beta=1 is untuned; the teacher's singular vector sign is fixed to a non-negative sum; the
+    student's singular vectors get the gradient of one power-iteration step (:func:`attach`); a
+    student with other channel counts than the teacher gets a 1x1 conv projector first.
     """
 
     needs = FEATURES
@@ -421,6 +420,6 @@ class GraphKD(Method):
             mha = mha + (1 - (est(vt[i - 1], graph_t) * vt[i]).sum(-1)).mean()
             log_p_s = F.log_softmax(torch.tanh(attn(vs[i], vs[i - 1], frozen=True)), -1)
             log_p_t = F.log_softmax(torch.tanh(attn(vt[i], vt[i - 1], frozen=True)), -1)
-            kl = (log_p_s.exp() * (log_p_s - log_p_t)).sum()
+            kl = (log_p_s.exp() * (log_p_s - log_p_t)).sum(-1).mean(-1).sum()
             transfer = transfer + kl
         return {"gkd": self.beta * transfer, "gkd_mha": mha}

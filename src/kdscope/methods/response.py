@@ -223,9 +223,7 @@ class MultiTeacherKD(Method):
 
 
 def gaussian_like(logits: Tensor) -> Tensor:
-    """Gaussian logits with exactly the per-example mean and standard deviation of ``logits`` (B,
-    C).
-    """
+    """Gaussian logits with exactly the per-example mean and standard deviation of ``logits``."""
     noise = torch.randn_like(logits)
     noise = (noise - noise.mean(1, keepdim=True)) / noise.std(1, keepdim=True)
     return logits.mean(1, keepdim=True) + logits.std(1, keepdim=True) * noise

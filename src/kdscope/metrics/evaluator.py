@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from kdscope.features import FeatureTap, pair_layers
 from kdscope.metrics.agreement import AgreementAccumulator, AgreementResult
@@ -93,8 +93,16 @@ class EvaluationResult:
         return "\n".join(lines)
 
 
+def _collate(batch):
+    # kdscope's in-memory splits assemble whole batches in __getitems__ (a tuple); others give
+    # a list of samples.
+    return batch if isinstance(batch, tuple) else default_collate(batch)
+
+
 def _loader(data: Dataset | DataLoader, batch_size: int) -> DataLoader:
-    return data if isinstance(data, DataLoader) else DataLoader(data, batch_size, shuffle=False)
+    if isinstance(data, DataLoader):
+        return data
+    return DataLoader(data, batch_size, shuffle=False, collate_fn=_collate)
 
 
 def _inputs_labels(batch) -> tuple[Tensor, Tensor]:

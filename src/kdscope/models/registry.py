@@ -20,8 +20,8 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     names, where ``:in`` means the module's input):
 
     - ``feature_layers``: its stage outputs, in order (required);
-    - ``preact_layers``: the pre-activation features at those stages, or ``[]`` where there are
-    none; - ``classifier_layer``: the final ``nn.Linear`` (``None`` if the model has none).
+    - ``preact_layers``: the pre-activation features at those stages, ``[]`` where there are none;
+    - ``classifier_layer``: the final ``nn.Linear`` (``None`` if the model has none).
     """
     return MODELS.register(name)
 

@@ -44,7 +44,8 @@ class DeepMutualLearning(Method):
         self.peers = peers
 
     def bind(self, ctx: BindContext) -> None:
-        self.peer_models = nn.ModuleList(build_peers(ctx.student, self.peers, ctx.num_classes))
+        if not hasattr(self, "peer_models"):  # peers persist across fits, like the student
+            self.peer_models = nn.ModuleList(build_peers(ctx.student, self.peers, ctx.num_classes))
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:
         logits = [out.student_logits] + [peer(out.inputs) for peer in self.peer_models]

@@ -1,0 +1,199 @@
+"""Speed and memory of kdscope.metrics against reference implementations, measured side by side.
+
+    .venv/bin/python benchmarks/metrics_speed.py            # all three parts
+    .venv/bin/python benchmarks/metrics_speed.py --part dcor --part cka
+    .venv/bin/python benchmarks/metrics_speed.py --part evaluator --images 2048
+
+Parts:
+  dcor       dCor, R* and pdCor at n in {256, 1024, 4096}, d = 512, float64, against dcor.
+  cka        linear CKA at n = 50,000, d = 512, streamed in batches of 1,000: peak memory (RSS above
+             the process's baseline after imports, each method in its own process) and time, against
+             pytorch-cka's streamed minibatch HSIC (cka.hsic.hsic on per-batch Gram matrices, what
+             its CKA class does for each batch).
+  evaluator  Evaluator (agreement + KRS, 4 layer pairs) on the Fashion-MNIST test set, teacher
+             resnet56, student resnet8 (untrained), against the two models' forward passes alone.
+Prints Markdown tables for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+N_CKA, D_CKA, BATCH_CKA = 50_000, 512, 1_000
+
+
+def _best_time(fn, repeats: int) -> tuple[float, object]:
+    best, value = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, value
+
+
+def bench_dcor(sizes: list[int]) -> None:
+    import dcor
+
+    from kdscope.metrics import similarity as sim
+
+    print("| function | n | kdscope (s) | dcor (s) | speed-up | abs. difference |")
+    print("|---|---|---|---|---|---|")
+    for n in sizes:
+        g = torch.Generator().manual_seed(n)
+        x = torch.randn(n, 512, generator=g, dtype=torch.float64)
+        y = torch.tanh(x @ torch.randn(512, 512, generator=g, dtype=torch.float64) / 20)
+        y = y + torch.randn(n, 512, generator=g, dtype=torch.float64)
+        z = x[:, :256] ** 2 + torch.randn(n, 256, generator=g, dtype=torch.float64)
+        xn, yn, zn = x.numpy(), y.numpy(), z.numpy()
+        repeats = 3 if n <= 1024 else 1
+        cases = [
+            ("distance_correlation", (x, y), (xn, yn)),
+            ("u_distance_correlation_sqr", (x, y), (xn, yn)),
+            ("partial_distance_correlation", (x, y, z), (xn, yn, zn)),
+        ]
+        for name, ours_args, ref_args in cases:
+            ours, ref = getattr(sim, name), getattr(dcor, name)
+            t_ours, v_ours = _best_time(lambda f=ours, a=ours_args: f(*a).item(), repeats)
+            t_ref, v_ref = _best_time(lambda f=ref, a=ref_args: float(f(*a)), repeats)
+            print(
+                f"| {name} | {n} | {t_ours:.3f} | {t_ref:.3f} | {t_ref / t_ours:.1f}x "
+                f"| {abs(v_ours - v_ref):.1e} |",
+                flush=True,
+            )
+
+
+def _cka_batches():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(D_CKA, D_CKA, generator=g) / D_CKA**0.5
+    for _ in range(N_CKA // BATCH_CKA):
+        x = torch.randn(BATCH_CKA, D_CKA, generator=g)
+        yield x, torch.relu(x @ w + 0.5 * torch.randn(BATCH_CKA, D_CKA, generator=g))
+
+
+def _cka_method(method: str):
+    """(update, compute) of one streamed CKA method."""
+    from kdscope.metrics import MinibatchCKA, StreamingLinearCKA
+
+    if method != "pytorch-cka":
+        acc = StreamingLinearCKA() if method == "kdscope-streaming" else MinibatchCKA()
+        return acc.update, acc.compute
+    from cka.hsic import hsic
+
+    sums = torch.zeros(3)
+
+    def update(x, y):
+        kx, ky = (x @ x.T)[None], (y @ y.T)[None]  # as CKA._accumulate_hsic: float32, uncentred
+        xy, xx, yy = hsic(kx, ky)
+        sums.add_(torch.stack([xy.sum(), xx.sum(), yy.sum()]))
+
+    return update, lambda: (sums[0] / (sums[1] * sums[2]).sqrt()).item()
+
+
+def cka_worker(method: str) -> dict:
+    """Run one streamed CKA method in this process; report time and peak RSS above baseline."""
+    x, y = next(_cka_batches())
+    _cka_method(method)[0](x, y)  # first-call allocations belong to the baseline
+    update, compute = _cka_method(method)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    for x, y in _cka_batches():
+        update(x, y)
+    value = compute()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "method": method,
+        "seconds": seconds,
+        "value": value,
+        "peak_mb": (peak - baseline) / 1024,
+        "rss_mb": peak / 1024,
+    }
+
+
+def bench_cka() -> None:
+    notes = {
+        "kdscope-streaming": "biased CKA on all 50,000 (feature space, float64)",
+        "kdscope-minibatch": "minibatch debiased CKA (Nguyen et al.), float64",
+        "pytorch-cka": "minibatch debiased CKA, float32 uncentred Grams",
+    }
+    print(
+        "| method | estimator | time (s) | peak memory above baseline (MB) | peak RSS (MB) | CKA |"
+    )
+    print("|---|---|---|---|---|---|")
+    for method, note in notes.items():
+        out = subprocess.run(
+            [sys.executable, __file__, "--cka-worker", method],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        print(
+            f"| {method} | {note} | {r['seconds']:.2f} | {r['peak_mb']:.1f} | {r['rss_mb']:.0f} "
+            f"| {r['value']:.6f} |",
+            flush=True,
+        )
+
+
+def bench_evaluator(images: int, data_dir: str) -> None:
+    from torch.utils.data import DataLoader, Subset
+
+    from kdscope.data import collate, load_data
+    from kdscope.metrics import evaluate
+    from kdscope.models import create_model
+
+    test = load_data("fashion-mnist", data_dir=data_dir).test
+    data = test if images >= len(test) else Subset(test, range(images))
+    loader = DataLoader(data, batch_size=256, collate_fn=collate)
+    teacher = create_model("resnet56", 10, 1).eval()
+    student = create_model("resnet8", 10, 1).eval()
+    layers = [(name, name) for name in ("layer1", "layer2", "layer3", "avgpool")]
+
+    def forward_only():
+        with torch.no_grad():
+            for x, *_ in loader:
+                teacher(x)
+                student(x)
+
+    t_forward, _ = _best_time(forward_only, 1)
+    t_eval, result = _best_time(lambda: evaluate(teacher, student, loader, layers=layers), 1)
+    print("| images | forward passes (s) | Evaluator (s) | ratio | KRS (untrained) |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| {result.n} | {t_forward:.1f} | {t_eval:.1f} | {t_eval / t_forward:.2f} "
+        f"| {result.krs['student'].krs:.4f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", action="append", choices=["dcor", "cka", "evaluator"])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--cka-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cka_worker:
+        print(json.dumps(cka_worker(args.cka_worker)))
+        return
+    parts = args.part or ["dcor", "cka", "evaluator"]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    if "dcor" in parts:
+        bench_dcor(args.sizes)
+    if "cka" in parts:
+        print()
+        bench_cka()
+    if "evaluator" in parts:
+        print()
+        bench_evaluator(args.images, args.data_dir)
+
+
+if __name__ == "__main__":
+    main()
