@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kdscope-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test lint format bench data
+.PHONY: setup demo test lint format data browser
 
 setup: $(STAMP)
 
@@ -23,10 +23,16 @@ data:
 	  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \
 	  echo "note: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"; }
 
+# Chromium + chromedriver for the report's browser test (skipped, with a reason, when absent).
+browser:
+	@test -x /usr/bin/chromedriver || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	  echo "note: chromium-driver not installed; the browser test will be skipped"; }
+
 demo: setup
 	$(BIN)/kdscope demo
 
-test: setup data
+test: setup data browser
 	$(BIN)/python -m pytest
 
 lint:

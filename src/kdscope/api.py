@@ -75,10 +75,15 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> RunResul
         train_size=cfg.data.train_size,
         **cfg.data.options,
     )
-    student = create_model(cfg.student.name, data.num_classes, data.in_channels, **cfg.student.kwargs)
+    student = create_model(
+        cfg.student.name, data.num_classes, data.in_channels, **cfg.student.kwargs
+    )
     if cfg.student.checkpoint:
-        load_weights(student, read_checkpoint(resolve_checkpoint(cfg.student.checkpoint))["model"],
-                     str(cfg.student.checkpoint))
+        load_weights(
+            student,
+            read_checkpoint(resolve_checkpoint(cfg.student.checkpoint))["model"],
+            str(cfg.student.checkpoint),
+        )
     teacher = _load_teacher(cfg, data.num_classes, data.in_channels)
     method = create_method(cfg.method.name, **cfg.method.params)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +91,9 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> RunResul
     if teacher is not None:
         (run_dir / "checkpoints").mkdir(exist_ok=True)
         (run_dir / "checkpoints" / "teacher.json").write_text(
-            json.dumps({"checkpoint": str(cfg.teacher.checkpoint), "spec": teacher.kdscope_spec}, indent=2)
+            json.dumps(
+                {"checkpoint": str(cfg.teacher.checkpoint), "spec": teacher.kdscope_spec}, indent=2
+            )
         )
     trainer = Trainer(
         student,
@@ -107,9 +114,13 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> RunResul
         progress=progress,
     )
     fit = trainer.fit(resume=resume)
-    best = load_model(run_dir, "best") if (run_dir / "checkpoints" / "best.pt").exists() else student
+    best = (
+        load_model(run_dir, "best") if (run_dir / "checkpoints" / "best.pt").exists() else student
+    )
     device = trainer.device
-    test_acc = accuracy(best.to(device), data.test, cfg.data.eval_batch_size, device, trainer.collate)
+    test_acc = accuracy(
+        best.to(device), data.test, cfg.data.eval_batch_size, device, trainer.collate
+    )
     teacher_acc = (
         accuracy(teacher, data.test, cfg.data.eval_batch_size, device, trainer.collate)
         if teacher is not None
@@ -133,15 +144,16 @@ def _load_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Modu
     spec = teacher.kdscope_spec
     if spec["num_classes"] != num_classes or spec["in_channels"] != in_channels:
         raise ConfigError(
-            f"teacher {str(cfg.teacher.checkpoint)!r} was built for {spec['num_classes']} classes and "
-            f"{spec['in_channels']} input channels, but data {cfg.data.name!r} has {num_classes} classes "
-            f"and {in_channels} channels"
+            f"teacher {str(cfg.teacher.checkpoint)!r} was built for {spec['num_classes']} classes "
+            f"and {spec['in_channels']} input channels, but data {cfg.data.name!r} has "
+            f"{num_classes} classes and {in_channels} channels"
         )
     return teacher
 
 
 class IndexedDataset(Dataset):
-    """Wrap a user's dataset of ``(x, y)`` pairs so it yields ``(x, y, index)`` as kdscope expects."""
+    """Wrap a user's dataset of ``(x, y)`` pairs so it yields ``(x, y, index)`` as kdscope
+    expects."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -173,10 +185,12 @@ def distill(
 ) -> FitResult:
     """Distill ``teacher`` into ``student`` with users' own modules and data.
 
-    ``train``/``val`` are datasets of ``(x, y)`` (or ``(x, y, index)``) or DataLoaders over them (their
+    ``train``/``val`` are datasets of ``(x, y)`` (or ``(x, y, index)``) or DataLoaders over them
+    (their
     batch size is used). ``method`` is a registered name (``kdscope methods``) or a Method instance;
     ``teacher=None`` with ``method="none"`` trains the student alone. Further keyword arguments are
-    :class:`~kdscope.config.TrainConfig` fields (``seed``, ``cache``, ``device``, ``ce_weight``, ...).
+    :class:`~kdscope.config.TrainConfig` fields (``seed``, ``cache``, ``device``, ``ce_weight``,
+    ...).
 
     >>> result = kdscope.distill(teacher, student, train_ds, val_ds, method="kd", epochs=5)
     """
@@ -191,7 +205,9 @@ def distill(
         teacher=teacher,
         method=method,
         batch_size=batch_size or train_bs or 128,
-        optim=OptimConfig.model_validate(optim or {}) if not isinstance(optim, OptimConfig) else optim,
+        optim=OptimConfig.model_validate(optim or {})
+        if not isinstance(optim, OptimConfig)
+        else optim,
         schedule=ScheduleConfig.model_validate(schedule or {})
         if not isinstance(schedule, ScheduleConfig)
         else schedule,

@@ -37,7 +37,9 @@ def _run_config(config, overrides, shortcuts, resume, need_teacher: bool) -> Non
     try:
         cfg = load_config(config, extra) if config else build_config({}, extra)
         if need_teacher and cfg.teacher is None:
-            raise ConfigError("distill needs a teacher: set teacher.checkpoint (or --teacher RUN_DIR)")
+            raise ConfigError(
+                "distill needs a teacher: set teacher.checkpoint (or --teacher RUN_DIR)"
+            )
         if not need_teacher and cfg.teacher is not None and cfg.method.name == "none":
             console.print("note: the config names a teacher but method 'none' does not use it")
         result = run(cfg, resume=resume)
@@ -65,8 +67,13 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from checkpoints/last.pt.")] = False,
 ) -> None:
     """Train a model on labels alone (a teacher, or a baseline student)."""
-    shortcuts = {"student.name": model, "data.name": data, "train.epochs": epochs, "name": name,
-                 "out_dir": out}
+    shortcuts = {
+        "student.name": model,
+        "data.name": data,
+        "train.epochs": epochs,
+        "name": name,
+        "out_dir": out,
+    }
     _run_config(config, set_, shortcuts, resume, need_teacher=False)
 
 
@@ -84,8 +91,15 @@ def distill(
     resume: Annotated[bool, typer.Option(help="Continue from checkpoints/last.pt.")] = False,
 ) -> None:
     """Distill a trained teacher into a student."""
-    shortcuts = {"teacher.checkpoint": teacher, "student.name": student, "method.name": method,
-                 "data.name": data, "train.epochs": epochs, "name": name, "out_dir": out}
+    shortcuts = {
+        "teacher.checkpoint": teacher,
+        "student.name": student,
+        "method.name": method,
+        "data.name": data,
+        "train.epochs": epochs,
+        "name": name,
+        "out_dir": out,
+    }
     if teacher is not None:
         from kdscope.train import load_model
         from kdscope.train.checkpoint import CheckpointError
@@ -148,7 +162,8 @@ def demo(
     out: Annotated[Path, typer.Option(help="Directory of runs.")] = Path("runs"),
     epochs: Annotated[int, typer.Option(help="Epochs per model.")] = 30,
 ) -> None:
-    """Teacher, baseline and KD student on the bundled digits data, with what the student retained."""
+    """Teacher, baseline and KD student on the bundled digits data, with what the student
+    retained."""
     from kdscope.demo import run_demo
 
     run_demo(out / "demo", epochs=epochs, console=console)

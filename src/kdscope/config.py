@@ -117,7 +117,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"Config file {str(path)!r} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"Config file {str(path)!r} must hold a mapping, got {type(data).__name__}")
+        raise ConfigError(
+            f"Config file {str(path)!r} must hold a mapping, got {type(data).__name__}"
+        )
     return build_config(data, overrides)
 
 
@@ -142,8 +144,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def check_names(cfg: RunConfig) -> list[str]:
-    """Every unknown dataset, model, method or augmentation name in ``cfg``, as messages (empty if ok)."""
-    from kdscope.data import DATASETS, AUGMENTS
+    """Every unknown dataset, model, method or augmentation name in ``cfg``, as messages (empty if
+    ok)."""
+    from kdscope.data import AUGMENTS, DATASETS
     from kdscope.methods import METHODS
     from kdscope.models import MODELS
 

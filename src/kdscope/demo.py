@@ -1,4 +1,5 @@
-"""``kdscope demo``: teacher, baseline and KD student on the bundled digits, and what moved between them."""
+"""``kdscope demo``: teacher, baseline and KD student on the bundled digits, and what moved between
+them."""
 
 from __future__ import annotations
 
@@ -68,14 +69,33 @@ def run_demo(out_dir: Path, epochs: int = 30, console: Console | None = None) ->
 
 def _rows(result, models) -> list[dict[str, Any]]:
     teacher_acc = result.agreement["student"].all.teacher_accuracy
-    rows = [{"model": "teacher", "arch": TEACHER, "params": _params(models["teacher"]),
-             "test_acc": teacher_acc, "agreement": None, "krs": None, "fss": None, "aoa": None}]
+    rows = [
+        {
+            "model": "teacher",
+            "arch": TEACHER,
+            "params": _params(models["teacher"]),
+            "test_acc": teacher_acc,
+            "agreement": None,
+            "krs": None,
+            "fss": None,
+            "aoa": None,
+        }
+    ]
     for label, key in (("baseline (before KD)", "base"), ("kd (after KD)", "student")):
         ag, krs = result.agreement[key], result.krs[key]
         model = models["baseline" if key == "base" else "kd"]
-        rows.append({"model": label, "arch": STUDENT, "params": _params(model),
-                     "test_acc": ag.all.student_accuracy, "agreement": ag.all.top1_agreement,
-                     "krs": krs.krs, "fss": krs.fss, "aoa": krs.aoa})
+        rows.append(
+            {
+                "model": label,
+                "arch": STUDENT,
+                "params": _params(model),
+                "test_acc": ag.all.student_accuracy,
+                "agreement": ag.all.top1_agreement,
+                "krs": krs.krs,
+                "fss": krs.fss,
+                "aoa": krs.aoa,
+            }
+        )
     return rows
 
 
@@ -84,10 +104,23 @@ def _params(model) -> int:
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
-    table = Table("model", "arch", "params", "test acc", "agreement w/ teacher", "KRS", "FSS (CKA)",
-                  "AOA", title="kdscope demo: digits, teacher -> student")
+    table = Table(
+        "model",
+        "arch",
+        "params",
+        "test acc",
+        "agreement w/ teacher",
+        "KRS",
+        "FSS (CKA)",
+        "AOA",
+        title="kdscope demo: digits, teacher -> student",
+    )
     for r in rows:
         cells = [r[k] for k in ("test_acc", "agreement", "krs", "fss", "aoa")]
-        table.add_row(r["model"], r["arch"], f"{r['params']:,}",
-                      *("-" if v is None else f"{v:.4f}" for v in cells))
+        table.add_row(
+            r["model"],
+            r["arch"],
+            f"{r['params']:,}",
+            *("-" if v is None else f"{v:.4f}" for v in cells),
+        )
     return table

@@ -1,6 +1,8 @@
-"""FeatureTap: the one mechanism that captures intermediate features (forward hooks on named modules).
+"""FeatureTap: the one mechanism that captures intermediate features (forward hooks on named
+modules).
 
-Used by feature and relation losses, by the metrics' Evaluator and by explanations, so that no model is
+Used by feature and relation losses, by the metrics' Evaluator and by explanations, so that no
+model is
 ever rewritten to return its features.
 """
 
@@ -49,13 +51,17 @@ class FeatureTap:
 
     Args:
         model: the network to observe.
-        layers: submodule names (as in ``model.named_modules()``). A name ending in ``:in`` captures the
+        layers: submodule names (as in ``model.named_modules()``). A name ending in ``:in``
+        captures the
             module's input instead of its output (pre-activation features: ``"layer3.0.act:in"``).
-        detach: store ``output.detach()`` (for metrics) instead of the graph-carrying tensor (for losses).
-        keep_grad: call ``retain_grad()`` on captured tensors so ``tap.features[name].grad`` is filled by a
+        detach: store ``output.detach()`` (for metrics) instead of the graph-carrying tensor (for
+        losses).
+        keep_grad: call ``retain_grad()`` on captured tensors so ``tap.features[name].grad`` is
+        filled by a
             later backward (Grad-CAM); implies ``detach=False``.
 
-    The tap may be entered many times; each forward overwrites the stored features. Tuple outputs keep
+    The tap may be entered many times; each forward overwrites the stored features. Tuple outputs
+    keep
     their first element.
     """
 
@@ -71,7 +77,9 @@ class FeatureTap:
         self.detach = detach and not keep_grad
         self.keep_grad = keep_grad
         self.features: dict[str, Tensor] = {}
-        self._modules = {name: resolve_layer(model, name.removesuffix(":in")) for name in self.layers}
+        self._modules = {
+            name: resolve_layer(model, name.removesuffix(":in")) for name in self.layers
+        }
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _hook(self, name: str):
@@ -106,11 +114,15 @@ class FeatureTap:
         return [self.features[name] for name in self.layers]
 
 
-def pair_layers(student_layers: Sequence[str], teacher_layers: Sequence[str]) -> list[tuple[str, str]]:
+def pair_layers(
+    student_layers: Sequence[str], teacher_layers: Sequence[str]
+) -> list[tuple[str, str]]:
     """Pair student and teacher layers by relative depth.
 
-    With equal counts layers pair in order. Otherwise the model with fewer layers keeps all of them and
-    each is matched to the layer of the other model at the same relative depth, so the last layers are
+    With equal counts layers pair in order. Otherwise the model with fewer layers keeps all of them
+    and
+    each is matched to the layer of the other model at the same relative depth, so the last layers
+    are
     always paired (resnet56's three stages against a two-stage student: (s1, t2), (s2, t3)).
     """
     s, t = list(student_layers), list(teacher_layers)

@@ -1,7 +1,12 @@
 """Distillation methods, registered by name (``kdscope methods`` lists them)."""
 
-from kdscope.methods import contrastive, feature, relation, response  # noqa: F401  (registers)
-from kdscope.methods import schemes  # noqa: F401  (registers dml, byot, adversarial, lwf)
+from kdscope.methods import (  # noqa: F401  (registers)
+    contrastive,
+    feature,
+    relation,
+    response,
+    schemes,  # noqa: F401  (registers dml, byot, adversarial, lwf)
+)
 from kdscope.methods.base import (
     METHODS,
     BindContext,

@@ -14,8 +14,10 @@ from kdscope.registry import Registry
 class Needs:
     """What a method reads from a training step; the Trainer computes only what is asked for.
 
-    teacher_logits / student_features / teacher_features: tensors the loss uses. Features come from the
-    layers in ``Method.student_layers`` / ``Method.teacher_layers`` (resolved by ``bind``), captured with
+    teacher_logits / student_features / teacher_features: tensors the loss uses. Features come from
+    the
+    layers in ``Method.student_layers`` / ``Method.teacher_layers`` (resolved by ``bind``),
+    captured with
     FeatureTap. ``indices``: dataset indices of the batch (memory-bank methods such as CRD).
     ``teacher``: whether a teacher model is required at all.
     """
@@ -60,11 +62,13 @@ class BindContext:
 class Method(nn.Module):
     """A distillation objective: ``forward(out) -> {term name: weighted scalar loss}``.
 
-    Subclasses set ``needs``, the paper's defaults as ``__init__`` keyword arguments, and ``ce_weight``
+    Subclasses set ``needs``, the paper's defaults as ``__init__`` keyword arguments, and
+    ``ce_weight``
     (the weight of the cross-entropy on labels that the Trainer adds unless the run overrides it).
     ``same_label_space = False`` lets teacher and student predict different class sets (lifelong
     learning). With several teachers, ``Outputs.teacher_logits`` has shape (K, B, C).
-    Trainable extras (regressors, projectors) are submodules created in ``bind`` once feature shapes are
+    Trainable extras (regressors, projectors) are submodules created in ``bind`` once feature
+    shapes are
     known, so the optimizer sees them.
     """
 
@@ -84,7 +88,8 @@ class Method(nn.Module):
         self.teacher_layers: list[str] = list(teacher_layers or [])
 
     def resolve_layers(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        """Fill the layer lists from the models' ``feature_layers`` and pair them by relative depth."""
+        """Fill the layer lists from the models' ``feature_layers`` and pair them by relative
+        depth."""
         from kdscope.features import pair_layers
 
         if not (self.needs.student_features or self.needs.teacher_features):

@@ -67,15 +67,19 @@ def pairwise_distances(x: ArrayLike, eps: float = 0.0) -> Tensor:
     added inside it to smooth the gradient of near-coincident points, at the price of a bias of
     about eps / (2 distance).
     """
-    x = as_features(x)
+    return _distances(as_features(x), eps)
+
+
+def _distances(x: Tensor, eps: float = 0.0) -> Tensor:
     x = x - x.mean(0, keepdim=True)
     sq_norms = x.pow(2).sum(1)
-    sq = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * (x @ x.T)).clamp_min(0.0)
-    off_diagonal = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    sq = torch.addmm(sq_norms[:, None] + sq_norms[None, :], x, x.T, alpha=-2.0).clamp_min(0.0)
+    sq.fill_diagonal_(0.0)  # rounding leaves ~1e-13 there, which sqrt would turn into ~1e-7
     if eps > 0:
+        off_diagonal = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
         return (sq + eps).sqrt() * off_diagonal
-    positive = (sq > 0) & off_diagonal
-    return torch.where(positive, sq, torch.ones_like(sq)).sqrt() * positive
+    positive = sq > 0
+    return torch.where(positive, sq, 1.0).sqrt().masked_fill(~positive, 0.0)
 
 
 def double_centered(d: Tensor) -> Tensor:
@@ -91,12 +95,11 @@ def u_centered(d: Tensor) -> Tensor:
     n = d.shape[0]
     if n < 3:
         raise ValueError(f"U-centring needs n >= 3 examples, got n = {n}")
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=d.device)
-    d = d * off_diagonal
+    d = d.clone().fill_diagonal_(0.0)
     rows = d.sum(1, keepdim=True) / (n - 2)
     cols = d.sum(0, keepdim=True) / (n - 2)
-    total = d.sum() / ((n - 1) * (n - 2))
-    return (d - rows - cols + total) * off_diagonal
+    total = rows.sum() / (n - 1)
+    return (d - rows).sub_(cols).add_(total).fill_diagonal_(0.0)
 
 
 def u_inner(a: Tensor, b: Tensor) -> Tensor:
@@ -104,8 +107,8 @@ def u_inner(a: Tensor, b: Tensor) -> Tensor:
     n = a.shape[0]
     if n < 4:
         raise ValueError(f"the U-statistic needs n >= 4 examples, got n = {n}")
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=a.device)
-    return (a * b * off_diagonal).sum() / (n * (n - 3))
+    full = a.reshape(-1) @ b.reshape(-1)
+    return (full - a.diagonal() @ b.diagonal()) / (n * (n - 3))
 
 
 def u_correlation(a: Tensor, b: Tensor) -> Tensor:
@@ -122,7 +125,7 @@ def _distance_matrices(*arrays: ArrayLike, names: str, centre, min_n: int) -> li
         check_pair(feats[0], other, min_n, (names[0], name))
     for f, name in zip(feats, names, strict=True):
         check_varies(f, name)
-    return [centre(pairwise_distances(f)) for f in feats]
+    return [centre(_distances(f)) for f in feats]
 
 
 def distance_covariance_sqr(x: ArrayLike, y: ArrayLike) -> Tensor:

@@ -1,6 +1,7 @@
 """Teacher-output cache: the teacher runs once over the training set instead of once per epoch.
 
-Exact by construction: outputs are stored by dataset index and looked up by the indices of each batch,
+Exact by construction: outputs are stored by dataset index and looked up by the indices of each
+batch,
 so the student is always given the teacher outputs of the very inputs it sees. Valid only when those
 inputs are deterministic (no random augmentation); the Trainer refuses it otherwise.
 """
@@ -20,7 +21,8 @@ from kdscope.features import FeatureTap
 class TeacherCache:
     """Teacher logits (and features at chosen layers) for every example of a dataset.
 
-    ``where="memory"`` keeps them as tensors on ``device`` (a GPU-resident cache when training on GPU);
+    ``where="memory"`` keeps them as tensors on ``device`` (a GPU-resident cache when training on
+    GPU);
     ``where="disk"`` writes float arrays under ``directory`` and memory-maps them.
     """
 
@@ -30,7 +32,11 @@ class TeacherCache:
 
     @staticmethod
     def estimate_bytes(
-        teacher: nn.Module, example: Tensor, layers: list[str], num_examples: int, dtype: torch.dtype
+        teacher: nn.Module,
+        example: Tensor,
+        layers: list[str],
+        num_examples: int,
+        dtype: torch.dtype,
     ) -> int:
         with torch.no_grad(), FeatureTap(teacher, layers, detach=True) as tap:
             logits = teacher(example[:1])
@@ -65,10 +71,12 @@ class TeacherCache:
                     logits = teacher(x.to(device, non_blocking=True))
                 outs = [logits, *tap.ordered()]
                 if logits_store is None:
-                    stores = [_allocate(o.shape[1:], n, dtype, device, where, directory, i) for i, o in
-                              enumerate(outs)]
+                    stores = [
+                        _allocate(o.shape[1:], n, dtype, device, where, directory, i)
+                        for i, o in enumerate(outs)
+                    ]
                     logits_store, feature_stores = stores[0], stores[1:]
-                for store, out in zip([logits_store, *feature_stores], outs):
+                for store, out in zip([logits_store, *feature_stores], outs, strict=True):
                     _write(store, idx, out.to(dtype))
                 if progress:
                     progress.advance(task)
@@ -84,7 +92,9 @@ class TeacherCache:
         return _read(self.logits, index, device), [_read(f, index, device) for f in self.features]
 
 
-def _allocate(shape, n: int, dtype: torch.dtype, device, where: str, directory: Path | None, i: int):
+def _allocate(
+    shape, n: int, dtype: torch.dtype, device, where: str, directory: Path | None, i: int
+):
     if where == "memory":
         return torch.empty((n, *shape), dtype=dtype, device=device)
     if directory is None:
@@ -106,5 +116,7 @@ def _write(store, idx: Tensor, value: Tensor) -> None:
 def _read(store, index: Tensor, device: torch.device) -> Tensor:
     if isinstance(store, np.ndarray):
         order = np.asarray(index.cpu())
-        return torch.from_numpy(np.asarray(store[order])).to(device, torch.float32, non_blocking=True)
+        return torch.from_numpy(np.asarray(store[order])).to(
+            device, torch.float32, non_blocking=True
+        )
     return store[index.to(store.device)].to(device, torch.float32, non_blocking=True)

@@ -16,7 +16,8 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """Write with ``torch.save`` to a temporary file, then rename: a crash never leaves half a file."""
+    """Write with ``torch.save`` to a temporary file, then rename: a crash never leaves half a
+    file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -32,16 +33,21 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU; corrupt or foreign files raise :class:`CheckpointError`."""
+    """Load a checkpoint dict on the CPU; corrupt or foreign files raise
+    :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise CheckpointError(f"Checkpoint {str(path)!r} is corrupt or not a torch file: {err}") from err
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} is corrupt or not a torch file: {err}"
+        ) from err
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointError(f"Checkpoint {str(path)!r} was not written by kdscope (no 'model' entry)")
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} was not written by kdscope (no 'model' entry)"
+        )
     return ckpt
 
 
@@ -61,8 +67,8 @@ def load_model(path: str | Path, which: str = "best") -> nn.Module:
     spec = ckpt.get("model_spec")
     if not spec:
         raise CheckpointError(
-            f"Checkpoint {str(path)!r} has no model_spec: it holds weights of a model that is not in "
-            "the zoo; build the model yourself and call load_state_dict(ckpt['model'])"
+            f"Checkpoint {str(path)!r} has no model_spec: it holds weights of a model that is not "
+            "in the zoo; build the model yourself and call load_state_dict(ckpt['model'])"
         )
     model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], **spec["kwargs"])
     load_weights(model, ckpt["model"], str(path))

@@ -25,7 +25,8 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.o
 
 
 def lr_factor(epoch: int, epochs: int, cfg: ScheduleConfig) -> float:
-    """Multiplier of the base learning rate during ``epoch`` (0-based); stateless so resume is exact."""
+    """Multiplier of the base learning rate during ``epoch`` (0-based); stateless so resume is
+    exact."""
     if epoch < cfg.warmup_epochs:
         return (epoch + 1) / (cfg.warmup_epochs + 1)
     if cfg.name == "constant":

@@ -1,4 +1,5 @@
-"""Batch order as a pure function of (seed, epoch): resumable mid-epoch and shardable across ranks."""
+"""Batch order as a pure function of (seed, epoch): resumable mid-epoch and shardable across
+ranks."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from kdscope.train.seeding import derived_seed
 class EpochBatchSampler(Sampler[list[int]]):
     """Yield index batches of one epoch.
 
-    The permutation of epoch ``e`` depends only on ``(seed, e)``, so a run resumed at batch ``start`` sees
-    exactly the batches an uninterrupted run would. Under DDP each rank takes every ``world``-th example of
-    the same permutation (the tail that does not divide evenly is dropped, as DistributedSampler does with
+    The permutation of epoch ``e`` depends only on ``(seed, e)``, so a run resumed at batch
+    ``start`` sees
+    exactly the batches an uninterrupted run would. Under DDP each rank takes every ``world``-th
+    example of
+    the same permutation (the tail that does not divide evenly is dropped, as DistributedSampler
+    does with
     ``drop_last``). A final batch of one example is dropped in training (BatchNorm cannot use it).
     """
 

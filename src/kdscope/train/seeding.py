@@ -10,7 +10,8 @@ import torch
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed every RNG; with ``deterministic`` also ask torch for deterministic kernels (slower on GPU)."""
+    """Seed every RNG; with ``deterministic`` also ask torch for deterministic kernels (slower on
+    GPU)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -23,7 +24,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def derived_seed(*parts: int) -> int:
-    """A seed that depends on every part (run seed, epoch, step), stable across processes and runs."""
+    """A seed that depends on every part (run seed, epoch, step), stable across processes and
+    runs."""
     h = 0x9E3779B97F4A7C15
     for p in parts:
         h = (h ^ (int(p) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
@@ -31,7 +33,11 @@ def derived_seed(*parts: int) -> int:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

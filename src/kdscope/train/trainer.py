@@ -1,4 +1,5 @@
-"""The one training loop: teachers, baselines and every distillation method run through ``Trainer``."""
+"""The one training loop: teachers, baselines and every distillation method run through
+``Trainer``."""
 
 from __future__ import annotations
 
@@ -46,13 +47,17 @@ class FitResult:
 
 
 class Trainer:
-    """Train ``student`` on ``train_set`` with a distillation ``method`` (``"none"`` = labels alone).
+    """Train ``student`` on ``train_set`` with a distillation ``method`` (``"none"`` = labels
+    alone).
 
-    Loss per step: ``ce_weight * CE(student(x), y) + sum(method(outputs).values())``, where ``ce_weight``
-    is the run's ``train.ce_weight`` or the method's default. The teacher is frozen in eval mode under
+    Loss per step: ``ce_weight * CE(student(x), y) + sum(method(outputs).values())``, where
+    ``ce_weight``
+    is the run's ``train.ce_weight`` or the method's default. The teacher is frozen in eval mode
+    under
     ``no_grad``; with a deterministic input pipeline its outputs are cached once (``train.cache``).
     With ``run_dir`` set, each epoch appends to ``metrics.jsonl`` and writes ``checkpoints/last.pt``
-    (and ``best.pt`` on a new best validation accuracy) atomically; Ctrl-C writes ``last.pt`` mid-epoch
+    (and ``best.pt`` on a new best validation accuracy) atomically; Ctrl-C writes ``last.pt``
+    mid-epoch
     and ``fit(resume=True)`` continues exactly where the run stopped.
     """
 
@@ -82,7 +87,9 @@ class Trainer:
         self.method = create_method(method) if isinstance(method, str) else method
         if self.method.needs.teacher and not teacher:
             raise ValueError(f"method {type(self.method).__name__} needs a teacher; none was given")
-        self.num_teachers = len(teacher) if isinstance(teacher, (list, tuple)) else int(bool(teacher))
+        self.num_teachers = (
+            len(teacher) if isinstance(teacher, (list, tuple)) else int(bool(teacher))
+        )
         if self.num_teachers > 1:
             if self.method.needs.teacher_features:
                 raise ValueError("feature-based methods take one teacher; got several")
@@ -101,7 +108,11 @@ class Trainer:
             )
         self.augment = augment
         self.collate = collate or default_collate
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.batch_size, self.eval_batch_size, self.num_workers = (
+            batch_size,
+            eval_batch_size,
+            num_workers,
+        )
         self.optim_cfg = optim or OptimConfig()
         self.schedule_cfg = schedule or ScheduleConfig()
         self.cfg = train or TrainConfig()
@@ -176,8 +187,10 @@ class Trainer:
         size = TeacherCache.estimate_bytes(self.teacher, x, layers, len(self.train_set), dtype)
         if size > self.cfg.cache_max_gb * 2**30:
             if self.cfg.cache == "auto":
-                self._log(f"teacher cache off: it would take {size / 2**30:.1f} GiB "
-                          f"> train.cache_max_gb={self.cfg.cache_max_gb}")
+                self._log(
+                    f"teacher cache off: it would take {size / 2**30:.1f} GiB "
+                    f"> train.cache_max_gb={self.cfg.cache_max_gb}"
+                )
                 self.cache_mode = "off"
                 return 0.0
             raise ValueError(
@@ -214,7 +227,11 @@ class Trainer:
         history: list[dict[str, Any]] = []
         if state is not None:
             start_epoch, start_step = state["epoch"], state["step"]
-            best, acc_state, history = state["best_val_acc"], state.get("accumulators"), state["history"]
+            best, acc_state, history = (
+                state["best_val_acc"],
+                state.get("accumulators"),
+                state["history"],
+            )
         self._rewrite_metrics(history)
         self.cache_mode = self._cache_mode()
         result = FitResult(None, None, None, self.cfg.epochs, history, self.cache_mode)
@@ -222,17 +239,26 @@ class Trainer:
             result.cache_fill_s = self._build_cache(self.cache_mode, progress)
             result.cache = self.cache_mode
             result.teacher_val_acc = self._teacher_val_acc()
-            s_tap = self._tap(self.student, self.method.student_layers, self.method.needs.student_features)
-            t_tap = self._tap(self.teacher, self.method.teacher_layers, self.method.needs.teacher_features,
-                              detach=True)
+            s_tap = self._tap(
+                self.student, self.method.student_layers, self.method.needs.student_features
+            )
+            t_tap = self._tap(
+                self.teacher,
+                self.method.teacher_layers,
+                self.method.needs.teacher_features,
+                detach=True,
+            )
             with s_tap, t_tap:
                 for epoch in range(start_epoch, self.cfg.epochs):
-                    record = self._train_epoch(epoch, start_step, acc_state, s_tap, t_tap, progress,
-                                               best, history)
+                    record = self._train_epoch(
+                        epoch, start_step, acc_state, s_tap, t_tap, progress, best, history
+                    )
                     start_step, acc_state = 0, None
                     record["val_acc"] = self._val_acc()
                     record["teacher_val_acc"] = result.teacher_val_acc
-                    improved = record["val_acc"] is not None and (best is None or record["val_acc"] > best)
+                    improved = record["val_acc"] is not None and (
+                        best is None or record["val_acc"] > best
+                    )
                     if improved:
                         best = record["val_acc"]
                     history.append(record)
@@ -245,17 +271,32 @@ class Trainer:
     def _train_epoch(self, epoch, start_step, acc_state, s_tap, t_tap, progress, best, history):
         self.student.train()
         self.method.train()
-        lr = set_lr(self.optimizer, self.optim_cfg.lr, lr_factor(epoch, self.cfg.epochs,
-                                                                  self.schedule_cfg))
-        sampler = EpochBatchSampler(
-            len(self.train_set), self.batch_size, shuffle=True, seed=self.cfg.seed, epoch=epoch,
-            start=start_step, rank=self.dist.rank, world=self.dist.world,
+        lr = set_lr(
+            self.optimizer, self.optim_cfg.lr, lr_factor(epoch, self.cfg.epochs, self.schedule_cfg)
         )
-        loader = DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate,
-                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        sampler = EpochBatchSampler(
+            len(self.train_set),
+            self.batch_size,
+            shuffle=True,
+            seed=self.cfg.seed,
+            epoch=epoch,
+            start=start_step,
+            rank=self.dist.rank,
+            world=self.dist.world,
+        )
+        loader = DataLoader(
+            self.train_set,
+            batch_sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         acc = _Accumulator.from_state(acc_state)
-        task = progress.add_task(f"epoch {epoch + 1}/{self.cfg.epochs}", total=len(sampler) + start_step,
-                                 completed=start_step)
+        task = progress.add_task(
+            f"epoch {epoch + 1}/{self.cfg.epochs}",
+            total=len(sampler) + start_step,
+            completed=start_step,
+        )
         step = start_step
         t0 = time.perf_counter()
         try:
@@ -271,14 +312,21 @@ class Trainer:
             acc.flush(epoch, step, check=False)
             if self.dist.is_main and self.run_dir is not None:
                 self._save("last.pt", epoch, step, best, history, acc.state())
-                self._log(f"interrupted at epoch {epoch + 1}, step {step}: saved "
-                          f"{self.run_dir / 'checkpoints' / 'last.pt'}; resume with --resume")
+                self._log(
+                    f"interrupted at epoch {epoch + 1}, step {step}: saved "
+                    f"{self.run_dir / 'checkpoints' / 'last.pt'}; resume with --resume"
+                )
             raise
         acc.flush(epoch, step)
         progress.remove_task(task)
         elapsed = time.perf_counter() - t0
-        record = {"epoch": epoch + 1, "lr": lr, **acc.means(), "images_per_s": acc.count / elapsed
-                  * self.dist.world if elapsed > 0 else None, "epoch_time_s": elapsed}
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            **acc.means(),
+            "images_per_s": acc.count / elapsed * self.dist.world if elapsed > 0 else None,
+            "epoch_time_s": elapsed,
+        }
         return record
 
     def _step(self, x, y, idx, epoch, step, s_tap, t_tap) -> dict[str, Tensor]:
@@ -303,7 +351,9 @@ class Trainer:
                 step=step,
             )
             terms = self.method(out)
-            ce_weight = self.cfg.ce_weight if self.cfg.ce_weight is not None else self.method.ce_weight
+            ce_weight = (
+                self.cfg.ce_weight if self.cfg.ce_weight is not None else self.method.ce_weight
+            )
             ce = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
             loss = ce_weight * ce + sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -313,8 +363,12 @@ class Trainer:
         self.scaler.update()
         with torch.no_grad():
             correct = (logits.argmax(1) == y).sum()
-        return {"loss": loss.detach(), "ce": ce.detach(), **{k: v.detach() for k, v in terms.items()},
-                "correct": correct}
+        return {
+            "loss": loss.detach(),
+            "ce": ce.detach(),
+            **{k: v.detach() for k, v in terms.items()},
+            "correct": correct,
+        }
 
     def _teacher_outputs(self, x, idx, t_tap) -> tuple[Tensor | None, list[Tensor]]:
         needs = self.method.needs
@@ -335,8 +389,9 @@ class Trainer:
         if self.val_set is None or not self.dist.is_main:
             ddp.barrier(self.dist)
             return None
-        acc = accuracy(self.student, self.val_set, self.eval_batch_size, self.device, self.collate,
-                       self.amp)
+        acc = accuracy(
+            self.student, self.val_set, self.eval_batch_size, self.device, self.collate, self.amp
+        )
         ddp.barrier(self.dist)
         return acc
 
@@ -345,8 +400,9 @@ class Trainer:
             return None
         if self.num_teachers > 1 or not self.method.same_label_space:
             return None
-        return accuracy(self.teacher, self.val_set, self.eval_batch_size, self.device, self.collate,
-                        self.amp)
+        return accuracy(
+            self.teacher, self.val_set, self.eval_batch_size, self.device, self.collate, self.amp
+        )
 
     def _end_epoch(self, epoch, record, best, history, improved) -> None:
         if self.dist.is_main:
@@ -396,7 +452,9 @@ class Trainer:
             self.method.load_state_dict(ckpt["method"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise CheckpointError(f"{path} does not match this run: {str(err).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"{path} does not match this run: {str(err).splitlines()[0]}"
+            ) from None
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         self._log(f"resuming from {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step']}")
@@ -498,7 +556,9 @@ class _Accumulator:
         if not self.pending:
             return
         names = list(self.pending[0][1])
-        rows = torch.stack([torch.stack([t[k].float() for k in names]) for _, t in self.pending]).cpu()
+        rows = torch.stack(
+            [torch.stack([t[k].float() for k in names]) for _, t in self.pending]
+        ).cpu()
         if check and not torch.isfinite(rows).all():
             bad = ~torch.isfinite(rows)
             bad_row = int(bad.any(1).nonzero()[0])
@@ -508,9 +568,9 @@ class _Accumulator:
             first_step = step - len(self.pending) + bad_row
             value = rows[bad_row, bad_col].item()
             raise NonFiniteLossError(
-                f"loss term {names[bad_col]!r} became {value} at epoch {epoch + 1}, step {first_step}; "
-                "training stopped, the last good checkpoint is checkpoints/last.pt "
-                "(try a lower learning rate or this method's weight)"
+                f"loss term {names[bad_col]!r} became {value} at epoch {epoch + 1}, "
+                f"step {first_step}; training stopped, the last good checkpoint is "
+                "checkpoints/last.pt (try a lower learning rate or this method's weight)"
             )
         for j, name in enumerate(names):
             col = rows[:, j].double()
@@ -524,13 +584,19 @@ class _Accumulator:
     def means(self) -> dict[str, float]:
         n = max(self.count, 1)
         terms = {k: v / n for k, v in self.sums.items() if k not in ("loss", "correct")}
-        return {"loss": self.sums.get("loss", 0.0) / n, "terms": terms,
-                "train_acc": self.sums.get("correct", 0.0) / n}
+        return {
+            "loss": self.sums.get("loss", 0.0) / n,
+            "terms": terms,
+            "train_acc": self.sums.get("correct", 0.0) / n,
+        }
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, dataset: Dataset, batch_size: int, device, collate, amp=False) -> float:
-    """Top-1 accuracy of ``model`` on ``dataset`` (eval mode restored to the previous mode after)."""
+def accuracy(
+    model: nn.Module, dataset: Dataset, batch_size: int, device, collate, amp=False
+) -> float:
+    """Top-1 accuracy of ``model`` on ``dataset`` (eval mode restored to the previous mode
+    after)."""
     was_training = model.training
     model.eval()
     correct = total = 0
@@ -548,7 +614,8 @@ def _epoch_line(r: dict[str, Any]) -> str:
     terms = " ".join(f"{k}={v:.4f}" for k, v in r["terms"].items())
     val = f" val_acc={r['val_acc']:.4f}" if r.get("val_acc") is not None else ""
     speed = f" {r['images_per_s']:.0f} img/s" if r.get("images_per_s") else ""
-    return f"epoch {r['epoch']}: loss={r['loss']:.4f} {terms} train_acc={r['train_acc']:.4f}{val}{speed}"
+    loss = f"loss={r['loss']:.4f} {terms} train_acc={r['train_acc']:.4f}"
+    return f"epoch {r['epoch']}: {loss}{val}{speed}"
 
 
 def _pick_device(name: str) -> torch.device:
