@@ -4,7 +4,12 @@ import json
 import pytest
 import torch
 
-from kdscope.explain.relevance import normalize, perturbed_relevance, unnormalize
+from kdscope.explain.relevance import (
+    default_layer_pairs,
+    normalize,
+    perturbed_relevance,
+    unnormalize,
+)
 from kdscope.features import FeatureTap
 from kdscope.metrics.similarity import u_distance_correlation_sqr
 from kdscope.models import create_model
@@ -35,7 +40,7 @@ def features(net, layer, x):
 
 def test_keeping_every_pixel_gives_plain_dcor_of_the_features():
     student, base = model(0), model(1)
-    data = batches()
+    data = batches(1)
     result = perturbed_relevance(
         student,
         base,
@@ -66,26 +71,28 @@ def test_keeping_every_pixel_gives_plain_dcor_of_the_features():
 
 def test_perturbation_changes_the_scores_and_is_seeded():
     student, base = model(0), model(1)
-    kwargs = dict(layers=[("layer3", "layer3")], mean=MEAN, std=STD)
-    full = perturbed_relevance(student, base, batches(1), EMBEDDINGS, keep_fraction=1.0, **kwargs)
-    half = perturbed_relevance(student, base, batches(1), EMBEDDINGS, keep_fraction=0.3, **kwargs)
-    again = perturbed_relevance(student, base, batches(1), EMBEDDINGS, keep_fraction=0.3, **kwargs)
-    fss = [r.layers[0].scores["gradcam"]["fss"][0] for r in (full, half, again)]
-    assert fss[0] != pytest.approx(fss[1], abs=1e-3)
-    assert fss[1] == fss[2]
+    kwargs = dict(layers=[("layer3", "layer3")], keep_fraction=0.3, mean=MEAN, std=STD)
+    half = perturbed_relevance(student, base, batches(1), EMBEDDINGS, **kwargs)
+    again = perturbed_relevance(student, base, batches(1), EMBEDDINGS, **kwargs)
+    x = batches(1)[0][0]
+    full = u_distance_correlation_sqr(features(student, "layer3", x), features(base, "layer3", x))
+    fss = [r.layers[0].scores["gradcam"]["fss"][0] for r in (half, again)]
+    assert fss[0] == fss[1]
+    assert fss[0] != pytest.approx(full.item(), abs=1e-3)
 
 
 def test_skipped_batches_are_listed_and_json_is_complete():
     data = batches(2) + [(torch.randn(8, 1, 12, 12), torch.full((8,), 1), torch.arange(8))]
     data.insert(1, (torch.randn(3, 1, 12, 12), torch.arange(3), torch.arange(3)))
-    result = perturbed_relevance(model(0), model(1), data, EMBEDDINGS, mean=MEAN, std=STD)
+    layers = [("layer3", "layer3")]
+    result = perturbed_relevance(model(0), model(1), data, EMBEDDINGS, layers, mean=MEAN, std=STD)
     report = json.loads(json.dumps(result.to_dict()))
     assert report["batches_used"] == 2
     assert [s["batch"] for s in report["batches_skipped"]] == [1, 3]
     assert "single class" in report["batches_skipped"][1]["reason"]
     assert "bias-corrected" in report["estimator"]
     assert report["perturbation"]["keep_fraction"] == 0.5
-    assert list(report["layers"]) == ["layer1|layer1", "layer2|layer2", "layer3|layer3"]
+    assert list(report["layers"]) == ["layer3|layer3"]
     layer = report["layers"]["layer3|layer3"]
     for kind, names in (
         ("gradcam", ("fss", "rs_student", "rs_base")),
@@ -143,3 +150,11 @@ def test_normalize_round_trip():
     mean, std = [0.1, 0.2, 0.3], [0.5, 0.6, 0.7]
     assert torch.allclose(unnormalize(normalize(x, mean, std), mean, std), x, atol=1e-6)
     assert torch.equal(normalize(x, None, None), x)
+
+
+def test_default_layers_pair_the_feature_layers_by_depth():
+    student = model(0)
+    teacher = create_model("resnet8x4", num_classes=4, in_channels=1)
+    assert default_layer_pairs(student, teacher) == [(f"layer{i}", f"layer{i}") for i in (1, 2, 3)]
+    with pytest.raises(ValueError, match="declares no feature_layers"):
+        default_layer_pairs(student, torch.nn.Conv2d(1, 1, 1))

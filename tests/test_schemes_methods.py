@@ -19,7 +19,7 @@ from kdscope.methods.schemes import (
     reverse_gradient,
 )
 from kdscope.models import create_model
-from kdscope.train import Trainer, accuracy
+from kdscope.train import Trainer, accuracy, read_checkpoint
 from method_harness import Harness
 
 
@@ -32,10 +32,18 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _fit(student, data, method, teacher=None, epochs=2, train_set=None, val_set=None):
-    trainer = Trainer(student, train_set or data.train, val_set or data.val, teacher=teacher,
-                      method=method, batch_size=32, train=TrainConfig(epochs=epochs, seed=0),
-                      progress=False)
+def _fit(student, data, method, teacher=None, epochs=2, train_set=None, val_set=None, run_dir=None):
+    trainer = Trainer(
+        student,
+        train_set or data.train,
+        val_set or data.val,
+        teacher=teacher,
+        method=method,
+        batch_size=32,
+        train=TrainConfig(epochs=epochs, seed=0),
+        run_dir=run_dir,
+        progress=False,
+    )
     return trainer.fit()
 
 
@@ -88,8 +96,13 @@ def test_dml_kl_vanishes_when_peers_agree():
     z = torch.randn(4, 6)
     m = create_method("dml")
     m.peer_models = nn.ModuleList([_Fixed(z)])
-    terms = m(Outputs(student_logits=z.clone(), labels=torch.zeros(4, dtype=torch.long),
-                      inputs=torch.zeros(4, 1)))
+    terms = m(
+        Outputs(
+            student_logits=z.clone(),
+            labels=torch.zeros(4, dtype=torch.long),
+            inputs=torch.zeros(4, 1),
+        )
+    )
     assert abs(terms["kl_peer0"].item()) < 1e-6 and abs(terms["kl_peer1"].item()) < 1e-6
 
 
@@ -110,14 +123,16 @@ def test_dml_builds_fresh_peers_of_the_asked_architectures():
         create_method("dml", peers=0)
 
 
-def test_dml_both_peers_improve_over_their_first_epoch(digits):
+def test_dml_both_peers_improve_over_their_first_epoch(digits, tmp_path):
     torch.manual_seed(0)
     student = create_model("resnet8", 10, 1)
     m = create_method("dml")
     m.bind(BindContext(student, None, 10, len(digits.train)))
     before = evaluate_peers(student, m, digits.val)
-    result = _fit(student, digits, m, epochs=1)
+    result = _fit(student, digits, m, epochs=1, run_dir=tmp_path)
     after = evaluate_peers(student, m, digits.val)
+    saved = read_checkpoint(tmp_path / "checkpoints" / "last.pt")["method"]
+    assert torch.equal(saved["peer_models.0.conv1.weight"], m.peer_models[0].conv1.weight)
     assert {"ce", "kl_peer0", "ce_peer1", "kl_peer1"} == set(result.history[0]["terms"])
     assert after[0] == pytest.approx(result.final_val_acc)
     assert all(a > b + 0.25 for a, b in zip(after, before, strict=True)), (before, after)
@@ -156,14 +171,21 @@ def test_byot_terms_match_the_formula(digits):
     hint = ((feature - out.student_features[-1]) ** 2).sum() / 8
     assert terms["kd_exit1"].item() == pytest.approx(0.3 * kl.item(), rel=1e-4)
     assert terms["hint_exit1"].item() == pytest.approx(0.5 * hint.item(), rel=1e-4)
-    assert terms["ce_exit1"].item() == pytest.approx(0.7 * F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert terms["ce_exit1"].item() == pytest.approx(
+        0.7 * F.cross_entropy(logits, y).item(), rel=1e-5
+    )
 
 
 def test_byot_refuses_vector_features_and_a_single_layer(digits):
     x = collate([digits.train[i] for i in range(2)])[0]
     with pytest.raises(ValueError, match="at least 2"):
-        Harness(create_method("byot", student_layers=["layer3"]), create_model("resnet8", 10, 1),
-                None, x, num_classes=10)
+        Harness(
+            create_method("byot", student_layers=["layer3"]),
+            create_model("resnet8", 10, 1),
+            None,
+            x,
+            num_classes=10,
+        )
     mlp = create_model("mlp", 10, 1)
     with pytest.raises(ValueError, match="feature maps"):
         Harness(create_method("byot"), mlp, None, x, num_classes=10)
@@ -198,21 +220,26 @@ def test_adversarial_trains_discriminator_and_student_in_opposite_directions():
     z_t = torch.randn(8, 10, generator=g) * 2
     m = create_method("adversarial", adv_weight=2.0)
     m.bind(BindContext(nn.Linear(1, 10), nn.Linear(1, 10), 10, 100))
-    terms = m(Outputs(student_logits=z_s, labels=torch.zeros(8, dtype=torch.long),
-                      teacher_logits=z_t))
+    terms = m(
+        Outputs(student_logits=z_s, labels=torch.zeros(8, dtype=torch.long), teacher_logits=z_t)
+    )
     terms["adv"].backward()
     d_grads = [p.grad.clone() for p in m.discriminator.parameters()]
     # the oracle: D's own loss without reversal; D descends it, the student ascends it
     m.zero_grad()
     z_plain = z_s.detach().clone().requires_grad_()
     real, fake = m.discriminator(z_t), m.discriminator(z_plain)
-    loss = 2.0 * (F.binary_cross_entropy_with_logits(real, torch.ones(8))
-                  + F.binary_cross_entropy_with_logits(fake, torch.zeros(8)))
+    loss = 2.0 * (
+        F.binary_cross_entropy_with_logits(real, torch.ones(8))
+        + F.binary_cross_entropy_with_logits(fake, torch.zeros(8))
+    )
     loss.backward()
     assert terms["adv"].item() == pytest.approx(loss.item(), rel=1e-6)
     assert torch.allclose(z_s.grad, -z_plain.grad)
-    assert all(torch.allclose(a, p.grad) for a, p in zip(d_grads, m.discriminator.parameters(),
-                                                          strict=True))
+    assert all(
+        torch.allclose(a, p.grad)
+        for a, p in zip(d_grads, m.discriminator.parameters(), strict=True)
+    )
 
 
 def test_adversarial_student_learns_and_discriminator_trains(digits, teacher):
@@ -243,8 +270,14 @@ def digits600():
 def old_model(digits600):
     torch.manual_seed(0)
     model = create_model("resnet8", 5, 1)
-    _fit(model, digits600, "none", epochs=4, train_set=ClassSubset(digits600.train, OLD),
-         val_set=ClassSubset(digits600.val, OLD))
+    _fit(
+        model,
+        digits600,
+        "none",
+        epochs=4,
+        train_set=ClassSubset(digits600.train, OLD),
+        val_set=ClassSubset(digits600.val, OLD),
+    )
     return model.eval()
 
 
@@ -295,8 +328,16 @@ def test_lwf_remembers_old_classes_that_fine_tuning_forgets(old_model, digits600
         torch.manual_seed(0)
         student = expand_classes(old_model, 10)
         teacher = old_model if name == "lwf" else None
-        Trainer(student, new_train, None, teacher=teacher, method=name, batch_size=32,
-                train=TrainConfig(epochs=3), progress=False).fit()
+        Trainer(
+            student,
+            new_train,
+            None,
+            teacher=teacher,
+            method=name,
+            batch_size=32,
+            train=TrainConfig(epochs=3),
+            progress=False,
+        ).fit()
         accs[name] = old_head_acc(student)
         new_acc = accuracy(student, ClassSubset(digits.test, NEW), 512, "cpu", collate)
         assert new_acc > 0.7, (name, new_acc)

@@ -13,8 +13,8 @@ from kdscope.config import ConfigError, TrainConfig, build_config
 from kdscope.data import collate
 from kdscope.methods.schemes import (
     SyntheticSet,
-    born_again,
     bn_statistics_loss,
+    born_again,
     data_free,
     deep_inversion,
     model_bytes,
@@ -40,15 +40,27 @@ def one_thread():
 def teacher(digits):
     torch.manual_seed(0)
     model = create_model("resnet8", 10, 1)
-    Trainer(model, digits.train, digits.val, method="none", batch_size=32,
-            train=TrainConfig(epochs=4), progress=False).fit()
+    Trainer(
+        model,
+        digits.train,
+        digits.val,
+        method="none",
+        batch_size=32,
+        train=TrainConfig(epochs=4),
+        progress=False,
+    ).fit()
     return model.eval()
 
 
 def _config(tmp_path, name, **fields):
-    base = {"name": name, "out_dir": str(tmp_path), "student": {"name": "resnet8"},
-            "method": {"name": "kd"}, "data": {"train_size": 400, "batch_size": 32},
-            "train": {"epochs": 3}}
+    base = {
+        "name": name,
+        "out_dir": str(tmp_path),
+        "student": {"name": "resnet8"},
+        "method": {"name": "kd"},
+        "data": {"train_size": 400, "batch_size": 32},
+        "train": {"epochs": 3},
+    }
     return build_config({**base, **fields})
 
 
@@ -65,19 +77,26 @@ def test_teacher_assistant_chain_trains_and_keeps_every_checkpoint(tmp_path):
             taught_by = json.loads((ckpts / "teacher.json").read_text())["checkpoint"]
             assert taught_by == str(result.stages[i - 1].run_dir)
             assert stage.teacher_test_acc == pytest.approx(result.stages[i - 1].test_acc)
-    assert read_checkpoint(result.stages[0].run_dir / "checkpoints" / "best.pt")[
-        "model_spec"]["name"] == "resnet14"
+    assert (
+        read_checkpoint(result.stages[0].run_dir / "checkpoints" / "best.pt")["model_spec"]["name"]
+        == "resnet14"
+    )
     assert result.final.test_acc > 0.6
     listed = json.loads((tmp_path / "ta" / "pipeline.json").read_text())
     assert [s["run_dir"] for s in listed["stages"]] == [str(s.run_dir) for s in result.stages]
 
 
 def test_chain_starts_from_a_given_teacher_checkpoint(tmp_path):
-    first = teacher_assistant_chain(_config(tmp_path, "a", teacher={"name": "resnet8"},
-                                            train={"epochs": 1}), [], progress=False)
+    first = teacher_assistant_chain(
+        _config(tmp_path, "a", teacher={"name": "resnet8"}, train={"epochs": 1}), [], progress=False
+    )
     teacher_dir = first.stages[0].run_dir
-    cfg = _config(tmp_path, "b", teacher={"name": "resnet8", "checkpoint": str(teacher_dir)},
-                  train={"epochs": 1})
+    cfg = _config(
+        tmp_path,
+        "b",
+        teacher={"name": "resnet8", "checkpoint": str(teacher_dir)},
+        train={"epochs": 1},
+    )
     again = teacher_assistant_chain(cfg, [], progress=False)
     assert [s.run_dir.name for s in again.stages] == ["0-student-resnet8"]
 
@@ -91,12 +110,16 @@ def test_pipelines_refuse_a_method_without_teacher(tmp_path):
 
 
 def test_born_again_generations_teach_the_next(tmp_path):
-    cfg = _config(tmp_path, "ban", method={"name": "kd", "params": {"alpha": 1.0, "temperature": 1.0}})
+    cfg = _config(
+        tmp_path, "ban", method={"name": "kd", "params": {"alpha": 1.0, "temperature": 1.0}}
+    )
     result = born_again(cfg, generations=2, progress=False)
     names = [s.run_dir.name for s in result.stages]
     assert names == ["0-teacher-resnet8", "1-gen1-resnet8", "2-gen2-resnet8"]
-    seeds = [yaml.safe_load((s.run_dir / "config.yaml").read_text())["train"]["seed"]
-             for s in result.stages]
+    seeds = [
+        yaml.safe_load((s.run_dir / "config.yaml").read_text())["train"]["seed"]
+        for s in result.stages
+    ]
     assert seeds == [0, 1, 2]
     for prev, stage in zip(result.stages, result.stages[1:], strict=False):
         assert stage.teacher_test_acc == pytest.approx(prev.test_acc)
@@ -144,9 +167,19 @@ def test_deep_inversion_images_cover_every_class(teacher):
 def test_data_free_distills_without_real_data(teacher, digits, tmp_path):
     torch.manual_seed(1)
     student = create_model("resnet8", 10, 1)
-    result = data_free(teacher, student, tmp_path, image_shape=(1, 8, 8), num_images=80,
-                       inversion={**INVERSION, "batch_size": 40}, test_set=digits.test,
-                       epochs=4, batch_size=16, progress=False, seed=0)
+    result = data_free(
+        teacher,
+        student,
+        tmp_path,
+        image_shape=(1, 8, 8),
+        num_images=80,
+        inversion={**INVERSION, "batch_size": 40},
+        test_set=digits.test,
+        epochs=8,
+        batch_size=16,
+        progress=False,
+        seed=0,
+    )
     assert result.classes_covered == 10 and result.teacher_agreement > 0.8
     assert result.test_acc > 0.3, result.summary()  # chance is 0.1; real data is not seen
     assert {p.name for p in tmp_path.iterdir()} >= {"synthetic.pt", "distill", "summary.json"}
@@ -166,8 +199,17 @@ def test_synthetic_set_serves_kdscope_batches():
 def test_quantized_student_has_int8_weights_and_keeps_its_accuracy(teacher, digits, tmp_path):
     torch.manual_seed(1)
     student = create_model("resnet8", 10, 1)
-    result = quantized_student(teacher, student, digits.train, tmp_path, val=digits.val,
-                               test_set=digits.test, epochs=3, batch_size=32, progress=False)
+    result = quantized_student(
+        teacher,
+        student,
+        digits.train,
+        tmp_path,
+        val=digits.val,
+        test_set=digits.test,
+        epochs=3,
+        batch_size=32,
+        progress=False,
+    )
     weighted = [m for m in result.model.modules() if callable(getattr(m, "weight", None))]
     assert len(weighted) == 10  # 7 conv (3 fused with ReLU), 2 shortcut convs, 1 linear
     assert all(m.weight().dtype == torch.qint8 for m in weighted)
@@ -175,7 +217,8 @@ def test_quantized_student_has_int8_weights_and_keeps_its_accuracy(teacher, digi
     assert result.int8_bytes < result.float_bytes / 2.5
     assert result.float_bytes == model_bytes(student)
     assert result.int8_test_acc > 0.3 and abs(result.int8_test_acc - result.qat_test_acc) < 0.1
-    assert (tmp_path / "int8.pt").exists() and (tmp_path / "qat" / "checkpoints" / "last.pt").exists()
+    assert (tmp_path / "int8.pt").exists()
+    assert (tmp_path / "qat" / "checkpoints" / "last.pt").exists()
 
 
 def test_qat_observers_move_in_training_only(digits):

@@ -152,3 +152,56 @@ def test_teacher_and_student_must_share_classes(digits):
 def test_method_needing_teacher_without_one(digits):
     with pytest.raises(ValueError, match="needs a teacher"):
         Trainer(create_model("resnet8", 10, 1), digits.train, method="kd")
+
+
+def test_several_teachers_reach_the_method_stacked(digits):
+    seen = []
+
+    class Probe(Method):
+        needs = Needs(teacher_logits=True)
+
+        def forward(self, out):
+            seen.append(tuple(out.teacher_logits.shape))
+            return {}
+
+    torch.manual_seed(0)
+    teachers = [create_model("resnet8", 10, 1).eval() for _ in range(3)]
+    for cache in ("memory", "off"):
+        seen.clear()
+        trainer = Trainer(
+            create_model("resnet8", 10, 1),
+            digits.train,
+            teacher=teachers,
+            method=Probe(),
+            batch_size=32,
+            train=TrainConfig(epochs=1, cache=cache),
+            progress=False,
+        )
+        trainer.fit()
+        assert seen[0] == (3, 32, 10)
+
+
+def test_multi_teacher_method_trains(digits):
+    torch.manual_seed(0)
+    teachers = [create_model("resnet8", 10, 1).eval() for _ in range(2)]
+    trainer = Trainer(
+        create_model("resnet8", 10, 1),
+        digits.train,
+        teacher=teachers,
+        method="multi_teacher",
+        batch_size=32,
+        train=TrainConfig(epochs=1),
+        progress=False,
+    )
+    result = trainer.fit()
+    assert set(result.history[0]["terms"]) >= {"ce"} and len(result.history[0]["terms"]) >= 2
+
+
+def test_fitnet_hint_stage_trains_without_labels(digits):
+    method = create_method("fitnet", hint_epochs=1)
+    trainer, result = _fit(digits, method=method, epochs=2, ce_weight=0.5)
+    first, second = result.history
+    hint_terms = sum(v for k, v in first["terms"].items() if k != "ce")
+    assert first["loss"] == pytest.approx(hint_terms, rel=1e-5)  # CE weight 0 in the hint epoch
+    later_terms = sum(v for k, v in second["terms"].items() if k != "ce")
+    assert second["loss"] == pytest.approx(later_terms + 0.5 * second["terms"]["ce"], rel=1e-4)

@@ -186,11 +186,10 @@ def distill(
     """Distill ``teacher`` into ``student`` with users' own modules and data.
 
     ``train``/``val`` are datasets of ``(x, y)`` (or ``(x, y, index)``) or DataLoaders over them
-    (their
-    batch size is used). ``method`` is a registered name (``kdscope methods``) or a Method instance;
-    ``teacher=None`` with ``method="none"`` trains the student alone. Further keyword arguments are
-    :class:`~kdscope.config.TrainConfig` fields (``seed``, ``cache``, ``device``, ``ce_weight``,
-    ...).
+    (their batch size is used). ``method`` is a registered name (``kdscope methods``) or a Method
+    instance; ``teacher=None`` with ``method="none"`` trains the student alone. Further keyword
+    arguments are :class:`~kdscope.config.TrainConfig` fields (``seed``, ``cache``, ``device``,
+    ``ce_weight``, ...).
 
     >>> result = kdscope.distill(teacher, student, train_ds, val_ds, method="kd", epochs=5)
     """
@@ -205,12 +204,8 @@ def distill(
         teacher=teacher,
         method=method,
         batch_size=batch_size or train_bs or 128,
-        optim=OptimConfig.model_validate(optim or {})
-        if not isinstance(optim, OptimConfig)
-        else optim,
-        schedule=ScheduleConfig.model_validate(schedule or {})
-        if not isinstance(schedule, ScheduleConfig)
-        else schedule,
+        optim=_validated(OptimConfig, optim),
+        schedule=_validated(ScheduleConfig, schedule),
         train=TrainConfig(epochs=epochs, **train_options),
         run_dir=run_dir,
         progress=progress,
@@ -218,6 +213,10 @@ def distill(
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     return trainer.fit(resume=resume)
+
+
+def _validated(model_cls, value):
+    return value if isinstance(value, model_cls) else model_cls.model_validate(value or {})
 
 
 def _as_dataset(data: Dataset | DataLoader) -> tuple[Dataset, int | None]:

@@ -1,9 +1,8 @@
 """FeatureTap: the one mechanism that captures intermediate features (forward hooks on named
 modules).
 
-Used by feature and relation losses, by the metrics' Evaluator and by explanations, so that no
-model is
-ever rewritten to return its features.
+Used by feature and relation losses, by the metrics' Evaluator and by explanations, so that no model
+is ever rewritten to return its features.
 """
 
 from __future__ import annotations
@@ -52,17 +51,15 @@ class FeatureTap:
     Args:
         model: the network to observe.
         layers: submodule names (as in ``model.named_modules()``). A name ending in ``:in``
-        captures the
-            module's input instead of its output (pre-activation features: ``"layer3.0.act:in"``).
-        detach: store ``output.detach()`` (for metrics) instead of the graph-carrying tensor (for
-        losses).
+            captures the module's input instead of its output (pre-activation features:
+            ``"layer3.0.act:in"``).
+        detach: store ``output.detach()`` (for metrics) instead of the graph-carrying tensor
+            (for losses).
         keep_grad: call ``retain_grad()`` on captured tensors so ``tap.features[name].grad`` is
-        filled by a
-            later backward (Grad-CAM); implies ``detach=False``.
+            filled by a later backward (Grad-CAM); implies ``detach=False``.
 
-    The tap may be entered many times; each forward overwrites the stored features. Tuple outputs
-    keep
-    their first element.
+    The tap may be entered many times; each forward overwrites the stored features. Tuple
+    outputs keep their first element.
     """
 
     def __init__(
@@ -119,11 +116,10 @@ def pair_layers(
 ) -> list[tuple[str, str]]:
     """Pair student and teacher layers by relative depth.
 
-    With equal counts layers pair in order. Otherwise the model with fewer layers keeps all of them
-    and
-    each is matched to the layer of the other model at the same relative depth, so the last layers
-    are
-    always paired (resnet56's three stages against a two-stage student: (s1, t2), (s2, t3)).
+    With equal counts layers pair in order. Otherwise the model with fewer layers keeps all of
+    them and each is matched to the layer of the other model at the same relative depth, so the
+    last layers are always paired (resnet56's three stages against a two-stage student:
+    (s1, t2), (s2, t3)).
     """
     s, t = list(student_layers), list(teacher_layers)
     if not s or not t:

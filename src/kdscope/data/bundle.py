@@ -16,11 +16,10 @@ class DataBundle:
     """Train/val/test splits of one dataset plus what models and metrics need to know about it.
 
     Every split yields ``(image, label, index)``: ``index`` is the example's position in its split,
-    which
-    the teacher cache and memory-bank methods key on. Images are normalised float tensors (C, H, W).
-    ``augment`` is applied by the Trainer to whole training batches on the device (random crop +
-    flip for
-    ``standard``), drawing from the generator it is given so runs are reproducible and resumable.
+    which the teacher cache and memory-bank methods key on. Images are normalised float tensors (C,
+    H, W). ``augment`` is applied by the Trainer to whole training batches on the device (random
+    crop + flip for ``standard``), drawing from the generator it is given so runs are reproducible
+    and resumable.
     """
 
     name: str

@@ -15,11 +15,9 @@ class Needs:
     """What a method reads from a training step; the Trainer computes only what is asked for.
 
     teacher_logits / student_features / teacher_features: tensors the loss uses. Features come from
-    the
-    layers in ``Method.student_layers`` / ``Method.teacher_layers`` (resolved by ``bind``),
-    captured with
-    FeatureTap. ``indices``: dataset indices of the batch (memory-bank methods such as CRD).
-    ``teacher``: whether a teacher model is required at all.
+    the layers in ``Method.student_layers`` / ``Method.teacher_layers`` (resolved by ``bind``),
+    captured with FeatureTap. ``indices``: dataset indices of the batch (memory-bank methods such as
+    CRD). ``teacher``: whether a teacher model is required at all.
     """
 
     teacher: bool = True
@@ -63,13 +61,11 @@ class Method(nn.Module):
     """A distillation objective: ``forward(out) -> {term name: weighted scalar loss}``.
 
     Subclasses set ``needs``, the paper's defaults as ``__init__`` keyword arguments, and
-    ``ce_weight``
-    (the weight of the cross-entropy on labels that the Trainer adds unless the run overrides it).
-    ``same_label_space = False`` lets teacher and student predict different class sets (lifelong
-    learning). With several teachers, ``Outputs.teacher_logits`` has shape (K, B, C).
-    Trainable extras (regressors, projectors) are submodules created in ``bind`` once feature
-    shapes are
-    known, so the optimizer sees them.
+    ``ce_weight`` (the weight of the cross-entropy on labels that the Trainer adds unless the run
+    overrides it). ``same_label_space = False`` lets teacher and student predict different class
+    sets (lifelong learning). With several teachers, ``Outputs.teacher_logits`` has shape (K, B, C).
+    Trainable extras (regressors, projectors) are submodules created in ``bind`` once feature shapes
+    are known, so the optimizer sees them.
     """
 
     needs: ClassVar[Needs] = Needs(teacher=False)
@@ -101,8 +97,12 @@ class Method(nn.Module):
             s, t = [a for a, _ in pairs], [b for _, b in pairs]
         self.student_layers, self.teacher_layers = s, t
 
-    def bind(self, ctx: BindContext) -> None:  # noqa: B027 - optional hook, most methods need nothing
+    def bind(self, ctx: BindContext) -> None:  # noqa: B027 (an optional hook)
         """Build shape-dependent submodules; called once before training."""
+
+    def ce_weight_at(self, epoch: int) -> float:
+        """Weight of the labels' cross-entropy in ``epoch``; FitNet's hint stage makes it 0."""
+        return self.ce_weight
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:
         raise NotImplementedError

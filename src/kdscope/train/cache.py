@@ -1,9 +1,8 @@
 """Teacher-output cache: the teacher runs once over the training set instead of once per epoch.
 
 Exact by construction: outputs are stored by dataset index and looked up by the indices of each
-batch,
-so the student is always given the teacher outputs of the very inputs it sees. Valid only when those
-inputs are deterministic (no random augmentation); the Trainer refuses it otherwise.
+batch, so the student is always given the teacher outputs of the very inputs it sees. Valid only
+when those inputs are deterministic (no random augmentation); the Trainer refuses it otherwise.
 """
 
 from __future__ import annotations
@@ -22,8 +21,7 @@ class TeacherCache:
     """Teacher logits (and features at chosen layers) for every example of a dataset.
 
     ``where="memory"`` keeps them as tensors on ``device`` (a GPU-resident cache when training on
-    GPU);
-    ``where="disk"`` writes float arrays under ``directory`` and memory-maps them.
+    GPU); ``where="disk"`` writes float arrays under ``directory`` and memory-maps them.
     """
 
     def __init__(self, logits: Tensor | np.ndarray, features: list[Tensor | np.ndarray]):

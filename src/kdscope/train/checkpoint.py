@@ -33,8 +33,7 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU; corrupt or foreign files raise
-    :class:`CheckpointError`."""
+    """Load a checkpoint dict on the CPU; corrupt or foreign files raise ``CheckpointError``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist")

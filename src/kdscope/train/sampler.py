@@ -15,12 +15,10 @@ class EpochBatchSampler(Sampler[list[int]]):
     """Yield index batches of one epoch.
 
     The permutation of epoch ``e`` depends only on ``(seed, e)``, so a run resumed at batch
-    ``start`` sees
-    exactly the batches an uninterrupted run would. Under DDP each rank takes every ``world``-th
-    example of
-    the same permutation (the tail that does not divide evenly is dropped, as DistributedSampler
-    does with
-    ``drop_last``). A final batch of one example is dropped in training (BatchNorm cannot use it).
+    ``start`` sees exactly the batches an uninterrupted run would. Under DDP each rank takes every
+    ``world``-th example of the same permutation (the tail that does not divide evenly is dropped,
+    as DistributedSampler does with ``drop_last``). A final batch of one example is dropped in
+    training (BatchNorm cannot use it).
     """
 
     def __init__(

@@ -24,8 +24,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def derived_seed(*parts: int) -> int:
-    """A seed that depends on every part (run seed, epoch, step), stable across processes and
-    runs."""
+    """A seed that depends on every part (run seed, epoch, step), stable across processes."""
     h = 0x9E3779B97F4A7C15
     for p in parts:
         h = (h ^ (int(p) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF

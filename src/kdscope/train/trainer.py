@@ -47,18 +47,15 @@ class FitResult:
 
 
 class Trainer:
-    """Train ``student`` on ``train_set`` with a distillation ``method`` (``"none"`` = labels
-    alone).
+    """Train ``student`` on ``train_set`` with a distillation ``method`` (``"none"``: labels alone).
 
     Loss per step: ``ce_weight * CE(student(x), y) + sum(method(outputs).values())``, where
-    ``ce_weight``
-    is the run's ``train.ce_weight`` or the method's default. The teacher is frozen in eval mode
-    under
-    ``no_grad``; with a deterministic input pipeline its outputs are cached once (``train.cache``).
-    With ``run_dir`` set, each epoch appends to ``metrics.jsonl`` and writes ``checkpoints/last.pt``
-    (and ``best.pt`` on a new best validation accuracy) atomically; Ctrl-C writes ``last.pt``
-    mid-epoch
-    and ``fit(resume=True)`` continues exactly where the run stopped.
+    ``ce_weight`` is the run's ``train.ce_weight`` or the method's ``ce_weight_at(epoch)``. The
+    teacher is frozen in eval mode under ``no_grad``; with a deterministic input pipeline its
+    outputs are cached once (``train.cache``). With ``run_dir`` set, each epoch appends to
+    ``metrics.jsonl`` and writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation
+    accuracy) atomically; Ctrl-C writes ``last.pt`` mid-epoch and ``fit(resume=True)`` continues
+    exactly where the run stopped.
     """
 
     def __init__(
@@ -351,9 +348,9 @@ class Trainer:
                 step=step,
             )
             terms = self.method(out)
-            ce_weight = (
-                self.cfg.ce_weight if self.cfg.ce_weight is not None else self.method.ce_weight
-            )
+            ce_weight = self.method.ce_weight_at(epoch)
+            if self.cfg.ce_weight is not None and ce_weight != 0:
+                ce_weight = self.cfg.ce_weight  # a run's CE weight never re-enables a hint stage
             ce = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
             loss = ce_weight * ce + sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
