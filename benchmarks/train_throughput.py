@@ -166,8 +166,8 @@ def run_torchdistill(train_set: Dataset, epochs: int) -> tuple[float, float]:
             "sampler": {"class_or_func": torch.utils.data.RandomSampler, "kwargs": {}},
             "kwargs": {"batch_size": BATCH, "num_workers": 0},
         },
-        "teacher": {"sequential": [], "requires_grad": False},
-        "student": {"sequential": [], "requires_grad": True, "frozen_modules": []},
+        "teacher": {"sequential": [], "requires_grad": False, "forward_proc": "forward_batch_only"},
+        "student": {"sequential": [], "requires_grad": True, "forward_proc": "forward_batch_only"},
         "optimizer": {
             "key": "SGD",
             "kwargs": {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},

@@ -250,3 +250,51 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]  # rank 0 alone writes
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["test_acc"] > 0.1
+
+
+def test_evaluate_writes_eval_json(teacher_run, tmp_path):
+    code, text = _invoke(
+        "distill",
+        "--teacher",
+        teacher_run,
+        "--student",
+        "resnet8",
+        "--method",
+        "kd",
+        "--data",
+        "digits",
+        "--epochs",
+        1,
+        "--name",
+        "s",
+        "--out",
+        tmp_path,
+        *SMALL,
+    )
+    assert code == 0, text
+    code, text = _invoke(
+        "evaluate",
+        "--teacher",
+        teacher_run,
+        "--student",
+        tmp_path / "s",
+        "--base",
+        teacher_run,
+        "--metrics",
+        "agreement,krs,fss",
+    )
+    assert code == 0, text
+    assert "KRS" in text and "top-1 agreement" in text
+    result = json.loads((tmp_path / "s" / "eval.json").read_text())
+    assert 0.0 <= result["krs"]["student"]["krs"] <= 1.0
+    assert result["krs"]["base"]["krs"] == pytest.approx(1.0)  # the base here is the teacher
+    assert result["n"] == 359  # the digits test split
+
+
+def test_evaluate_bad_split_and_missing_run(teacher_run, tmp_path):
+    code, text = _invoke(
+        "evaluate", "--teacher", teacher_run, "--student", teacher_run, "--split", "train"
+    )
+    assert code == 2 and "--split" in text
+    code, text = _invoke("evaluate", "--teacher", teacher_run, "--student", tmp_path / "nope")
+    assert code == 2 and "does not exist" in text

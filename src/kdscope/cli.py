@@ -24,7 +24,7 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a fiel
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -112,6 +112,44 @@ def distill(
 
 
 @app.command()
+def evaluate(
+    teacher: Annotated[Path, typer.Option(help="Teacher run directory or .pt.")],
+    student: Annotated[Path, typer.Option(help="Student run directory or .pt.")],
+    base: Annotated[Path | None, typer.Option(help="Base model trained without KD.")] = None,
+    metrics: Annotated[
+        str, typer.Option(help="Comma-separated: agreement, krs, fss (needs --base), rs.")
+    ] = "agreement,krs",
+    data: Annotated[
+        str | None, typer.Option(help="Dataset name (default: the student run's dataset).")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate on: test or val.")] = "test",
+    out: Annotated[
+        Path | None, typer.Option(help="JSON output (default: STUDENT/eval.json).")
+    ] = None,
+) -> None:
+    """Measure what the student retained from its teacher (agreement, KRS, FSS, RS)."""
+    from kdscope.evaluation import evaluate_runs
+    from kdscope.train.checkpoint import CheckpointError
+
+    if split not in ("test", "val"):
+        _fail(f"--split must be 'test' or 'val', got {split!r}")
+    try:
+        result, path = evaluate_runs(
+            teacher,
+            student,
+            base,
+            [m.strip() for m in metrics.split(",") if m.strip()],
+            data=data,
+            split=split,
+            out=out,
+        )
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    console.print(result.to_table(), highlight=False, soft_wrap=True)
+    console.print(f"written to {path}")
+
+
+@app.command()
 def models(
     num_classes: Annotated[int, typer.Option(help="Classes of the classifier.")] = 10,
     in_channels: Annotated[int, typer.Option(help="Input channels.")] = 3,
@@ -167,6 +205,48 @@ def demo(
     from kdscope.demo import run_demo
 
     run_demo(out / "demo", epochs=epochs, console=console)
+
+
+@app.command()
+def study(
+    config: Annotated[Path, typer.Argument(help="YAML study config (see configs/studies/).")],
+    set_: SetOpt = None,
+    executor: Annotated[str, typer.Option(help="Where runs execute: local or ray.")] = "local",
+    workers: Annotated[int, typer.Option(help="Parallel local runs (processes).")] = 1,
+) -> None:
+    """Train and evaluate a grid of runs, then write its table and report; rerun to resume."""
+    from kdscope.analysis.executors import make_executor
+    from kdscope.analysis.study import load_study, run_study, study_report
+    from kdscope.config import ConfigError
+
+    try:
+        cfg = load_study(config, set_)
+        if executor == "ray" and workers != 1:
+            raise ConfigError("--workers is for the local executor; Ray schedules by its CPUs")
+        with make_executor(executor, workers) as runner:
+            result = run_study(cfg, runner, log=lambda m: console.print(m, markup=False))
+        path = study_report(result.study_dir)
+    except (ConfigError, ImportError, ValueError) as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to resume (finished runs are kept)")
+        raise typer.Exit(130) from None
+    console.print(f"report written to {path}", highlight=False)
+
+
+@app.command()
+def report(
+    study_dir: Annotated[Path, typer.Argument(help="A study directory (runs/studies/<name>).")],
+) -> None:
+    """Re-read a study's table, run its analyses and write STUDY_DIR/report.html."""
+    from kdscope.analysis.study import study_report
+    from kdscope.config import ConfigError
+
+    try:
+        path = study_report(study_dir)
+    except (ConfigError, ValueError) as err:
+        _fail(str(err))
+    console.print(f"report written to {path}", highlight=False)
 
 
 def main() -> None:

@@ -141,7 +141,8 @@ def _bars(ax, layers: list[dict], names: list[str], bars: list[tuple], ylabel: s
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(x, names, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=9)
-    ax.legend(fontsize=7, loc="best")
+    # Below the axes, where it cannot hide a bar.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
 
 
 def _value(v: float | None) -> float:

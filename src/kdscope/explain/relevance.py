@@ -128,6 +128,7 @@ def perturbed_relevance(
     results = [LayerRelevance(s, b) for s, b in pairs]
     generator = torch.Generator().manual_seed(seed)
     used, skipped, compositions = [], [], []
+    device = next(student.parameters()).device
 
     for i, batch in enumerate(batches):
         if max_batches is not None and i >= max_batches:
@@ -138,7 +139,6 @@ def perturbed_relevance(
         if reason:
             skipped.append({"batch": i, "reason": reason})
             continue
-        device = next(student.parameters()).device
         inputs = inputs.to(device)
         images = unnormalize(inputs, mean, std)
         embeddings = label_embeddings.to(device)[labels.to(device)]
@@ -149,8 +149,7 @@ def perturbed_relevance(
 
         for result in results:
             s_layer, b_layer = result.student_layer, result.base_layer
-            pair = (s_layer, b_layer)
-            uc = unicam(student, base, pair, inputs, labels, label_embeddings, indices)
+            uc = unicam(student, base, (s_layer, b_layer), inputs, labels, label_embeddings)
             features = {
                 "gradcam": (
                     layer_features(student, s_layer, keep_top(grad_cam(student, s_layer, inputs))),

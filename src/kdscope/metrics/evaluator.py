@@ -127,9 +127,9 @@ class Evaluator:
     """Measure what moved from ``teacher`` to ``student`` (and to ``base``, trained without KD).
 
     Args:
-        metrics: any of ``agreement``, ``krs``, ``fss`` (student vs base dCor; needs ``base``),
-            ``rs`` (dCor of features with label embeddings; needs ``class_names`` or
-            ``embeddings``).
+        metrics: any of ``agreement``, ``krs``, ``fss`` (student vs base dCor; needs ``base``;
+            on the inputs as given: pass ROAD-perturbed data for the UniCAM protocol), ``rs``
+            (dCor of features with label embeddings; needs ``class_names`` or ``embeddings``).
         layers: (student layer, teacher layer) pairs; default the models' ``feature_layers``
             paired by :func:`~kdscope.features.pair_layers`.
         c: KRS calibration constant. Otherwise ``calibration`` (a held-out Dataset/DataLoader) sets
@@ -168,11 +168,16 @@ class Evaluator:
             raise ValueError("metric 'rs' needs class_names= (or an embeddings= matrix)")
         self.teacher, self.student, self.base = teacher, student, base
         self.metrics = list(dict.fromkeys(metrics))
-        self.layers = list(layers) if layers is not None else self._default_layers()
+        if layers is None:
+            layers = self._default_layers() if set(self.metrics) - {"agreement"} else []
+        self.layers = list(layers)
         self.c, self.calibration, self.alpha = c, calibration, alpha
         self.class_names, self.embeddings, self.estimator = class_names, embeddings, estimator
         self.temperature, self.batch_size = temperature, batch_size
-        self.device = torch.device(device) if device else next(teacher.parameters()).device
+        if device is None:
+            first = next(teacher.parameters(), None)
+            device = first.device if first is not None else "cpu"
+        self.device = torch.device(device)
         self.compared = {"student": student} | ({"base": base} if base is not None else {})
 
     def _default_layers(self) -> list[tuple[str, str]]:

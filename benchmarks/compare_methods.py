@@ -1,0 +1,329 @@
+"""Every classification method on one Fashion-MNIST pair: accuracy, KRS (FSS, AOA), time per epoch.
+
+    nohup .venv/bin/python benchmarks/compare_methods.py > runs/compare/log.txt 2>&1 &
+    .venv/bin/python benchmarks/compare_methods.py --table      # the Markdown table of what is done
+
+One teacher is trained, then one student per method from it, all with the same data, schedule and
+seed (SGD lr 0.05, cosine, batch 128, no augmentation, the teacher cache on as by default). Runs
+live in ``--out/<name>`` and are skipped when their ``summary.json`` exists, so a killed job
+restarted with the same command resumes where it stopped. Each student is evaluated on the test
+split against its teacher (``eval.json``) with one KRS constant C for all rows: the one the
+baseline (method ``none``) student calibrates on the validation split.
+
+Methods that need something else:
+  dml, byot   no teacher (online peers, self-distillation); evaluated against the teacher anyway,
+              like the ``none`` baseline, to show what they share with it without being taught.
+  multi_teacher  the teacher and a second one trained with seed 1; evaluated against the first.
+  lwf         the lifelong setting of Li & Hoiem: an old model (the teacher architecture) trained on
+              classes 0-4 teaches a 10-class student that sees only images of classes 5-9. Its
+              accuracy columns are task-aware as in the paper: old task = argmax over logits 0-4 on
+              test images of classes 0-4 (what only the teacher taught), new task = argmax over
+              logits 5-9 on classes 5-9; KRS is against the old model on the old task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from kdscope.api import run
+from kdscope.config import (
+    DataConfig,
+    MethodConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+from kdscope.data import collate, load_data
+from kdscope.methods import METHODS, create_method
+from kdscope.methods.schemes import ClassSubset
+from kdscope.metrics import evaluate
+from kdscope.models import create_model
+from kdscope.train import Trainer, accuracy, load_model
+
+OLD, NEW = range(0, 5), range(5, 10)  # lwf's tasks
+
+
+def order(methods: list[str]) -> list[str]:
+    """Baseline first (it fixes C), then kd, the rest, and those needing extra teachers last."""
+    last = [m for m in ("multi_teacher", "lwf") if m in methods]
+    rest = sorted(set(methods) - {"none", "kd", *last})
+    return ["none", "kd", *rest, *last]
+
+
+def config(
+    args, name: str, model: str, method: str = "none", teacher: Path | None = None, seed: int = 0
+) -> RunConfig:
+    return RunConfig(
+        name=name,
+        out_dir=args.out,
+        data=DataConfig(
+            name="fashion-mnist",
+            train_size=args.train_size,
+            val_fraction=args.val_fraction,
+            batch_size=args.batch,
+        ),
+        student=ModelConfig(name=model),
+        teacher=ModelConfig(name=args.teacher, checkpoint=teacher) if teacher else None,
+        method=MethodConfig(name=method),
+        optim=OptimConfig(lr=args.lr),
+        schedule=ScheduleConfig(name="cosine"),
+        train=TrainConfig(epochs=args.epochs, seed=seed, threads=args.threads),
+    )
+
+
+def done(run_dir: Path) -> bool:
+    return (run_dir / "summary.json").exists()
+
+
+def train_config_run(cfg: RunConfig) -> None:
+    if not done(cfg.run_dir):
+        run(cfg, resume=True, progress=False)
+
+
+def train_custom(
+    args,
+    name: str,
+    student: nn.Module,
+    train: Dataset,
+    val: Dataset,
+    teacher=None,
+    method: str = "none",
+) -> Path:
+    """A run the config cannot express (class subsets, several teachers), with run()'s outputs."""
+    run_dir = args.out / name
+    if done(run_dir):
+        return run_dir
+    torch.manual_seed(0)
+    trainer = Trainer(
+        student,
+        train,
+        val,
+        teacher=teacher,
+        method=create_method(method),
+        batch_size=args.batch,
+        optim=OptimConfig(lr=args.lr),
+        schedule=ScheduleConfig(name="cosine"),
+        train=TrainConfig(epochs=args.epochs, threads=args.threads),
+        run_dir=run_dir,
+        config={"name": name, "method": method, "note": "benchmarks/compare_methods.py"},
+        progress=False,
+    )
+    fit = trainer.fit(resume=True)
+    summary = {
+        "best_val_acc": fit.best_val_acc,
+        "epochs": fit.epochs,
+        "cache": fit.cache,
+        "cache_fill_s": fit.cache_fill_s,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return run_dir
+
+
+class OldHead(nn.Module):
+    """A 10-class student seen through its first ``classes`` logits (lwf's old task)."""
+
+    def __init__(self, model: nn.Module, classes: int):
+        super().__init__()
+        self.model, self.classes = model, classes
+        self.feature_layers = [f"model.{name}" for name in model.feature_layers]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[:, : self.classes]
+
+
+@torch.no_grad()
+def task_accuracy(model: nn.Module, data: Dataset, classes: range) -> float:
+    """Accuracy of argmax over ``classes``' logits on the examples of those classes."""
+    model.eval()
+    x, y, _ = collate([data[i] for i in range(len(data))])
+    logits = torch.cat([model(chunk) for chunk in x.split(512)])[:, classes.start : classes.stop]
+    return (logits.argmax(1) + classes.start == y).float().mean().item()
+
+
+def krs_record(result) -> dict:
+    k, a = result.krs["student"], result.agreement["student"]
+    return {
+        "krs": k.krs,
+        "fss": k.fss,
+        "aoa": k.aoa,
+        "top1_agreement": a.all.top1_agreement,
+        "c": result.calibration["c"],
+    }
+
+
+def evaluate_run(run_dir: Path, teacher: nn.Module, data, c: float | None, lwf: bool = False):
+    """Write ``eval.json``: test accuracy and KRS/FSS/AOA against ``teacher`` (C given, or
+    calibrated on the validation split)."""
+    path = run_dir / "eval.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    student = load_model(run_dir, "best")
+    if lwf:
+        old_test, old_val = ClassSubset(data.test, OLD), ClassSubset(data.val, OLD)
+        record = {
+            "test_acc": accuracy(student, data.test, 512, "cpu", collate),
+            "old_task_acc": task_accuracy(student, old_test, OLD),
+            "new_task_acc": task_accuracy(student, ClassSubset(data.test, NEW), NEW),
+            "teacher_test_acc": task_accuracy(teacher, old_test, OLD),
+        }
+        result = evaluate(teacher, OldHead(student, len(OLD)), old_test, calibration=old_val)
+    else:
+        record = {
+            "test_acc": accuracy(student, data.test, 512, "cpu", collate),
+            "teacher_test_acc": accuracy(teacher, data.test, 512, "cpu", collate),
+        }
+        options = {"c": c} if c is not None else {"calibration": data.val}
+        result = evaluate(teacher, student, data.test, **options)
+    record |= krs_record(result)
+    path.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def run_all(args) -> None:
+    torch.set_num_threads(args.threads)
+    out = args.out
+    data = load_data("fashion-mnist", val_fraction=args.val_fraction, train_size=args.train_size)
+    teacher_cfg = config(args, "teacher", args.teacher)
+    log(f"teacher {args.teacher}")
+    train_config_run(teacher_cfg)
+    teacher = load_model(teacher_cfg.run_dir, "best")
+    c = None
+    for method in order(args.methods):
+        start = time.perf_counter()
+        run_dir = out / method
+        try:
+            if method == "lwf":
+                old = train_custom(
+                    args,
+                    "teacher-old",
+                    create_model(args.teacher, len(OLD), 1),
+                    ClassSubset(data.train, OLD),
+                    ClassSubset(data.val, OLD),
+                )
+                old_teacher = load_model(old, "best")
+                train_custom(
+                    args,
+                    method,
+                    create_model(args.student, 10, 1),
+                    ClassSubset(data.train, NEW),
+                    ClassSubset(data.val, NEW),
+                    teacher=old_teacher,
+                    method=method,
+                )
+                record = evaluate_run(run_dir, old_teacher, data, None, lwf=True)
+            elif method == "multi_teacher":
+                second = config(args, "teacher-seed1", args.teacher, seed=1)
+                train_config_run(second)
+                teachers = [teacher, load_model(second.run_dir, "best")]
+                train_custom(
+                    args,
+                    method,
+                    create_model(args.student, 10, 1),
+                    data.train,
+                    data.val,
+                    teacher=teachers,
+                    method=method,
+                )
+                record = evaluate_run(run_dir, teacher, data, c)
+            else:
+                needs_teacher = METHODS.get(method).needs.teacher
+                cfg = config(
+                    args,
+                    method,
+                    args.student,
+                    method,
+                    teacher_cfg.run_dir if needs_teacher else None,
+                )
+                train_config_run(cfg)
+                record = evaluate_run(run_dir, teacher, data, c)
+            if method == "none":
+                c = record["c"]
+            log(
+                f"{method}: test acc {record['test_acc']:.4f}, KRS {record['krs']:.4f} "
+                f"({time.perf_counter() - start:.0f} s)"
+            )
+        except Exception as err:  # one method's failure must not stop the others
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+            log(f"{method}: FAILED {type(err).__name__}: {err}")
+    print(table(args), flush=True)
+
+
+def epoch_seconds(run_dir: Path) -> float | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    times = [json.loads(line)["epoch_time_s"] for line in path.read_text().splitlines()]
+    return statistics.median(times) if times else None
+
+
+def table(args) -> str:
+    """Markdown table of every finished run (failed ones with their error)."""
+    rows = [
+        "| method | family | test acc | KRS | FSS (CKA) | AOA | top-1 agr. | s/epoch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    teacher_dir = args.out / "teacher"
+    if (teacher_dir / "summary.json").exists():
+        s = json.loads((teacher_dir / "summary.json").read_text())
+        rows.append(
+            f"| teacher {args.teacher} | - | {s['test_acc']:.4f} | - | - | - | - "
+            f"| {epoch_seconds(teacher_dir):.1f} |"
+        )
+    for method in order(args.methods):
+        run_dir = args.out / method
+        family = METHODS.get(method).family
+        if (run_dir / "eval.json").exists():
+            e = json.loads((run_dir / "eval.json").read_text())
+            acc = f"{e['test_acc']:.4f}"
+            if "old_task_acc" in e:
+                acc += f" (old {e['old_task_acc']:.3f}, new {e['new_task_acc']:.3f})"
+            rows.append(
+                f"| {method} | {family} | {acc} | {e['krs']:.4f} | {e['fss']:.4f} "
+                f"| {e['aoa']:.4f} | {e['top1_agreement']:.4f} "
+                f"| {epoch_seconds(run_dir):.1f} |"
+            )
+        elif (run_dir / "error.txt").exists():
+            last = (run_dir / "error.txt").read_text().strip().splitlines()[-1]
+            rows.append(f"| {method} | {family} | failed: {last} | | | | | |")
+    return "\n".join(rows)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"))
+    parser.add_argument("--teacher", default="resnet32")
+    parser.add_argument("--student", default="resnet8")
+    parser.add_argument("--train-size", type=int, default=10000)
+    parser.add_argument("--val-fraction", type=float, default=0.05)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", choices=METHODS.names(), default=METHODS.names())
+    parser.add_argument("--table", action="store_true", help="print the table of finished runs")
+    args = parser.parse_args()
+    args.methods = sorted(set(args.methods) | {"none"})
+    if args.table:
+        print(table(args))
+    else:
+        run_all(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The units of work a study hands to an executor: train a run, calibrate a teacher, evaluate a row.
+
+Module-level functions of plain (JSON-like) arguments, so a process pool or Ray can ship them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+SPLIT_SUFFIX = {"all": "all", "teacher_correct": "C", "teacher_incorrect": "I"}
+FIGURE_PREFIX = {
+    "top1_agreement": "agree",
+    "kl": "kl",
+    "js": "js",
+    "activation_distance": "l2",
+    "cosine": "cos",
+}
+
+
+def train(config: dict[str, Any], resume: bool) -> dict[str, float]:
+    """Train one run with :func:`kdscope.api.run`; its test accuracy and wall time."""
+    from kdscope import api
+    from kdscope.config import RunConfig
+
+    start = time.perf_counter()
+    result = api.run(RunConfig.model_validate(config), resume=resume, progress=False)
+    return {"test_acc": result.test_acc, "seconds": time.perf_counter() - start}
+
+
+@functools.lru_cache(maxsize=2)
+def _bundle(data_json: str):
+    from kdscope.data import load_data
+
+    d = json.loads(data_json)
+    return load_data(
+        d["name"],
+        data_dir=d["data_dir"],
+        download=d["download"],
+        val_fraction=d["val_fraction"],
+        seed=d["seed"],
+        train_size=d["train_size"],
+        **d["options"],
+    )
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _model(run_dir: str) -> torch.nn.Module:
+    from kdscope.train import load_model
+
+    return load_model(run_dir).to(_device())
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, data: Dataset, batch_size: int) -> torch.Tensor:
+    from kdscope.data import collate
+
+    loader = DataLoader(data, batch_size, shuffle=False, collate_fn=collate)
+    return torch.cat([model(batch[0].to(_device())).cpu() for batch in loader])
+
+
+def calibrate(
+    data: dict[str, Any], teacher_dir: str, student_dirs: list[str], evaluation: dict[str, Any]
+) -> float | None:
+    """The KRS constant C shared by a teacher's students: the largest per-example KL(p_T || p_S)
+    of any of them on the validation split (None without one: the evaluation set then sets C)."""
+    from kdscope.metrics import calibration_constant
+
+    val = _bundle(json.dumps(data, sort_keys=True)).val
+    if len(val) == 0:
+        return None
+    t_logits = _logits(_model(teacher_dir), val, evaluation["batch_size"])
+    return max(
+        calibration_constant(t_logits, _logits(_model(s), val, evaluation["batch_size"]))
+        for s in student_dirs
+    )
+
+
+def evaluation_split(bundle, test_size: int | None) -> Dataset:
+    """The test split, or a stratified subset of ``test_size`` examples of it (always the same)."""
+    from kdscope.data.splits import stratified_sample
+
+    test = bundle.test
+    if test_size is None or test_size >= len(test):
+        return test
+    labels = [int(test[i][1]) for i in range(len(test))]
+    return Subset(test, stratified_sample(labels, test_size, seed=0).tolist())
+
+
+def evaluate_row(
+    data: dict[str, Any],
+    teacher_dir: str,
+    student_dir: str,
+    c: float | None,
+    evaluation: dict[str, Any],
+) -> dict[str, Any]:
+    """Agreement and KRS of one student against its teacher on the test split, as tidy columns."""
+    from kdscope.metrics import evaluate
+
+    bundle = _bundle(json.dumps(data, sort_keys=True))
+    student = _model(student_dir)
+    result = evaluate(
+        _model(teacher_dir),
+        student,
+        evaluation_split(bundle, evaluation["test_size"]),
+        c=c,
+        batch_size=evaluation["batch_size"],
+    )
+    return tidy_measures(result) | {
+        "student_params": sum(p.numel() for p in student.parameters()),
+    }
+
+
+def tidy_measures(result) -> dict[str, Any]:
+    """The tidy-table columns (:mod:`kdscope.analysis.tidy`) of an EvaluationResult's student."""
+    ag, krs = result.agreement["student"], result.krs["student"]
+    row = {
+        "accuracy": ag.all.student_accuracy,
+        "teacher_accuracy": ag.all.teacher_accuracy,
+        "ece": ag.all.student_ece,
+        "same_wrong_I": ag.same_error,
+        "krs": krs.krs,
+        "fss": krs.fss,
+        "aoa": krs.aoa,
+        "c": result.calibration["c"],
+        "n_test": result.n,
+    }
+    for split, suffix in SPLIT_SUFFIX.items():
+        figures = getattr(ag, split)
+        for name, prefix in FIGURE_PREFIX.items():
+            row[f"{prefix}_{suffix}"] = getattr(figures, name)
+    return row
