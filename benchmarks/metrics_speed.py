@@ -12,6 +12,8 @@ Parts:
              its CKA class does for each batch).
   evaluator  Evaluator (agreement + KRS, 4 layer pairs) on the Fashion-MNIST test set, teacher
              resnet56, student resnet8 (untrained), against the two models' forward passes alone.
+Times are CPU seconds of the benchmark process (``time.process_time``) with one torch thread
+unless ``--threads`` says otherwise; dcor's numpy/scipy code runs on one thread as well.
 Prints Markdown tables for BENCHMARKS.md.
 """
 
@@ -30,11 +32,16 @@ N_CKA, D_CKA, BATCH_CKA = 50_000, 512, 1_000
 
 
 def _best_time(fn, repeats: int) -> tuple[float, object]:
+    """Smallest CPU time of ``repeats`` calls, and the value returned.
+
+    CPU time of this process (one thread by default), not wall time: the machine this ran on is
+    shared, and wall time there measures the neighbours as much as the code.
+    """
     best, value = float("inf"), None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         value = fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return best, value
 
 
@@ -133,11 +140,11 @@ def cka_worker(method: str) -> dict:
     _cka_method(method)[0](x, y)  # first-call allocations belong to the baseline
     update, compute = _cka_method(method)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
+    start = time.process_time()
     for x, y in _cka_batches():
         update(x, y)
     value = compute()
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "method": method,

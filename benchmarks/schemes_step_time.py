@@ -1,17 +1,19 @@
 """Training-step time of the loss-type schemes (dml, byot, adversarial, lwf) relative to kd.
 
 Pair resnet32 -> resnet8, batch 64, 1x28x28 random inputs, 10 classes (lwf: a 5-class teacher).
-The teacher runs every step (cache off), as kd does without a cache; none (labels only, the
-student alone), dml and byot have no teacher.
-Methods are timed in interleaved rounds (one epoch of ``--steps`` steps each) so that load drift on
-a shared machine hits them alike; the median epoch gives ms/step.
+``--cache off``: the teacher runs every step; ``--cache memory``: its logits are looked up (the
+Trainer's default on fixed data). none (labels only, the student alone), dml and byot have no
+teacher. Methods are timed in interleaved rounds, in a
+shuffled order (one epoch of ``--steps`` steps each), so that load drift on a shared machine hits
+them alike; the median epoch gives ms/step.
 
-    python benchmarks/schemes_step_time.py --rounds 5 --steps 10 --threads 1
+    python benchmarks/schemes_step_time.py --rounds 7 --steps 10 --threads 1 --cache off
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 
 import torch
@@ -25,7 +27,7 @@ from kdscope.train import Trainer
 METHODS = ("kd", "none", "dml", "byot", "adversarial", "lwf")
 
 
-def epoch_ms_per_step(name: str, data: SyntheticSet, batch: int, device: str) -> float:
+def epoch_ms_per_step(name: str, data: SyntheticSet, batch: int, device: str, cache: str) -> float:
     torch.manual_seed(0)
     if name == "lwf":
         teacher = create_model("resnet32", 5, 1)
@@ -41,7 +43,7 @@ def epoch_ms_per_step(name: str, data: SyntheticSet, batch: int, device: str) ->
         method=create_method(name),
         batch_size=batch,
         optim=OptimConfig(lr=0.001),  # random data: keep it finite, timing is what counts
-        train=TrainConfig(epochs=1, cache="off", device=device),
+        train=TrainConfig(epochs=1, cache=cache, device=device),
         progress=False,
     )
     record = trainer.fit().history[0]
@@ -55,17 +57,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--cache", choices=("off", "memory"), default="off")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     n = args.batch * args.steps
     data = SyntheticSet(torch.randn(n, 1, 28, 28), torch.randint(0, 10, (n,)))
     times: dict[str, list[float]] = {m: [] for m in METHODS}
-    for _ in range(args.rounds):
-        for name in METHODS:
-            times[name].append(epoch_ms_per_step(name, data, args.batch, args.device))
+    order = list(METHODS)
+    for r in range(args.rounds):
+        random.Random(r).shuffle(order)  # no method always runs first or after another
+        for name in order:
+            times[name].append(epoch_ms_per_step(name, data, args.batch, args.device, args.cache))
     base = statistics.median(times["kd"])
-    print(f"threads={torch.get_num_threads()} batch={args.batch} steps={args.steps}")
+    threads = torch.get_num_threads()
+    print(f"threads={threads} batch={args.batch} steps={args.steps} cache={args.cache}")
     print(f"{'method':<12}{'ms/step':>10}{'x kd':>8}")
     for name in METHODS:
         ms = statistics.median(times[name])

@@ -298,3 +298,26 @@ def test_evaluate_bad_split_and_missing_run(teacher_run, tmp_path):
     assert code == 2 and "--split" in text
     code, text = _invoke("evaluate", "--teacher", teacher_run, "--student", tmp_path / "nope")
     assert code == 2 and "does not exist" in text
+
+
+def test_explain_writes_figures_and_relevance(teacher_run, tmp_path):
+    code, text = _invoke(
+        "explain",
+        "--student",
+        teacher_run,
+        "--base",
+        teacher_run,
+        "--num-images",
+        8,
+        "--layers",
+        "layer3",
+        "--out",
+        tmp_path,
+    )
+    assert code == 0, text
+    assert "relevance on ROAD-perturbed inputs" in text and "layer3" in text
+    assert (tmp_path / "figures" / "explanations.png").stat().st_size > 10_000
+    relevance = json.loads((tmp_path / "relevance.json").read_text())
+    layer = relevance["base"]["layers"]["layer3|layer3"]
+    # a model against itself: no unique features, so every UniCAM batch is empty
+    assert layer["unicam_empty_batches"]

@@ -3,28 +3,14 @@
 from kdscope.api import distill, run
 from kdscope.config import ConfigError, RunConfig, load_config
 from kdscope.data import load_data
+from kdscope.explain import explain  # binds the function over the subpackage of that name
 from kdscope.features import FeatureTap
+from kdscope.metrics import evaluate
 from kdscope.methods import create_method
 from kdscope.models import create_model, list_models
 from kdscope.train import Trainer, load_model
 
 __version__ = "0.1.0"
-
-_LAZY = {
-    "evaluate": ("kdscope.metrics", "evaluate"),
-    "explain": ("kdscope.explain", "explain"),
-}
-
-
-def __getattr__(name: str):
-    # Metrics and explanations pull in heavier dependencies; import them on first use.
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'kdscope' has no attribute {name!r}")
-
 
 __all__ = [
     "ConfigError",

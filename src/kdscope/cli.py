@@ -150,6 +150,58 @@ def evaluate(
 
 
 @app.command()
+def explain(
+    student: Annotated[Path, typer.Option(help="Student run directory or .pt.")],
+    base: Annotated[Path, typer.Option(help="Base run (same architecture, trained without KD).")],
+    teacher: Annotated[
+        Path | None, typer.Option(help="Teacher run, for its unique features.")
+    ] = None,
+    layers: Annotated[
+        str | None, typer.Option(help="Comma-separated layers (default: the feature layers).")
+    ] = None,
+    num_images: Annotated[int, typer.Option(help="Rows of the figure grid.")] = 16,
+    data: Annotated[
+        str | None, typer.Option(help="Dataset name (default: the student run's dataset).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: STUDENT).")] = None,
+) -> None:
+    """Grad-CAM and UniCAM figures and perturbed FSS/RS: what the student gained and dropped."""
+    from kdscope.evaluation import explain_runs
+    from kdscope.train.checkpoint import CheckpointError
+
+    names = [x.strip() for x in layers.split(",")] if layers else None
+    try:
+        result, out_dir = explain_runs(
+            student, base, teacher, names, num_images, data=data, out=out
+        )
+    except (CheckpointError, FileNotFoundError, ValueError, TypeError) as err:
+        _fail(str(err))
+    table = Table(
+        "layers",
+        "FSS grad-cam",
+        "RS student",
+        "RS base",
+        "FSS unicam",
+        "RS distilled",
+        "RS residual",
+        title="relevance on ROAD-perturbed inputs",
+    )
+    for name, layer in result["base"]["layers"].items():
+        g, u = layer["gradcam"], layer["unicam"]
+        cells = [
+            g["fss"],
+            g["rs_student"],
+            g["rs_base"],
+            u["fss"],
+            u["rs_distilled"],
+            u["rs_residual"],
+        ]
+        table.add_row(name, *(f"{c['mean']:.3f}" if c["n"] else "-" for c in cells))
+    console.print(table)
+    console.print(f"figures and relevance.json written to {out_dir}")
+
+
+@app.command()
 def models(
     num_classes: Annotated[int, typer.Option(help="Classes of the classifier.")] = 10,
     in_channels: Annotated[int, typer.Option(help="Input channels.")] = 3,

@@ -14,6 +14,26 @@ def run_data_config(run: Path) -> DataConfig | None:
     return DataConfig.model_validate(config["data"]) if "data" in config else None
 
 
+def _bundle(student: Path, data: str | None):
+    from kdscope.data import load_data
+
+    recorded = run_data_config(student)
+    if recorded is None and data is None:
+        raise ValueError(f"{student} records no dataset: pass --data NAME")
+    cfg = recorded or DataConfig()
+    if data is not None:
+        cfg = cfg.model_copy(update={"name": data})
+    return load_data(
+        cfg.name,
+        data_dir=cfg.data_dir,
+        download=cfg.download,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        train_size=cfg.train_size,
+        **cfg.options,
+    )
+
+
 def evaluate_runs(
     teacher: Path,
     student: Path,
@@ -29,29 +49,14 @@ def evaluate_runs(
 
     Returns ``(EvaluationResult, path written)``.
     """
-    from kdscope.data import load_data
     from kdscope.metrics import evaluate
 
-    cfg = run_data_config(student) or DataConfig()
-    if data is not None:
-        cfg = cfg.model_copy(update={"name": data})
-    elif run_data_config(student) is None:
-        raise ValueError(f"{student} records no dataset: pass --data NAME")
-    bundle = load_data(
-        cfg.name,
-        data_dir=cfg.data_dir,
-        download=cfg.download,
-        val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
-        train_size=cfg.train_size,
-        **cfg.options,
-    )
-    models = {k: load_model(p) for k, p in (("teacher", teacher), ("student", student)) if p}
+    bundle = _bundle(student, data)
     base_model = load_model(base) if base is not None else None
     metrics = metrics or ["agreement", "krs"]
     result = evaluate(
-        models["teacher"],
-        models["student"],
+        load_model(teacher),
+        load_model(student),
         bundle.test if split == "test" else bundle.val,
         base=base_model,
         metrics=metrics,
@@ -61,3 +66,31 @@ def evaluate_runs(
     path = out or (student if Path(student).is_dir() else Path(student).parent) / "eval.json"
     result.save_json(path)
     return result, path
+
+
+def explain_runs(
+    student: Path,
+    base: Path,
+    teacher: Path | None = None,
+    layers: list[str] | None = None,
+    num_images: int = 16,
+    *,
+    data: str | None = None,
+    out: Path | None = None,
+):
+    """Explain a student run against its base (and teacher) run; figures go to ``out`` (default:
+    the student's run directory). Returns ``(relevance dict, output directory)``."""
+    from kdscope.explain import explain
+
+    bundle = _bundle(student, data)
+    out_dir = out or (student if Path(student).is_dir() else Path(student).parent)
+    result = explain(
+        load_model(student),
+        load_model(base),
+        bundle,
+        teacher=load_model(teacher) if teacher is not None else None,
+        layers=layers,
+        num_images=num_images,
+        out_dir=out_dir,
+    )
+    return result, out_dir

@@ -59,7 +59,8 @@ class FeatureTap:
             filled by a later backward (Grad-CAM); implies ``detach=False``.
 
     The tap may be entered many times; each forward overwrites the stored features. Tuple
-    outputs keep their first element.
+    outputs keep their first element. A captured tensor shares storage with the module's output:
+    if the next module is an in-place activation, name that module to get post-activation values.
     """
 
     def __init__(

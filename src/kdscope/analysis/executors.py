@@ -19,6 +19,7 @@ from multiprocessing import get_context
 from typing import Any
 
 EXECUTORS = ("local", "ray")
+ABORT_GRACE_S = 30.0
 
 
 @dataclass
@@ -114,9 +115,20 @@ class ProcessExecutor(Executor):
                 for future in done:
                     yield futures[future], _result(future.result)
         except BaseException:
-            for future in futures:
-                future.cancel()
+            self._abort(futures)
             raise
+
+    def _abort(self, futures) -> None:
+        """Stop after Ctrl-C: workers that got it too save ``last.pt`` and return within the grace
+        period; the rest (signalled through the parent alone, or between runs) are terminated,
+        and resume from their last epoch."""
+        pool, self._pool = self._pool, None
+        for future in futures:
+            future.cancel()
+        wait(futures, timeout=ABORT_GRACE_S)
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
         if self._pool is not None:

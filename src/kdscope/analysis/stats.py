@@ -168,6 +168,9 @@ def wilcoxon_signed_rank(a, b) -> TestResult:
         return TestResult(math.nan, math.nan, 0, "wilcoxon")
     if n == 0:
         return TestResult(0.0, 1.0, d.size, "wilcoxon exact")
+    if n == 1:
+        # One non-zero difference: both of its sign flips are as extreme, so p = 1.
+        return TestResult(0.0, 1.0, d.size, "wilcoxon exact")
     ties = np.unique(np.abs(nonzero)).size < n
     zeros = n < d.size
     if n <= 50 and not (ties or zeros):

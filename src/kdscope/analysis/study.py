@@ -406,13 +406,14 @@ def _evaluate(cfg, plan: Plan, executor: Executor, result: StudyResult, log) -> 
             result.failed.setdefault(r.id, f"evaluation failed: {outcome.error}")
     if todo:
         log(f"evaluated {len(todo)} row(s) in {time.perf_counter() - start:.0f} s")
+    columns = dict.fromkeys(k for m in measured.values() for k in m)
     rows = []
     for r in plan.rows:
         failed = result.failed
         error = failed.get(r.run) or failed.get(r.teacher_run) or failed.get(r.id)
         row = {**r.labels, "run": r.run, "teacher_run": r.teacher_run,
                "status": "failed" if error else "ok", "error": error}  # fmt: skip
-        rows.append({**row, **measured.get(r.id, {})})
+        rows.append({**row, **dict.fromkeys(columns), **measured.get(r.id, {})})
     return rows
 
 

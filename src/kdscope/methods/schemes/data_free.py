@@ -64,7 +64,9 @@ def deep_inversion(
     of up to ``jitter`` pixels. Targets cycle through the classes (0, 1, ..., C-1, 0, ...). The
     defaults are the paper's CIFAR-10 settings (its code: lr 0.05, r_feature 10, TV 2.5e-5, no L2,
     2000 steps, batches of 256, jitter 2). Not done: Adaptive DeepInversion's competition term
-    and the code's keeping of the lowest-loss iterate (the last one is returned).
+    and the code's keeping of the lowest-loss iterate (the last one is returned). Tiny images
+    need other values: on 8x8 digits with resnet8 the defaults left the teacher agreeing with 14%
+    of the targets, while bn_weight=1, lr=0.1, jitter=0 reached 100% within 100 steps.
 
     Returns ``(images (N, C, H, W) on the CPU, targets (N,))``.
     """

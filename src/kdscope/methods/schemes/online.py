@@ -23,8 +23,9 @@ class DeepMutualLearning(Method):
 
     ``peers``: how many extra peers of the student's architecture (built with ``create_model`` from
     ``student.kdscope_spec``, or re-initialised copies of a non-zoo student), or a list of zoo model
-    names, one per extra peer. K = 1 + number of extra peers. Read their accuracies with
-    :func:`evaluate_peers`.
+    names, one per extra peer. K = 1 + number of extra peers. The peers are built at the first
+    ``bind`` and kept, so a second ``fit`` continues training them, as it does the student. Read
+    their accuracies with :func:`evaluate_peers`; they are saved in the checkpoints' method state.
 
     Deviation: the paper updates the peers one after another within a step (peer 2 sees peer 1's
     updated predictions); here all peers step together from the same forward pass, which one
