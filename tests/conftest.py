@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# One thread: tests also start subprocesses (DDP, CLI), and OpenMP threads that outnumber free
+# cores spin instead of working.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

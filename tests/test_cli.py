@@ -128,7 +128,7 @@ def test_distill_without_teacher_is_refused(tmp_path):
 
 
 def test_models_and_methods_listings():
-    code, text = _invoke("models", "--in-channels", 1, "--input-size", 28)
+    code, text = _invoke("models", "--in-channels", 1, "--input-size", 8)
     assert code == 0 and "resnet56" in text and "wrn_40_2" in text
     code, text = _invoke("methods")
     assert code == 0 and "kd" in text and "Hinton" in text

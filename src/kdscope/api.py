@@ -141,8 +141,13 @@ def _load_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Modu
             "(kdscope train ...) and referenced by its run directory or .pt file"
         )
     teacher = load_model(cfg.teacher.checkpoint)
+    from kdscope.methods import METHODS
+
     spec = teacher.kdscope_spec
-    if spec["num_classes"] != num_classes or spec["in_channels"] != in_channels:
+    classes_must_match = METHODS.get(cfg.method.name).same_label_space
+    if (classes_must_match and spec["num_classes"] != num_classes) or (
+        spec["in_channels"] != in_channels
+    ):
         raise ConfigError(
             f"teacher {str(cfg.teacher.checkpoint)!r} was built for {spec['num_classes']} classes "
             f"and {spec['in_channels']} input channels, but data {cfg.data.name!r} has "
