@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from kdscope.api import run
 from kdscope.config import (
@@ -45,7 +45,7 @@ from kdscope.config import (
     ScheduleConfig,
     TrainConfig,
 )
-from kdscope.data import collate, load_data
+from kdscope.data import collate, load_data, stratified_sample
 from kdscope.methods import METHODS, create_method
 from kdscope.methods.schemes import ClassSubset
 from kdscope.metrics import evaluate
@@ -174,29 +174,32 @@ def krs_record(result) -> dict:
     }
 
 
-def evaluate_run(run_dir: Path, teacher: nn.Module, data, c: float | None, lwf: bool = False):
-    """Write ``eval.json``: test accuracy and KRS/FSS/AOA against ``teacher`` (C given, or
-    calibrated on the validation split)."""
+def evaluate_run(
+    run_dir: Path, teacher: nn.Module, data, eval_set: Dataset, c: float | None, lwf: bool = False
+):
+    """Write ``eval.json``: accuracy on the test split, and KRS/FSS/AOA against ``teacher`` on
+    ``eval_set`` (C given, or calibrated on the validation split)."""
     path = run_dir / "eval.json"
     if path.exists():
         return json.loads(path.read_text())
     student = load_model(run_dir, "best")
     if lwf:
         old_test, old_val = ClassSubset(data.test, OLD), ClassSubset(data.val, OLD)
+        old_eval = ClassSubset(eval_set, OLD)
         record = {
             "test_acc": accuracy(student, data.test, 512, "cpu", collate),
             "old_task_acc": task_accuracy(student, old_test, OLD),
             "new_task_acc": task_accuracy(student, ClassSubset(data.test, NEW), NEW),
             "teacher_test_acc": task_accuracy(teacher, old_test, OLD),
         }
-        result = evaluate(teacher, OldHead(student, len(OLD)), old_test, calibration=old_val)
+        result = evaluate(teacher, OldHead(student, len(OLD)), old_eval, calibration=old_val)
     else:
         record = {
             "test_acc": accuracy(student, data.test, 512, "cpu", collate),
             "teacher_test_acc": accuracy(teacher, data.test, 512, "cpu", collate),
         }
         options = {"c": c} if c is not None else {"calibration": data.val}
-        result = evaluate(teacher, student, data.test, **options)
+        result = evaluate(teacher, student, eval_set, **options)
     record |= krs_record(result)
     path.write_text(json.dumps(record, indent=2))
     return record
@@ -206,6 +209,7 @@ def run_all(args) -> None:
     torch.set_num_threads(args.threads)
     out = args.out
     data = load_data("fashion-mnist", val_fraction=args.val_fraction, train_size=args.train_size)
+    eval_set = Subset(data.test, stratified_sample(data.test.labels, args.eval_size, seed=0))
     teacher_cfg = config(args, "teacher", args.teacher)
     log(f"teacher {args.teacher}")
     train_config_run(teacher_cfg)
@@ -233,7 +237,7 @@ def run_all(args) -> None:
                     teacher=old_teacher,
                     method=method,
                 )
-                record = evaluate_run(run_dir, old_teacher, data, None, lwf=True)
+                record = evaluate_run(run_dir, old_teacher, data, eval_set, None, lwf=True)
             elif method == "multi_teacher":
                 second = config(args, "teacher-seed1", args.teacher, seed=1)
                 train_config_run(second)
@@ -247,7 +251,7 @@ def run_all(args) -> None:
                     teacher=teachers,
                     method=method,
                 )
-                record = evaluate_run(run_dir, teacher, data, c)
+                record = evaluate_run(run_dir, teacher, data, eval_set, c)
             else:
                 needs_teacher = METHODS.get(method).needs.teacher
                 cfg = config(
@@ -258,7 +262,7 @@ def run_all(args) -> None:
                     teacher_cfg.run_dir if needs_teacher else None,
                 )
                 train_config_run(cfg)
-                record = evaluate_run(run_dir, teacher, data, c)
+                record = evaluate_run(run_dir, teacher, data, eval_set, c)
             if method == "none":
                 c = record["c"]
             log(
@@ -272,27 +276,26 @@ def run_all(args) -> None:
     print(table(args), flush=True)
 
 
-def epoch_seconds(run_dir: Path) -> float | None:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return None
-    times = [json.loads(line)["epoch_time_s"] for line in path.read_text().splitlines()]
-    return statistics.median(times) if times else None
+def times(run_dir: Path) -> str:
+    """Median wall seconds per epoch (the Trainer's) | CPU minutes of the whole run."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    wall = statistics.median(json.loads(line)["epoch_time_s"] for line in lines)
+    timing = run_dir / "timing.json"
+    cpu = json.loads(timing.read_text())["cpu_s"] / 60 if timing.exists() else None
+    return f"{wall:.1f} | {'-' if cpu is None else f'{cpu:.1f}'}"
 
 
 def table(args) -> str:
     """Markdown table of every finished run (failed ones with their error)."""
     rows = [
-        "| method | family | test acc | KRS | FSS (CKA) | AOA | top-1 agr. | s/epoch |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | family | test acc | KRS | FSS (CKA) | AOA | top-1 agr. | s/epoch | CPU min |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    teacher_dir = args.out / "teacher"
-    if (teacher_dir / "summary.json").exists():
-        s = json.loads((teacher_dir / "summary.json").read_text())
-        rows.append(
-            f"| teacher {args.teacher} | - | {s['test_acc']:.4f} | - | - | - | - "
-            f"| {epoch_seconds(teacher_dir):.1f} |"
-        )
+    for name in ("teacher", "teacher-seed1"):
+        run_dir = args.out / name
+        if done(run_dir):
+            acc = json.loads((run_dir / "summary.json").read_text())["test_acc"]
+            rows.append(f"| {name} ({args.teacher}) | | {acc:.4f} | | | | | {times(run_dir)} |")
     for method in order(args.methods):
         run_dir = args.out / method
         family = METHODS.get(method).family
@@ -300,15 +303,14 @@ def table(args) -> str:
             e = json.loads((run_dir / "eval.json").read_text())
             acc = f"{e['test_acc']:.4f}"
             if "old_task_acc" in e:
-                acc += f" (old {e['old_task_acc']:.3f}, new {e['new_task_acc']:.3f})"
+                acc += f" (old task {e['old_task_acc']:.4f}, new task {e['new_task_acc']:.4f})"
             rows.append(
                 f"| {method} | {family} | {acc} | {e['krs']:.4f} | {e['fss']:.4f} "
-                f"| {e['aoa']:.4f} | {e['top1_agreement']:.4f} "
-                f"| {epoch_seconds(run_dir):.1f} |"
+                f"| {e['aoa']:.4f} | {e['top1_agreement']:.4f} | {times(run_dir)} |"
             )
         elif (run_dir / "error.txt").exists():
             last = (run_dir / "error.txt").read_text().strip().splitlines()[-1]
-            rows.append(f"| {method} | {family} | failed: {last} | | | | | |")
+            rows.append(f"| {method} | {family} | failed: {last} | | | | | | |")
     return "\n".join(rows)
 
 
@@ -321,8 +323,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
     parser.add_argument("--teacher", default="resnet32")
     parser.add_argument("--student", default="resnet8")
-    parser.add_argument("--train-size", type=int, default=10000)
+    parser.add_argument("--train-size", type=int, default=5000)
     parser.add_argument("--val-fraction", type=float, default=0.05)
+    parser.add_argument("--eval-size", type=int, default=2000, help="test examples for KRS")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.05)

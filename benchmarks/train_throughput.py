@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/train_throughput.py --rounds 5 --train-size 2560 --only a b
 
 Fashion-MNIST, teacher resnet56 -> student resnet8 (both untrained: speed does not depend on the
-weights), batch 128, SGD (momentum 0.9, wd 5e-4), CPU, 2 threads, loss 0.1 * CE + 0.9 * T^2 * KL
-with T = 4, no validation set. Configurations:
+weights), batch 128, SGD (momentum 0.9, wd 5e-4), CPU, 2 threads (``--threads``), loss
+0.1 * CE + 0.9 * T^2 * KL with T = 4, no validation set. Configurations:
 
   a    hand-written PyTorch KD loop (teacher in eval mode under no_grad)
   b    kdscope Trainer, method kd, train.cache=off
@@ -17,15 +17,17 @@ with T = 4, no validation set. Configurations:
 
 Each run trains ``--epochs`` epochs and the first is warm-up. Two measures of the later epochs:
 
-  step   128 / the median time between successive training batches (a whole step: fetch, forward,
-         backward, update). Taken without touching the Trainer: the dataset records when each
-         training batch is fetched (the loops written here record it themselves). The median
+  step   128 / the median wall time between successive training batches (a whole step: fetch,
+         forward, backward, update). Taken without touching the Trainer: the dataset records when
+         each training batch is fetched (the loops written here record it themselves). The median
          shrugs off a step that another process preempted.
+  cpu    128 / the median process CPU time (all threads) between successive batches: the work a
+         step does, which depends far less than wall time on what else the machine runs.
   epoch  images / epoch wall time, kdscope's own ``FitResult.history[i]["images_per_s"]`` (the
          other loops time their epoch the same way): includes per-epoch costs, and every stall.
 
 Configurations are interleaved in rounds (a, b, c, ..., a, b, c, ...) because the machine is shared;
-the table gives each measure's median over rounds, and the targets are judged on the step measure.
+the table gives each measure's median over rounds; the targets are judged on the step measure.
 The teacher cache's one-time fill (once per run of c and c+) is reported on its own line.
 Prints a Markdown table for BENCHMARKS.md.
 """
@@ -50,13 +52,14 @@ from kdscope.data import collate, load_data
 from kdscope.models import create_model
 from kdscope.train import Trainer
 
-TEACHER, STUDENT, BATCH, THREADS = "resnet56", "resnet8", 128, 2
+TEACHER, STUDENT, BATCH = "resnet56", "resnet8", 128
 LR, MOMENTUM, WEIGHT_DECAY, TEMPERATURE, ALPHA = 0.05, 0.9, 5e-4, 4.0, 0.9
 
 
 @dataclass
 class Run:
     step: float  # images/s from the median step of the epochs after the first
+    cpu: float  # images per CPU-second (all threads) from the median step's CPU time
     epoch: float  # images/s over the epochs after the first, wall time
     cache_fill_s: float = 0.0
 
@@ -66,7 +69,7 @@ class _Clocked(Dataset):
 
     def __init__(self, dataset: Dataset, batch: int):
         self.dataset, self.batch = dataset, batch
-        self.stamps: list[float] = []
+        self.stamps: list[tuple[float, float]] = []
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -76,15 +79,26 @@ class _Clocked(Dataset):
 
     def __getitems__(self, indices: Sequence[int]):
         if len(indices) == self.batch:  # not the teacher cache's fill, which reads larger batches
-            self.stamps.append(time.perf_counter())
+            self.stamps.append(_now())
         return self.dataset.__getitems__(indices)
 
 
-def _run(stamps: list[float], epoch_rates: list[float], steps_per_epoch: int, fill=0.0) -> Run:
-    gaps = [
-        b - a for a, b in zip(stamps[steps_per_epoch:], stamps[steps_per_epoch + 1 :], strict=False)
-    ]
-    return Run(BATCH / statistics.median(gaps), statistics.fmean(epoch_rates[1:]), fill)
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _run(
+    stamps: list[tuple[float, float]], epoch_rates: list[float], steps: int, fill: float = 0.0
+) -> Run:
+    """Measures of the epochs after the first (``steps`` batches per epoch)."""
+    later = stamps[steps:]
+    wall, cpu = ([b[i] - a[i] for a, b in zip(later, later[1:], strict=False)] for i in (0, 1))
+    return Run(
+        BATCH / statistics.median(wall),
+        BATCH / statistics.median(cpu),
+        statistics.fmean(epoch_rates[1:]),
+        fill,
+    )
 
 
 def _models(with_teacher: bool = True):
@@ -106,7 +120,7 @@ def run_minimal(train_set: Dataset, epochs: int, distill: bool = True) -> Run:
     for _ in range(epochs):
         seen, start = 0, time.perf_counter()
         for x, y, _ in loader:
-            stamps.append(time.perf_counter())
+            stamps.append(_now())
             logits = student(x)
             loss = F.cross_entropy(logits, y)
             if distill:
@@ -140,7 +154,9 @@ def run_kdscope(
         batch_size=BATCH,
         optim=OptimConfig(lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY),
         schedule=ScheduleConfig(name="constant"),
-        train=TrainConfig(epochs=epochs, cache=cache, device="cpu", threads=THREADS),
+        train=TrainConfig(
+            epochs=epochs, cache=cache, device="cpu", threads=torch.get_num_threads()
+        ),
         progress=progress,
     )
     with _fake_terminal() if progress else contextlib.nullcontext():
@@ -228,7 +244,7 @@ def run_torchdistill(train_set: Dataset, epochs: int) -> Run:
         box.pre_epoch_process(epoch=epoch)
         seen, start = 0, time.perf_counter()
         for x, y, supp in box.train_data_loader:
-            stamps.append(time.perf_counter())
+            stamps.append(_now())
             loss = box.forward_process(x, y, supp)
             box.post_forward_process(loss=loss)
             seen += len(y)
@@ -271,13 +287,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=BATCH * 40, help="a multiple of 128")
     parser.add_argument("--epochs", type=int, default=2, help="per run; the first is warm-up")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="run only these")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first epoch is warm-up)")
     if args.train_size % BATCH or args.train_size < 3 * BATCH:
         parser.error(f"--train-size must be a multiple of {BATCH}, at least {3 * BATCH}")
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     logging.getLogger("torchdistill").setLevel(logging.WARNING)
     train_set = load_data("fashion-mnist", train_size=args.train_size, seed=0).train
     names = args.only or [k for k in CONFIGS if k != "e" or _has_torchdistill()]
@@ -288,7 +305,8 @@ def main() -> None:
             run = CONFIGS[k][1](train_set, args.epochs)
             runs[k].append(run)
             print(
-                f"round {r + 1} {k:>2}: step {run.step:7.1f} img/s, epoch {run.epoch:7.1f} img/s",
+                f"round {r + 1} {k:>2}: step {run.step:6.1f} img/s, cpu {run.cpu:6.1f} img/cpu-s, "
+                f"epoch {run.epoch:6.1f} img/s",
                 flush=True,
             )
     minutes = (time.perf_counter() - start) / 60
@@ -299,30 +317,27 @@ def main() -> None:
     print(
         f"\n{len(train_set)} examples, {len(train_set) // BATCH} steps per epoch, {args.epochs} "
         f"epochs per run, {args.rounds} rounds, {minutes:.1f} min; torch {torch.__version__}, "
-        f"{os.cpu_count()} CPUs, {THREADS} threads; load average {load_before:.1f} before, "
+        f"{os.cpu_count()} CPUs, {args.threads} threads; load average {load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after\n"
     )
-    print("| configuration | img/s (step) | range over rounds | img/s (epoch) |")
-    print("|---|---|---|---|")
+    print("| configuration | img/s (step) | range over rounds | img/cpu-s (cpu) | img/s (epoch) |")
+    print("|---|---|---|---|---|")
     for k in names:
         steps = [run.step for run in runs[k]]
         print(
             f"| ({k}) {CONFIGS[k][0]} | {median(k, 'step'):.0f} | {min(steps):.0f}-"
-            f"{max(steps):.0f} | {median(k, 'epoch'):.0f} |"
+            f"{max(steps):.0f} | {median(k, 'cpu'):.0f} | {median(k, 'epoch'):.0f} |"
         )
     print()
     for num, den, target in RATIOS:
         if num in runs and den in runs:
-            step, epoch = (
-                median(num, "step") / median(den, "step"),
-                median(num, "epoch") / median(den, "epoch"),
+            step, cpu, epoch = (median(num, m) / median(den, m) for m in ("step", "cpu", "epoch"))
+            verdict = ""
+            if target is not None:
+                verdict = f"; target >= {target:.2f}: {'met' if step >= target else 'MISSED'}"
+            print(
+                f"- {num}/{den}: {step:.3f} (step), {cpu:.3f} (cpu), {epoch:.3f} (epoch){verdict}"
             )
-            verdict = (
-                ""
-                if target is None
-                else (f"; target >= {target:.2f}: {'met' if step >= target else 'MISSED'}")
-            )
-            print(f"- {num}/{den}: {step:.3f} (step), {epoch:.3f} (epoch){verdict}")
     fills = [run.cache_fill_s for k in names for run in runs[k] if run.cache_fill_s]
     if fills:
         fill = statistics.median(fills)

@@ -26,8 +26,8 @@ from kdscope.analysis.study import (
     expand,
     load_study,
     run_study,
-    study_report,
 )
+from kdscope.analysis.study_report import study_report
 from kdscope.cli import app
 from kdscope.config import ConfigError
 from kdscope.metrics import calibration_constant

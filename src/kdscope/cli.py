@@ -268,7 +268,8 @@ def study(
 ) -> None:
     """Train and evaluate a grid of runs, then write its table and report; rerun to resume."""
     from kdscope.analysis.executors import make_executor
-    from kdscope.analysis.study import load_study, run_study, study_report
+    from kdscope.analysis.study import load_study, run_study
+    from kdscope.analysis.study_report import study_report
     from kdscope.config import ConfigError
 
     try:
@@ -291,7 +292,7 @@ def report(
     study_dir: Annotated[Path, typer.Argument(help="A study directory (runs/studies/<name>).")],
 ) -> None:
     """Re-read a study's table, run its analyses and write STUDY_DIR/report.html."""
-    from kdscope.analysis.study import study_report
+    from kdscope.analysis.study_report import study_report
     from kdscope.config import ConfigError
 
     try:

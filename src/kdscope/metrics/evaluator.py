@@ -321,7 +321,7 @@ class Evaluator:
 
         def gram(who: str, layer: str) -> Tensor:
             if (who, layer) not in grams:
-                grams[who, layer] = u_centered(linear_gram(feats[who][layer]))
+                grams[who, layer] = u_centered(linear_gram(feats[who][layer]), inplace=True)
             return grams[who, layer]
 
         for m, per_pair in cka.items():

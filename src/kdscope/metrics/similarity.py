@@ -73,7 +73,11 @@ def pairwise_distances(x: ArrayLike, eps: float = 0.0) -> Tensor:
 def _distances(x: Tensor, eps: float = 0.0) -> Tensor:
     x = x - x.mean(0, keepdim=True)
     sq_norms = x.pow(2).sum(1)
-    sq = torch.addmm(sq_norms[:, None] + sq_norms[None, :], x, x.T, alpha=-2.0).clamp_min(0.0)
+    sq = torch.addmm(sq_norms[:, None] + sq_norms[None, :], x, x.T, alpha=-2.0)
+    if not sq.requires_grad:
+        # Each pass over an n x n matrix costs about as much as the product: work in place.
+        return sq.clamp_min_(0.0).add_(eps).sqrt_().fill_diagonal_(0.0)
+    sq = sq.clamp_min(0.0)
     sq.fill_diagonal_(0.0)  # rounding leaves ~1e-13 there, which sqrt would turn into ~1e-7
     if eps > 0:
         off_diagonal = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
@@ -82,24 +86,34 @@ def _distances(x: Tensor, eps: float = 0.0) -> Tensor:
     return torch.where(positive, sq, 1.0).sqrt().masked_fill(~positive, 0.0)
 
 
-def double_centered(d: Tensor) -> Tensor:
-    """A_ij = d_ij - mean_i. - mean_.j + mean_.. (Székely et al. 2007)."""
-    return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
+def double_centered(d: Tensor, inplace: bool = False) -> Tensor:
+    """A_ij = d_ij - mean_i. - mean_.j + mean_.. (Székely et al. 2007).
+
+    ``inplace`` overwrites ``d`` (saves an n x n copy; only for a ``d`` autograd does not need).
+    """
+    rows, cols = d.mean(1, keepdim=True), d.mean(0, keepdim=True)
+    out = d if inplace else d.clone()
+    return out.sub_(rows).sub_(cols).add_(rows.mean())
 
 
-def u_centered(d: Tensor) -> Tensor:
+def u_centered(d: Tensor, inplace: bool = False) -> Tensor:
     """U-centred matrix of Székely & Rizzo 2014 (``d``'s diagonal is ignored; the result's is 0).
 
     A~_ij = d_ij - sum_l d_il/(n-2) - sum_k d_kj/(n-2) + sum_kl d_kl/((n-1)(n-2)) for i != j.
+    ``inplace`` overwrites ``d`` (saves an n x n copy; only for a ``d`` autograd does not need).
     """
     n = d.shape[0]
     if n < 3:
         raise ValueError(f"U-centring needs n >= 3 examples, got n = {n}")
-    d = d.clone().fill_diagonal_(0.0)
-    rows = d.sum(1, keepdim=True) / (n - 2)
-    cols = d.sum(0, keepdim=True) / (n - 2)
+    out = (d if inplace else d.clone()).fill_diagonal_(0.0)
+    rows = out.sum(1, keepdim=True) / (n - 2)
+    cols = out.sum(0, keepdim=True) / (n - 2)
     total = rows.sum() / (n - 1)
-    return (d - rows).sub_(cols).add_(total).fill_diagonal_(0.0)
+    return out.sub_(rows).sub_(cols).add_(total).fill_diagonal_(0.0)
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return a.reshape(-1) @ b.reshape(-1)
 
 
 def u_inner(a: Tensor, b: Tensor) -> Tensor:
@@ -107,8 +121,7 @@ def u_inner(a: Tensor, b: Tensor) -> Tensor:
     n = a.shape[0]
     if n < 4:
         raise ValueError(f"the U-statistic needs n >= 4 examples, got n = {n}")
-    full = a.reshape(-1) @ b.reshape(-1)
-    return (full - a.diagonal() @ b.diagonal()) / (n * (n - 3))
+    return (_dot(a, b) - a.diagonal() @ b.diagonal()) / (n * (n - 3))
 
 
 def u_correlation(a: Tensor, b: Tensor) -> Tensor:
@@ -125,13 +138,13 @@ def _distance_matrices(*arrays: ArrayLike, names: str, centre, min_n: int) -> li
         check_pair(feats[0], other, min_n, (names[0], name))
     for f, name in zip(feats, names, strict=True):
         check_varies(f, name)
-    return [centre(_distances(f)) for f in feats]
+    return [centre(d, inplace=not d.requires_grad) for d in map(_distances, feats)]
 
 
 def distance_covariance_sqr(x: ArrayLike, y: ArrayLike) -> Tensor:
     """V-statistic dCov^2_n(x, y) = sum A * B / n^2 (Székely et al. 2007)."""
     a, b = _distance_matrices(x, y, names="xy", centre=double_centered, min_n=2)
-    return (a * b).mean()
+    return _dot(a, b) / a.numel()
 
 
 def distance_covariance(x: ArrayLike, y: ArrayLike) -> Tensor:
@@ -142,7 +155,7 @@ def distance_covariance(x: ArrayLike, y: ArrayLike) -> Tensor:
 def distance_correlation_sqr(x: ArrayLike, y: ArrayLike) -> Tensor:
     """V-statistic dCor^2 = dCov^2(x, y) / sqrt(dCov^2(x, x) dCov^2(y, y)), in [0, 1]."""
     a, b = _distance_matrices(x, y, names="xy", centre=double_centered, min_n=2)
-    return (a * b).mean() / ((a * a).mean() * (b * b).mean()).sqrt()
+    return _dot(a, b) / (_dot(a, a) * _dot(b, b)).sqrt()
 
 
 def distance_correlation(x: ArrayLike, y: ArrayLike) -> Tensor:
@@ -256,7 +269,7 @@ def cka_from_grams(k: Tensor, l: Tensor, debiased: bool = False) -> Tensor:  # n
             )
         return u_inner(ku, lu) / (kk * ll).sqrt()
     kc, lc = double_centered(k), double_centered(l)
-    return (kc * lc).sum() / ((kc * kc).sum() * (lc * lc).sum()).sqrt()
+    return _dot(kc, lc) / (_dot(kc, kc) * _dot(lc, lc)).sqrt()
 
 
 def _cka_inputs(x: ArrayLike, y: ArrayLike, debiased: bool) -> tuple[Tensor, Tensor]:
@@ -315,7 +328,9 @@ class MinibatchCKA:
         if n < 4:
             self.skipped_examples += n
             return
-        self.update_centred(u_centered(linear_gram(x)), u_centered(linear_gram(y)))
+        self.update_centred(
+            u_centered(linear_gram(x), inplace=True), u_centered(linear_gram(y), inplace=True)
+        )
 
     @torch.no_grad()
     def update_centred(self, ku: Tensor, lu: Tensor) -> None:

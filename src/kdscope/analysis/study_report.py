@@ -1,0 +1,74 @@
+"""A study's report: the state of its grid (every missing or failed cell, and why), then the
+analyses its config names, over the rows of its tidy table that were measured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from kdscope.analysis import tidy
+from kdscope.analysis.functional import functional_transfer
+from kdscope.analysis.krs_validation import krs_validation
+from kdscope.analysis.report import Code, Section, Table, write_report
+from kdscope.analysis.study import StudyConfig, run_status
+from kdscope.config import ConfigError
+
+CELL = ("arm", "teacher", "student", "method", "alpha", "temperature")
+
+
+def study_report(study_dir: str | Path) -> Path:
+    """Write ``report.html`` in ``study_dir`` from its tidy table: the grid's state (with every
+    missing or failed cell and why), then the analyses the study config names."""
+    study_dir = Path(study_dir)
+    if not (study_dir / "plan.json").is_file():
+        raise ConfigError(
+            f"{str(study_dir)!r} is not a study directory (no plan.json): run kdscope study first"
+        )
+    cfg_text = (study_dir / "study.yaml").read_text()
+    cfg = StudyConfig.model_validate(yaml.safe_load(cfg_text))
+    planned = json.loads((study_dir / "plan.json").read_text())["rows"]
+    table = study_dir / "results.jsonl"
+    rows = tidy.read_rows(table) if table.exists() else []
+    found = {f"{r['run']}@{r['teacher_run']}": r for r in rows}
+    ok = [r for r in rows if r.get("status") == "ok"]
+    status = Section("Study grid", id="study-grid")
+    status.findings.append(
+        f"Grid: {len(ok)} of {len(planned)} planned rows measured "
+        f"({cfg.data.name}, seeds {', '.join(map(str, cfg.seeds))})."
+    )
+    missing: dict[tuple, list] = {}
+    for p in planned:
+        row = found.get(p["id"])
+        if row is not None and row.get("status") == "ok":
+            continue
+        reason = row["error"] if row is not None else _not_run(study_dir, p["id"].split("@")[0])
+        missing.setdefault((*(p[k] for k in CELL), reason), []).append(p["seed"])
+    if missing:
+        status.blocks.append(Table(
+            [*CELL, "missing seeds", "why"],
+            [[*k[:-1], ", ".join(map(str, s)), k[-1][:300]] for k, s in missing.items()],
+            "Missing cells: planned runs with no result", "study-missing",
+        ))  # fmt: skip
+        status.notes.append(
+            f"Partial study: {len(planned) - len(ok)} of {len(planned)} planned rows missing in "
+            f"{len(missing)} cell(s) (table 'Missing cells'); analyses use the rows present."
+        )
+    status.blocks.append(Code(cfg_text, caption="study.yaml (resolved)"))
+    sections = [status]
+    if "functional" in cfg.analyses:
+        sections.append(functional_transfer(ok))
+    if "krs" in cfg.analyses:
+        sections.append(krs_validation(ok))
+    return write_report(
+        study_dir / "report.html", f"Study {cfg.name}", sections, subtitle=str(study_dir)
+    )
+
+
+def _not_run(study_dir: Path, run: str) -> str:
+    return {
+        "finished": "trained, not evaluated yet",
+        "interrupted": "interrupted (rerun the study to resume)",
+        "new": "not run yet",
+    }[run_status(study_dir / "runs" / run)]
