@@ -20,6 +20,7 @@ Prints Markdown tables for BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -36,18 +37,25 @@ import torch  # noqa: E402
 N_CKA, D_CKA, BATCH_CKA = 50_000, 512, 1_000
 
 
-def _best_time(fn, repeats: int) -> tuple[float, object]:
+def _best_time(fn, repeats: int, warm_up: bool = True) -> tuple[float, object]:
     """Smallest CPU time of ``repeats`` calls, and the value returned.
 
-    CPU time of this process (one thread by default), not wall time: the machine this ran on is
-    shared, and wall time there measures the neighbours as much as the code.
+    CPU time of the calling thread (torch and numpy on one thread by default), with the garbage
+    collector off as in ``timeit``: the machine this ran on is shared, and wall time there
+    measures the neighbours as much as the code.
     """
-    value = fn()  # untimed: first calls pay for page faults and lazy initialisation
+    if warm_up:
+        fn()  # untimed: first calls pay for page faults and lazy initialisation
     best = float("inf")
-    for _ in range(repeats):
-        start = time.process_time()
-        value = fn()
-        best = min(best, time.process_time() - start)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            start = time.thread_time()
+            value = fn()
+            best = min(best, time.thread_time() - start)
+    finally:
+        gc.enable()
     return best, value
 
 
@@ -160,11 +168,11 @@ def cka_worker(method: str) -> dict:
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")
     baseline = _status_kb("VmRSS")
-    start = time.process_time()
+    start = time.thread_time()
     for x, y in _cka_batches():
         update(x, y)
     value = compute()
-    seconds = time.process_time() - start
+    seconds = time.thread_time() - start
     peak = _status_kb("VmHWM")
     return {
         "method": method,
@@ -200,7 +208,8 @@ def bench_cka(threads: int) -> None:
         )
 
 
-def bench_evaluator(images: int, data_dir: str) -> None:
+def bench_evaluator(images: int, data_dir: str, rounds: int) -> None:
+    """Forward passes alone and the Evaluator, interleaved for ``rounds``; per-round ratios."""
     from torch.utils.data import DataLoader, Subset
 
     from kdscope.data import collate, load_data
@@ -210,6 +219,7 @@ def bench_evaluator(images: int, data_dir: str) -> None:
     test = load_data("fashion-mnist", data_dir=data_dir).test
     data = test if images >= len(test) else Subset(test, range(images))
     loader = DataLoader(data, batch_size=256, collate_fn=collate)
+    torch.manual_seed(0)
     teacher = create_model("resnet56", 10, 1).eval()
     student = create_model("resnet8", 10, 1).eval()
     layers = [(name, name) for name in ("layer1", "layer2", "layer3", "avgpool")]
@@ -220,14 +230,18 @@ def bench_evaluator(images: int, data_dir: str) -> None:
                 teacher(x)
                 student(x)
 
-    t_forward, _ = _best_time(forward_only, 1)
-    t_eval, result = _best_time(lambda: evaluate(teacher, student, loader, layers=layers), 1)
-    print("| images | forward passes (s) | Evaluator (s) | ratio | KRS (untrained) |")
-    print("|---|---|---|---|---|")
-    print(
-        f"| {result.n} | {t_forward:.1f} | {t_eval:.1f} | {t_eval / t_forward:.2f} "
-        f"| {result.krs['student'].krs:.4f} |"
-    )
+    print("| round | images | forward passes (s) | Evaluator (s) | ratio | KRS (untrained) |")
+    print("|---|---|---|---|---|---|")
+    for r in range(rounds):
+        t_forward, _ = _best_time(forward_only, 1, warm_up=r == 0)
+        t_eval, result = _best_time(
+            lambda: evaluate(teacher, student, loader, layers=layers), 1, warm_up=r == 0
+        )
+        print(
+            f"| {r + 1} | {result.n} | {t_forward:.1f} | {t_eval:.1f} | {t_eval / t_forward:.2f} "
+            f"| {result.krs['student'].krs:.4f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -235,6 +249,7 @@ def main() -> None:
     parser.add_argument("--part", action="append", choices=["dcor", "cka", "evaluator"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3, help="evaluator rounds")
     parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: numpy/scipy in dcor use one)"
@@ -246,7 +261,9 @@ def main() -> None:
         print(json.dumps(cka_worker(args.cka_worker)))
         return
     parts = args.part or ["dcor", "cka", "evaluator"]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    # Not torch.get_num_threads(): calling it before dcor (numba) is imported made every later
+    # small torch op ~30x slower in CPU time on the machine these numbers come from.
+    print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
     if "dcor" in parts:
         bench_dcor(args.sizes)
     if "cka" in parts:
@@ -254,7 +271,7 @@ def main() -> None:
         bench_cka(args.threads)
     if "evaluator" in parts:
         print()
-        bench_evaluator(args.images, args.data_dir)
+        bench_evaluator(args.images, args.data_dir, args.rounds)
 
 
 if __name__ == "__main__":

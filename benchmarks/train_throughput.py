@@ -7,7 +7,8 @@ Fashion-MNIST, teacher resnet56 -> student resnet8 (both untrained: speed does n
 weights), batch 128, SGD (momentum 0.9, wd 5e-4), CPU, 2 threads (``--threads``), loss
 0.1 * CE + 0.9 * T^2 * KL with T = 4, no validation set. Configurations:
 
-  a    hand-written PyTorch KD loop (teacher in eval mode under no_grad)
+  a    hand-written PyTorch KD loop (teacher in eval mode under no_grad, run before the student)
+  a2   as a with the student's forward first, as mdistiller orders it (only with ``--only``)
   b    kdscope Trainer, method kd, train.cache=off
   c    kdscope Trainer, method kd, train.cache=memory
   c+   as c with the progress bar on, drawn as in a terminal (TTY_COMPATIBLE=1) into /dev/null
@@ -108,7 +109,9 @@ def _models(with_teacher: bool = True):
     return teacher, student
 
 
-def run_minimal(train_set: Dataset, epochs: int, distill: bool = True) -> Run:
+def run_minimal(
+    train_set: Dataset, epochs: int, distill: bool = True, teacher_first: bool = True
+) -> Run:
     """The loop one writes by hand: same data, optimizer and loss as kdscope's ``kd``."""
     teacher, student = _models(distill)
     optimizer = torch.optim.SGD(
@@ -121,11 +124,15 @@ def run_minimal(train_set: Dataset, epochs: int, distill: bool = True) -> Run:
         seen, start = 0, time.perf_counter()
         for x, y, _ in loader:
             stamps.append(_now())
-            logits = student(x)
-            loss = F.cross_entropy(logits, y)
-            if distill:
+            if distill and teacher_first:
                 with torch.no_grad():
                     t_logits = teacher(x)
+            logits = student(x)
+            loss = F.cross_entropy(logits, y)
+            if distill and not teacher_first:
+                with torch.no_grad():
+                    t_logits = teacher(x)
+            if distill:
                 kl = F.kl_div(
                     F.log_softmax(logits / TEMPERATURE, dim=1),
                     F.log_softmax(t_logits / TEMPERATURE, dim=1),
@@ -255,6 +262,10 @@ def run_torchdistill(train_set: Dataset, epochs: int) -> Run:
 
 CONFIGS = {
     "a": ("hand-written KD loop", lambda d, e: run_minimal(d, e)),
+    "a2": (
+        "hand-written KD loop, student forward first",
+        lambda d, e: run_minimal(d, e, teacher_first=False),
+    ),
     "b": ("kdscope kd, cache off", lambda d, e: run_kdscope(d, e, "kd")),
     "c": ("kdscope kd, teacher cache", lambda d, e: run_kdscope(d, e, "kd", "memory")),
     "c+": (
@@ -265,7 +276,9 @@ CONFIGS = {
     "d0": ("hand-written student-alone loop", lambda d, e: run_minimal(d, e, distill=False)),
     "e": ("torchdistill DistillationBox + KDLoss", run_torchdistill),
 }
+DEFAULT = ["a", "b", "c", "c+", "d", "d0", "e"]
 RATIOS = [
+    ("a2", "a", None),
     ("b", "a", 0.97),
     ("c", "d", 0.87),
     ("e", "a", None),
@@ -297,7 +310,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     logging.getLogger("torchdistill").setLevel(logging.WARNING)
     train_set = load_data("fashion-mnist", train_size=args.train_size, seed=0).train
-    names = args.only or [k for k in CONFIGS if k != "e" or _has_torchdistill()]
+    names = args.only or [k for k in DEFAULT if k != "e" or _has_torchdistill()]
     runs: dict[str, list[Run]] = {k: [] for k in names}
     load_before, start = os.getloadavg()[0], time.perf_counter()
     for r in range(args.rounds):

@@ -75,12 +75,32 @@ class SweepsConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
-    test_size: int | None = Field(None, ge=1)  # a stratified subset of the test split
+    test_size: int | None = Field(None, ge=1)
     batch_size: int = Field(512, ge=1)
 
 
 class StudyConfig(_Strict):
-    """A grid of runs; see ``configs/studies/`` for examples."""
+    """A grid of runs; see ``configs/studies/`` for examples.
+
+    Fields:
+        name, out_dir: the study directory is ``out_dir/name``; its runs go to ``runs/``.
+        data, optim, schedule, train: as in :class:`~kdscope.config.RunConfig`, for every run
+            (``train.seed`` is replaced by each run's seed).
+        teacher_epochs: teachers' epochs (default ``train.epochs``).
+        teacher_seed: the seed of the one teacher per architecture, or ``per_seed`` for a teacher
+            per seed (the student of seed s then learns from the teacher of seed s).
+        pairs: (teacher, student) architectures.
+        methods: methods under test with their parameters (default vanilla ``kd``).
+        seeds: student seeds; arms are paired by seed.
+        arms: which arms run (see the module docstring); ``random_mode`` is the
+            ``random_control`` method's noise (``gaussian`` or ``permute``).
+        sweeps: ``alpha``/``temperature`` values crossed with every method that takes them;
+            ``student``: more students distilled from every pair's teacher.
+        evaluation: ``test_size`` (a fixed stratified subset of the test split, default all)
+            and ``batch_size`` of the evaluation.
+        analyses: what ``report.html`` holds: ``functional`` (functional transfer) and/or
+            ``krs`` (KRS validation).
+    """
 
     name: str
     out_dir: Path = Path("runs/studies")

@@ -140,7 +140,9 @@ class CRD(_ContrastBase):
 
         def scores(anchor: Tensor, bank: Tensor) -> Tensor:
             pos = (anchor * bank[idx]).sum(1, keepdim=True)
-            return torch.exp(torch.cat([pos, anchor @ bank[neg].T], dim=1) / self.nce_t)
+            # index_select: several times faster than bank[neg] for K = 16384 rows on CPU
+            negatives = bank.index_select(0, neg)
+            return torch.exp(torch.cat([pos, anchor @ negatives.T], dim=1) / self.nce_t)
 
         s_side = self.normalise(scores(v_s, self.memory_t), self.z_s)
         t_side = self.normalise(scores(v_t, self.memory_s), self.z_t)
@@ -215,7 +217,7 @@ class CRCD(_ContrastBase):
         """Scores (B, B, 1 + K) of v's relations against ``bank``'s, and the negatives' validity."""
         anchors = bank[idx]
         pos = relation_cosines(v, anchors).unsqueeze(-1)
-        negs = relation_cosines(v, anchors, bank[neg])
+        negs = relation_cosines(v, anchors, bank.index_select(0, neg))
         scores = torch.exp(torch.cat([pos, negs], dim=2) / self.nce_t)
         negs_idx = neg.view(1, 1, -1)
         valid = (negs_idx != idx.view(-1, 1, 1)) & (negs_idx != idx.view(1, -1, 1))

@@ -12,6 +12,8 @@ from kdscope.features import resolve_layer
 from kdscope.methods.adapters import (
     Connector,
     ConvRegressor,
+    flat,
+    full_precision,
     keep_pairs,
     match_spatial,
     require_maps,
@@ -270,12 +272,17 @@ class CKADistillation(Method):
         super().__init__(student_layers, teacher_layers)
         self.beta = beta
 
+    @full_precision
     def forward(self, out: Outputs) -> dict[str, Tensor]:
-        from kdscope.metrics.similarity import linear_cka
+        from kdscope.metrics.similarity import cka_from_grams, linear_gram
 
         loss = out.student_logits.new_zeros((), dtype=torch.float32)
         for f_s, f_t in zip(out.student_features, out.teacher_features, strict=True):
-            cka = linear_cka(f_s, f_t, debiased=f_s.shape[0] >= 4)
+            # The B x d Gram products in float32 (in float64 they made the step 1.5x kd's), the
+            # B x B CKA arithmetic, which cancels, in float64.
+            gram_s = linear_gram(flat(f_s).float()).double()
+            gram_t = linear_gram(flat(f_t).float()).double()
+            cka = cka_from_grams(gram_s, gram_t, debiased=f_s.shape[0] >= 4)
             loss = loss + (1.0 - cka).float()
         return {"cka": self.beta * loss}
 

@@ -334,8 +334,11 @@ class Trainer:
             x = self.augment(x, gen)
         needs = self.method.needs
         with torch.autocast(self.device.type, enabled=self.amp):
-            logits = self.model(x)
+            # Teacher first: its activations are freed before the student's graph is built. The
+            # other order cost 25% more CPU time per step (resnet56 -> resnet8, batch 128) in
+            # page faults, as glibc malloc then maps and unmaps the teacher's buffers every step.
             t_logits, t_feats = self._teacher_outputs(x, idx, t_tap)
+            logits = self.model(x)
             out = Outputs(
                 student_logits=logits,
                 labels=y,

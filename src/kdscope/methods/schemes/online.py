@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -46,7 +47,12 @@ class DeepMutualLearning(Method):
 
     def bind(self, ctx: BindContext) -> None:
         if not hasattr(self, "peer_models"):  # peers persist across fits, like the student
-            self.peer_models = nn.ModuleList(build_peers(ctx.student, self.peers, ctx.num_classes))
+            # The Trainer seeds just before bind, as run() seeds just before building the student:
+            # on the same seed the peers would be exact copies of it, their KL terms 0 forever.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(torch.initial_seed() + 1)
+                peers = build_peers(ctx.student, self.peers, ctx.num_classes)
+            self.peer_models = nn.ModuleList(peers)
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:
         logits = [out.student_logits] + [peer(out.inputs) for peer in self.peer_models]
