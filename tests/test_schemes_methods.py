@@ -342,3 +342,20 @@ def test_lwf_remembers_old_classes_that_fine_tuning_forgets(old_model, digits600
         new_acc = accuracy(student, ClassSubset(digits.test, NEW), 512, "cpu", collate)
         assert new_acc > 0.7, (name, new_acc)
     assert accs["lwf"] > accs["none"] + 0.2, accs
+
+
+def test_dml_peers_are_not_copies_of_a_seeded_student(digits):
+    # Regression: peers built right after the run's seeding started as exact copies of the
+    # student, so their KL was 0 and DML degenerated into plain training.
+    from kdscope.config import TrainConfig
+    from kdscope.methods import create_method
+    from kdscope.models import create_model
+    from kdscope.train import Trainer
+
+    torch.manual_seed(0)
+    student = create_model("resnet8", 10, 1)
+    method = create_method("dml")
+    trainer = Trainer(student, digits.train, method=method, batch_size=64,
+                      train=TrainConfig(epochs=1, seed=0), progress=False)
+    result = trainer.fit()
+    assert result.history[0]["terms"]["kl_peer0"] > 1e-4
