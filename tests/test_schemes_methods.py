@@ -355,7 +355,13 @@ def test_dml_peers_are_not_copies_of_a_seeded_student(digits):
     torch.manual_seed(0)
     student = create_model("resnet8", 10, 1)
     method = create_method("dml")
-    trainer = Trainer(student, digits.train, method=method, batch_size=64,
-                      train=TrainConfig(epochs=1, seed=0), progress=False)
+    trainer = Trainer(
+        student,
+        digits.train,
+        method=method,
+        batch_size=64,
+        train=TrainConfig(epochs=1, seed=0),
+        progress=False,
+    )
     result = trainer.fit()
     assert result.history[0]["terms"]["kl_peer0"] > 1e-4

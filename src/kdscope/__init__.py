@@ -5,8 +5,8 @@ from kdscope.config import ConfigError, RunConfig, load_config
 from kdscope.data import load_data
 from kdscope.explain import explain  # binds the function over the subpackage of that name
 from kdscope.features import FeatureTap
-from kdscope.metrics import evaluate
 from kdscope.methods import create_method
+from kdscope.metrics import evaluate
 from kdscope.models import create_model, list_models
 from kdscope.train import Trainer, load_model
 
