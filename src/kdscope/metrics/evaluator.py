@@ -301,7 +301,10 @@ class Evaluator:
                 x, y = x.to(self.device), y.to(self.device)
                 logits = {who: model(x) for who, model in models.items()}
                 feats = {
-                    who: {k: as_features(v, f"{who} layer {k!r}") for k, v in tap.features.items()}
+                    who: {
+                        k: as_features(v, f"{who} layer {k!r}", float64=False)
+                        for k, v in tap.features.items()
+                    }
                     for who, tap in taps.items()
                 }
                 yield y, logits, feats
