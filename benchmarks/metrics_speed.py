@@ -186,7 +186,7 @@ def cka_worker(method: str) -> dict:
 def bench_cka(threads: int) -> None:
     notes = {
         "kdscope-streaming": "biased CKA on all 50,000 (feature space, float64)",
-        "kdscope-minibatch": "minibatch debiased CKA (Nguyen et al.), float64",
+        "kdscope-minibatch": "minibatch debiased CKA (Nguyen et al.), centred float32 Grams",
         "pytorch-cka": "minibatch debiased CKA, float32 uncentred Grams",
     }
     print(

@@ -27,6 +27,8 @@ Each run trains ``--epochs`` epochs and the first is warm-up. Two measures of th
   epoch  images / epoch wall time, kdscope's own ``FitResult.history[i]["images_per_s"]`` (the
          other loops time their epoch the same way): includes per-epoch costs, and every stall.
 
+Every run is a fresh process: how much glibc malloc maps and unmaps (page faults are a large share
+of a step on CPU) depends on the heap's history, so runs sharing a process were not comparable.
 Configurations are interleaved in rounds (a, b, c, ..., a, b, c, ...) because the machine is shared;
 the table gives each measure's median over rounds; the targets are judged on the step measure.
 The teacher cache's one-time fill (once per run of c and c+) is reported on its own line.
@@ -37,12 +39,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +62,7 @@ TEACHER, STUDENT, BATCH = "resnet56", "resnet8", 128
 LR, MOMENTUM, WEIGHT_DECAY, TEMPERATURE, ALPHA = 0.05, 0.9, 5e-4, 4.0, 0.9
 
 
-@dataclass
+@dataclasses.dataclass
 class Run:
     step: float  # images/s from the median step of the epochs after the first
     cpu: float  # images per CPU-second (all threads) from the median step's CPU time
@@ -302,20 +307,37 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="per run; the first is warm-up")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--only", nargs="+", choices=list(CONFIGS), help="run only these")
+    parser.add_argument("--worker", choices=list(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first epoch is warm-up)")
     if args.train_size % BATCH or args.train_size < 3 * BATCH:
         parser.error(f"--train-size must be a multiple of {BATCH}, at least {3 * BATCH}")
-    torch.set_num_threads(args.threads)
-    logging.getLogger("torchdistill").setLevel(logging.WARNING)
-    train_set = load_data("fashion-mnist", train_size=args.train_size, seed=0).train
+    if args.worker:
+        torch.set_num_threads(args.threads)
+        logging.getLogger("torchdistill").setLevel(logging.WARNING)
+        train_set = load_data("fashion-mnist", train_size=args.train_size, seed=0).train
+        print(json.dumps(dataclasses.asdict(CONFIGS[args.worker][1](train_set, args.epochs))))
+        return
     names = args.only or [k for k in DEFAULT if k != "e" or _has_torchdistill()]
+    base = [
+        sys.executable,
+        __file__,
+        "--train-size",
+        str(args.train_size),
+        "--epochs",
+        str(args.epochs),
+        "--threads",
+        str(args.threads),
+    ]
     runs: dict[str, list[Run]] = {k: [] for k in names}
     load_before, start = os.getloadavg()[0], time.perf_counter()
     for r in range(args.rounds):
         for k in names:
-            run = CONFIGS[k][1](train_set, args.epochs)
+            out = subprocess.run([*base, "--worker", k], capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"configuration {k} failed:\n{out.stderr}")
+            run = Run(**json.loads(out.stdout.splitlines()[-1]))
             runs[k].append(run)
             print(
                 f"round {r + 1} {k:>2}: step {run.step:6.1f} img/s, cpu {run.cpu:6.1f} img/cpu-s, "
@@ -328,7 +350,7 @@ def main() -> None:
         return statistics.median(getattr(run, measure) for run in runs[k])
 
     print(
-        f"\n{len(train_set)} examples, {len(train_set) // BATCH} steps per epoch, {args.epochs} "
+        f"\n{args.train_size} examples, {args.train_size // BATCH} steps per epoch, {args.epochs} "
         f"epochs per run, {args.rounds} rounds, {minutes:.1f} min; torch {torch.__version__}, "
         f"{os.cpu_count()} CPUs, {args.threads} threads; load average {load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after\n"
@@ -355,8 +377,8 @@ def main() -> None:
     if fills:
         fill = statistics.median(fills)
         print(
-            f"- teacher cache fill, once per run: median {fill:.2f} s for {len(train_set)} "
-            f"examples ({fill / len(train_set) * 1e3:.2f} ms per example)"
+            f"- teacher cache fill, once per run: median {fill:.2f} s for {args.train_size} "
+            f"examples ({fill / args.train_size * 1e3:.2f} ms per example)"
         )
 
 
