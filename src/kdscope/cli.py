@@ -250,7 +250,7 @@ def methods(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Directory of runs.")] = Path("runs"),
-    epochs: Annotated[int, typer.Option(help="Epochs per model.")] = 30,
+    epochs: Annotated[int, typer.Option(help="Epochs per model.")] = 15,
 ) -> None:
     """Teacher, baseline and KD student on the bundled digits data, with what the student
     retained."""

@@ -40,7 +40,7 @@ def _stage(out_dir: Path, name: str, epochs: int, console: Console, **fields: An
     return run_dir
 
 
-def run_demo(out_dir: Path, epochs: int = 30, console: Console | None = None) -> dict[str, Any]:
+def run_demo(out_dir: Path, epochs: int = 15, console: Console | None = None) -> dict[str, Any]:
     """Train the three models (or reuse finished ones), evaluate and explain the KD student, print
     the tables and write ``out_dir/report.html``."""
     from kdscope.data import load_data
@@ -69,7 +69,7 @@ def run_demo(out_dir: Path, epochs: int = 30, console: Console | None = None) ->
     (out_dir / "summary.json").write_text(json.dumps(rows, indent=2))
     console.print(_table(rows))
     console.print("[bold]explaining[/bold]: Grad-CAM, UniCAM and relevance, KD student vs baseline")
-    relevance = explain(student, base, data, num_images=12, max_batches=4, out_dir=kd_dir)
+    relevance = explain(student, base, data, num_images=8, max_batches=2, out_dir=kd_dir)
     rs = _rs_rows(relevance)
     console.print(_rs_table(rs))
     report = write_report(
