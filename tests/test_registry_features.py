@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdscope.features import FeatureTap, UnknownLayerError, pair_layers
+from kdscope.features import FeatureTap, UnknownLayerError, layer_shapes, pair_layers
 from kdscope.registry import Registry, UnknownNameError
 
 
@@ -79,3 +79,14 @@ def test_pair_layers_by_relative_depth():
     assert pair_layers(["a", "b", "c", "d"], ["x", "y"]) == [("b", "x"), ("d", "y")]
     with pytest.raises(ValueError):
         pair_layers([], ["x"])
+
+
+def test_layer_shapes_reports_outputs_and_restores_mode():
+    from kdscope.models import create_model
+
+    model = create_model("resnet8", 10, 1).train()
+    shapes = layer_shapes(model, ["layer1", "layer3", "classifier"], torch.zeros(2, 1, 28, 28))
+    assert shapes == {"layer1": (2, 16, 28, 28), "layer3": (2, 64, 7, 7), "classifier": (2, 10)}
+    assert model.training
+    assert layer_shapes(None, ["layer1"], torch.zeros(1)) == {}
+    assert layer_shapes(model, [], torch.zeros(1)) == {}

