@@ -74,3 +74,38 @@ def test_top_level_api_is_importable():
         "explain",
     ]:
         assert callable(getattr(kdscope, name)), name
+
+
+def test_run_measures_a_teacher_once_per_file(tmp_path, monkeypatch):
+    import os
+
+    import kdscope.api as api
+    from kdscope.config import RunConfig
+
+    def cfg(name, teacher=None, epochs=1):
+        return RunConfig.model_validate(
+            {
+                "name": name,
+                "out_dir": str(tmp_path),
+                "student": {"name": "mlp"},
+                "teacher": {"name": "mlp", "checkpoint": str(teacher)} if teacher else None,
+                "method": {"name": "kd" if teacher else "none"},
+                "train": {"epochs": epochs},
+            }
+        )
+
+    t1 = api.run(cfg("t1"), progress=False)
+    t2 = api.run(cfg("t2", epochs=3), progress=False)
+    passes = []
+    measure = api.accuracy
+    monkeypatch.setattr(api, "accuracy", lambda *a, **k: passes.append(1) or measure(*a, **k))
+    first = api.run(cfg("s1", t1.run_dir), progress=False)
+    second = api.run(cfg("s2", t1.run_dir), progress=False)
+    other = api.run(cfg("s3", t2.run_dir), progress=False)
+    assert len(passes) == 3 + 2  # each student, and each teacher once
+    assert first.teacher_test_acc == second.teacher_test_acc == t1.test_acc
+    assert other.teacher_test_acc == t2.test_acc
+    best = t1.run_dir / "checkpoints" / "best.pt"
+    os.utime(best, ns=(best.stat().st_atime_ns, best.stat().st_mtime_ns + 10**9))
+    api.run(cfg("s4", t1.run_dir), progress=False)
+    assert len(passes) == 5 + 2  # a rewritten teacher file is measured again

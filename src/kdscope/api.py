@@ -122,7 +122,7 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> RunResul
         best.to(device), data.test, cfg.data.eval_batch_size, device, trainer.collate
     )
     teacher_acc = (
-        accuracy(teacher, data.test, cfg.data.eval_batch_size, device, trainer.collate)
+        _teacher_test_acc(cfg, teacher, data.test, device, trainer.collate)
         if teacher is not None
         else None
     )
@@ -130,6 +130,23 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> RunResul
     if trainer.dist.is_main:
         (run_dir / "summary.json").write_text(json.dumps(result.summary(), indent=2))
     return result
+
+
+# (teacher file, its mtime, the data settings that fix the test split) -> test accuracy
+_TEACHER_TEST_ACC: dict[tuple[str, int, str], float] = {}
+
+
+def _teacher_test_acc(cfg: RunConfig, teacher: nn.Module, test: Dataset, device, collate) -> float:
+    """The teacher's test accuracy, measured once per process and teacher file: a study distills
+    many students from one teacher, and a test pass of a large teacher costs as much as an epoch."""
+    path = resolve_checkpoint(cfg.teacher.checkpoint).resolve()
+    split = cfg.data.model_dump_json(
+        include={"name", "data_dir", "val_fraction", "seed", "options"}
+    )
+    key = (str(path), path.stat().st_mtime_ns, split)
+    if key not in _TEACHER_TEST_ACC:
+        _TEACHER_TEST_ACC[key] = accuracy(teacher, test, cfg.data.eval_batch_size, device, collate)
+    return _TEACHER_TEST_ACC[key]
 
 
 def _load_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module | None:
