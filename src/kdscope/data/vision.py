@@ -5,19 +5,21 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision import transforms as T
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import default_loader
 
 from kdscope.data.bundle import DataBundle
 from kdscope.data.memory import memory_bundle
 from kdscope.data.registry import DEFAULT_DATA_DIR, DatasetNotFoundError, register_dataset
 from kdscope.data.splits import carve_splits, stratified_sample, stratified_split
 from kdscope.data.transforms import channel_stats
+
+if TYPE_CHECKING:  # torchvision is imported where images are read: it takes seconds to import
+    from torchvision import transforms as T
+    from torchvision.datasets import ImageFolder
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,8 @@ class FolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        from torchvision.datasets.folder import default_loader
+
         path, label = self.samples[i]
         return self.transform(default_loader(path)), label, i % len(self)
 
@@ -194,6 +198,9 @@ def load_image_folder(
     are estimated from up to 1000 training images drawn with a fixed seed. ``download`` is
     ignored.
     """
+    from torchvision import transforms as T
+    from torchvision.datasets import ImageFolder
+
     if data_dir is None:
         raise ValueError("imagefolder needs data_dir, the folder that holds the images")
     if not data_dir.is_dir():
@@ -239,6 +246,8 @@ def load_image_folder(
 def _samples_like(reference: ImageFolder, folder: Path) -> list[tuple[str, int]]:
     """The samples of ``folder`` labelled with ``reference``'s class indices (matched by name), so a
     split that lacks a class does not shift the labels of the others."""
+    from torchvision.datasets import ImageFolder
+
     other = ImageFolder(str(folder))
     unknown = sorted(set(other.classes) - set(reference.classes))
     if unknown:
@@ -252,6 +261,8 @@ def _samples_like(reference: ImageFolder, folder: Path) -> list[tuple[str, int]]
 def _estimate_stats(
     samples: list[tuple[str, int]], resize: T.Compose
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from torchvision.datasets.folder import default_loader
+
     labels = [label for _, label in samples]
     chosen = stratified_sample(labels, min(len(samples), FOLDER_STATS_SAMPLE), seed=0)
     images = (resize(default_loader(samples[i][0])) for i in chosen)

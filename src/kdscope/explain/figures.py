@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
 from torch import Tensor
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn: it is slow to import
+    from matplotlib.figure import Figure
 
 MAP_CMAP = "jet"
 MAP_ALPHA = 0.55
@@ -82,6 +81,10 @@ def plot_map_grid(
             bar_height / height,
         )
     )
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     scale = ScalarMappable(Normalize(0, 1), colormaps[MAP_CMAP])
     bar = fig.colorbar(scale, cax=bar_axes)
     bar.set_label("relevance (min-max per image)", fontsize=9)
@@ -160,6 +163,9 @@ def _as_picture(image: Tensor) -> np.ndarray:
 
 
 def _figure(size: tuple[float, float], constrained: bool = True) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=size, layout="constrained" if constrained else None)
     FigureCanvasAgg(fig)
     return fig

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from kdscope.registry import UnknownNameError
@@ -35,6 +34,8 @@ _PROBE_SIZE = 64  # large enough that every stride-2 step of a 32x-downsampling 
 
 def torchvision_names() -> list[str]:
     """Names of torchvision's image classifiers (those ``tv:<name>`` accepts)."""
+    import torchvision  # here, not at module level: it takes seconds to import
+
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
@@ -61,6 +62,8 @@ def create_torchvision_model(
         raise UnknownNameError(
             f"Unknown torchvision model {name!r}.{hint} Accepted: {', '.join(names)}."
         )
+    import torchvision
+
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     resnet_like = name.startswith(_RESNET_FAMILY)
     if small_input and resnet_like:
