@@ -58,6 +58,15 @@ def test_wilcoxon_exact_with_ties_and_zero_enumerates_sign_flips():
     assert "sign flips" in res.method
 
 
+def test_wilcoxon_degenerate_samples():
+    # one non-zero difference: its two sign flips are equally extreme, so p = 1 (scipy's
+    # sign-flip enumeration refuses a single value)
+    one = stats.wilcoxon_signed_rank([0.3, 0.2, 0.5], [0.3, 0.2, 0.1])
+    assert (one.p, one.n) == (1.0, 3)
+    assert stats.wilcoxon_signed_rank([1.0, 2.0], [1.0, 2.0]).p == 1.0  # no difference at all
+    assert math.isnan(stats.wilcoxon_signed_rank([], []).p)
+
+
 def test_mean_ci_is_the_t_interval():
     est = stats.mean_ci([1, 2, 3, 4, 5])
     half = 2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5)
