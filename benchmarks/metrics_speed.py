@@ -9,7 +9,8 @@ Parts:
   cka        linear CKA at n = 50,000, d = 512, streamed in batches of 1,000: peak memory (RSS above
              the process's baseline after imports, each method in its own process) and time, against
              pytorch-cka's streamed minibatch HSIC (cka.hsic.hsic on per-batch Gram matrices, what
-             its CKA class does for each batch).
+             its CKA class does for each batch; ``pip install --no-deps pytorch-cka``, left out
+             when not installed).
   evaluator  Evaluator (agreement + KRS, 4 layer pairs) on the Fashion-MNIST test set, teacher
              resnet56, student resnet8 (untrained), against the two models' forward passes alone.
 Times are CPU seconds of the benchmark process (``time.process_time``) with one torch thread
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import json
 import os
 import subprocess
@@ -193,6 +195,9 @@ def bench_cka(threads: int) -> None:
         "| method | estimator | time (s) | peak memory above baseline (MB) | peak RSS (MB) | CKA |"
     )
     print("|---|---|---|---|---|---|")
+    if importlib.util.find_spec("cka") is None:
+        del notes["pytorch-cka"]
+        print("pytorch-cka is not installed (pip install --no-deps pytorch-cka): row left out")
     for method, note in notes.items():
         out = subprocess.run(
             [sys.executable, __file__, "--cka-worker", method, "--threads", str(threads)],
