@@ -115,12 +115,20 @@ class DecoupledKD(Method):
 class LearningSimplifier(nn.Module):
     """Single-head self-attention over the examples of a batch, with a residual connection.
 
-    z' = z + softmax(Q K^T / sqrt(C)) V W_o for softened teacher logits z (B, C). W_o starts at
-    zero, so the simplifier starts as the identity and SKD starts as plain KD.
+    r = z + softmax(Q K^T / sqrt(C)) V W_o, with Q, K, V projections of LayerNorm(z), for softened
+    teacher logits z (B, C); the output is r centred and rescaled to the norm of z centred. W_o
+    starts at zero, so the simplifier starts as the identity and SKD as plain KD.
+
+    Both constraints are for stability. The pre-norm (as in transformer blocks) keeps the attention
+    scores bounded whatever the teacher's logit scale; keeping each example's logit norm makes the
+    simplifier redistribute the teacher's confidence among classes rather than inflate it. Without
+    them, an MLP teacher on digits (logits of magnitude ~60) drove V and W_o to overflow within
+    five epochs.
     """
 
     def __init__(self, num_classes: int):
         super().__init__()
+        self.norm = nn.LayerNorm(num_classes)
         self.query = nn.Linear(num_classes, num_classes)
         self.key = nn.Linear(num_classes, num_classes)
         self.value = nn.Linear(num_classes, num_classes)
@@ -129,8 +137,14 @@ class LearningSimplifier(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, z: Tensor) -> Tensor:
-        scores = self.query(z) @ self.key(z).T / z.shape[1] ** 0.5
-        return z + self.out(scores.softmax(dim=1) @ self.value(z))
+        h = self.norm(z)
+        scores = self.query(h) @ self.key(h).T / z.shape[1] ** 0.5
+        r = z + self.out(scores.softmax(dim=1) @ self.value(h))
+        r = r - r.mean(1, keepdim=True)  # softmax ignores shifts: compare norms after centring
+        centred = z - z.mean(1, keepdim=True)
+        return r * (
+            centred.norm(dim=1, keepdim=True) / r.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        )
 
 
 @register_method("skd")
@@ -138,33 +152,59 @@ class StudentFriendlyKD(Method):
     """Yuan, Lang, Quan 2024, "Student-friendly Knowledge Distillation", Knowledge-Based Systems,
     arXiv:2305.10893.
 
-    The teacher's logits are softened by T, passed through a learning simplifier trained jointly
-    with the student under the KD loss, and the student imitates the simplified distribution: loss =
-    alpha * T^2 * KL(softmax(S(z_t / T)) || softmax(z_s / T)).
+    The teacher's logits are softened by T and passed through a learning simplifier S, trained
+    jointly with the student by the distillation loss; the student imitates the simplified
+    distribution p = softmax(S(z_t / T)), q = softmax(z_s / T):
 
-    Assumed (only the abstract was verified): the simplifier :class:`LearningSimplifier` is one
-    self-attention layer whose tokens are the examples of the batch (C-dimensional, C = classes)
-    with a zero-initialised residual output, so training starts from plain KD; T=4, alpha=0.9 and
-    the CE weight 1 - alpha are taken from ``kd``.
+        skd        = alpha * T^2 * KL(p || q)                 (trains the student; p held fixed)
+        simplifier = KL(p || q) + anchor_weight * CE(T * S(z_t / T), y)      (trains S; q fixed)
+
+    Assumed (only the abstract was verified): S is :class:`LearningSimplifier`, one
+    self-attention layer whose tokens are the examples of the batch; T=4, alpha=0.9 and the CE
+    weight 1 - alpha are taken from ``kd``.
+
+    Deviations, both measured on Fashion-MNIST (resnet20 -> resnet8, 5,000 images, 5 epochs; kd
+    reaches 0.771 test accuracy there) and digits:
+
+    - The ``anchor`` CE, not in the abstract. Trained by the distillation loss alone, the
+      simplifier's best move is to copy the student, and the student then follows a target that
+      has left the labels behind: 0.489 on Fashion-MNIST as first implemented, 0.625 with the
+      changes here but no anchor, and chance on digits (MLP, 10 epochs). The anchor keeps the
+      simplified distribution a classifier of the labels, so S can reshape the teacher's
+      knowledge toward the student but not discard it: 0.770 on Fashion-MNIST, level with kd.
+      ``anchor_weight=0`` gives the abstract's version.
+    - S's share of the gradient is the KL without the alpha * T^2 factor that scales the
+      student's (same direction, 14.4 times smaller at the defaults), so that the KL and the
+      anchor are weighed alike; with the factor the KL outweighed the anchor and the digits
+      student ended at 0.75 against kd's 0.93.
     """
 
     needs = Needs(teacher_logits=True)
     paper = "Yuan et al. 2024, arXiv:2305.10893"
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9):
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, anchor_weight: float = 1.0):
         super().__init__()
         self.temperature = temperature
         self.alpha = alpha
+        self.anchor_weight = anchor_weight
         self.ce_weight = 1.0 - alpha
 
     def bind(self, ctx: BindContext) -> None:
         self.simplifier = LearningSimplifier(ctx.num_classes)
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:
-        simplified = self.simplifier(out.teacher_logits.float() / self.temperature)
-        log_p_s = F.log_softmax(out.student_logits.float() / self.temperature, dim=1)
-        kl = F.kl_div(log_p_s, F.log_softmax(simplified, 1), reduction="batchmean", log_target=True)
-        return {"skd": self.alpha * kl * self.temperature**2}
+        t = self.temperature
+        simplified = self.simplifier(out.teacher_logits.float() / t)
+        log_p = F.log_softmax(simplified, dim=1)
+        log_q = F.log_softmax(out.student_logits.float() / t, dim=1)
+        student = F.kl_div(log_q, log_p.detach(), reduction="batchmean", log_target=True)
+        toward = F.kl_div(log_q.detach(), log_p, reduction="batchmean", log_target=True)
+        simplifier = toward
+        if self.anchor_weight:
+            simplifier = simplifier + self.anchor_weight * F.cross_entropy(
+                simplified * t, out.labels
+            )
+        return {"skd": self.alpha * t**2 * student, "simplifier": simplifier}
 
 
 def teacher_weights(teacher_logits: Tensor, labels: Tensor, weighting: str) -> Tensor:
