@@ -88,11 +88,18 @@ class _ContrastBase(_PenultimateMixin, Method):
 
     def normalise(self, scores: Tensor, z: Tensor) -> Tensor:
         """scores / Z, Z fixed on first use to mean(scores) * num_data (without a host sync)."""
-        z.copy_(torch.where(z < 0, scores.detach().mean() * self.num_data, z))
+        from kdscope.train.distributed import all_mean  # here: kdscope.train imports methods
+
+        first = all_mean(scores.detach().mean()) * self.num_data  # one Z on every DDP rank
+        z.copy_(torch.where(z < 0, first, z))
         return scores / z
 
     @torch.no_grad()
     def update_banks(self, idx: Tensor, v_s: Tensor, v_t: Tensor) -> None:
+        from kdscope.train.distributed import all_gather_cat  # here: kdscope.train imports methods
+
+        # Under DDP every rank writes the whole global batch, so the banks stay identical.
+        idx, v_s, v_t = (all_gather_cat(t.detach()) for t in (idx, v_s, v_t))
         for bank, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
             bank[idx] = F.normalize(
                 bank[idx] * self.nce_m + v.detach().float() * (1 - self.nce_m), dim=1

@@ -54,3 +54,32 @@ def average_gradients(module: nn.Module, info: DistInfo) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """``t`` of every rank concatenated along dim 0 in rank order; ``t`` itself outside DDP.
+
+    Every rank's ``t`` must have the same shape, as batches do: EpochBatchSampler gives each rank
+    the same number of examples. For state a method keeps per example (memory banks), so that every
+    rank updates it with the whole global batch. No gradient flows back through it.
+    """
+    world = _world()
+    if world == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def all_mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean of ``t`` over ranks; ``t`` itself outside DDP."""
+    world = _world()
+    if world == 1:
+        return t
+    total = t.detach().clone()
+    dist.all_reduce(total)
+    return total / world
