@@ -224,14 +224,29 @@ def test_cka_loss_is_invariant_to_scale_and_rotation_of_features():
 
 
 def test_uet_target_is_mean_plus_spread_of_mc_dropout_draws():
-    m = create_method("uet", p=0.2, samples=6)
-    f = torch.rand(3, 4, 5, 5) + 0.1
+    n, p = 6, 0.2
+    m = create_method("uet", p=p, samples=n)
+    f = torch.tensor([1.5, -0.7]).repeat_interleave(50_000)
     torch.manual_seed(1)
     target = m.augmented_target(f)
-    torch.manual_seed(1)
-    draws = torch.nn.functional.dropout(f.unsqueeze(0).expand(6, *f.shape), 0.2, True)
-    assert torch.allclose(target, draws.mean(0) + draws.std(0))
-    assert (target - draws.mean(0) >= 0).all() and (draws.std(0) > 0).any()
+    for value in (1.5, -0.7):
+        got = target[f == value]
+        # mean + std of the n draws when k of them keep the element (torch.std as reference)
+        outcomes = torch.stack(
+            [
+                torch.tensor([value / (1 - p)] * k + [0.0] * (n - k)).mean()
+                + torch.tensor([value / (1 - p)] * k + [0.0] * (n - k)).std()
+                for k in range(n + 1)
+            ]
+        )
+        k = (got[:, None] - outcomes).abs().argmin(1)
+        assert torch.allclose(got, outcomes[k], atol=1e-5)  # every target is one of them
+        frequency = torch.bincount(k, minlength=n + 1) / got.numel()
+        binomial = torch.distributions.Binomial(n, torch.tensor(1 - p))
+        assert torch.allclose(frequency, binomial.log_prob(torch.arange(n + 1.0)).exp(), atol=0.01)
+    draws = torch.nn.functional.dropout(f[:1000].expand(n, 1000), p, True)
+    expected = (draws.mean(0) + draws.std(0)).mean()
+    assert target[:1000].mean() == pytest.approx(expected.item(), rel=0.05)
     with pytest.raises(ValueError, match="p must be in"):
         create_method("uet", p=1.0)
 
