@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table as RichTable
 
@@ -172,7 +173,12 @@ RS_COLUMNS = [
 
 def _rs_table(rows: list[dict[str, Any]]) -> RichTable:
     table = RichTable(
-        *RS_COLUMNS, title="relevance (dCor, ROAD-perturbed inputs): KD student vs base"
+        *RS_COLUMNS,
+        title="relevance (dCor, ROAD-perturbed inputs): KD student vs base",
+        box=box.SIMPLE_HEAD,  # borderless: fits 80 columns (a log file) without cutting names
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
     )
     for r in rows:
         table.add_row(r["layer"], *(f"{r[k]:.3f}" for k in RS_COLUMNS[1:]))
