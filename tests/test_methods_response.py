@@ -233,6 +233,37 @@ def test_random_control_permute_never_gives_an_example_its_own_output_before_the
         create_method("random_control", mode="shuffle")
 
 
+def test_random_control_permute_starts_from_the_teacher_cache(digits):
+    """With the cache on, every example gets its partner's teacher output from the first step."""
+    from kdscope.config import TrainConfig
+    from kdscope.train import Trainer
+
+    torch.manual_seed(0)
+    teacher, student = create_model("mlp", C, 1).eval(), create_model("mlp", C, 1)
+    method = create_method("random_control", mode="permute")
+    targets = []
+    target_logits = method.target_logits
+    method.target_logits = lambda out: (
+        targets.append((out.indices, target_logits(out))) or (targets[-1][1])
+    )
+    trainer = Trainer(
+        student,
+        digits.train,
+        teacher=teacher,
+        method=method,
+        train=TrainConfig(epochs=1, cache="memory"),
+        progress=False,
+    )
+    trainer.fit()
+    assert method.seen.all()
+    with torch.no_grad():
+        x = torch.stack([digits.train[i][0] for i in range(len(digits.train))])
+        expected = teacher(x)
+    assert torch.allclose(method.bank, expected, atol=1e-5)
+    idx, first = targets[0]
+    assert torch.allclose(first, expected[method.partner[idx]], atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["dkd", "skd", "multi_teacher", "random_control"])
 def test_response_methods_train_a_real_student(name):
     torch.manual_seed(0)

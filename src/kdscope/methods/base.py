@@ -100,6 +100,11 @@ class Method(nn.Module):
     def bind(self, ctx: BindContext) -> None:  # noqa: B027 (an optional hook)
         """Build shape-dependent submodules; called once before training."""
 
+    def prefill(self, teacher_logits: Tensor) -> None:  # noqa: B027 (an optional hook)
+        """Called once before training when the teacher cache is on, with the cached teacher
+        logits of every training example in dataset order (N, C): a method that keeps teacher
+        outputs per example can start with all of them."""
+
     def ce_weight_at(self, epoch: int) -> float:
         """Weight of the labels' cross-entropy in ``epoch``; FitNet's hint stage makes it 0."""
         return self.ce_weight

@@ -279,9 +279,9 @@ class RandomControlKD(Method):
     example's teacher logit mean and standard deviation (matched exactly, not just in expectation).
     ``mode="permute"``: example i is given the teacher output of example pi(i) for a fixed random
     derangement pi of the training set drawn at ``bind``; outputs are kept in a bank of num_train x
-    C floats, filled as examples are seen (or ahead of training through :meth:`remember`, e.g. from
-    a teacher cache). While pi(i) has not been seen yet (first epoch) the target is the teacher
-    output of another example of the same batch.
+    C floats, filled from the teacher cache before training (:meth:`prefill`) or, with the cache
+    off, as examples are seen (on every DDP rank). Without the cache, while pi(i) has not been seen
+    yet (first epoch), the target is the teacher output of another example of the same batch.
     """
 
     needs = Needs(teacher_logits=True)
@@ -315,8 +315,16 @@ class RandomControlKD(Method):
     @torch.no_grad()
     def remember(self, indices: Tensor, teacher_logits: Tensor) -> None:
         """Store the teacher's logits of the examples ``indices`` in the bank (mode="permute")."""
-        self.bank[indices] = teacher_logits.float()
+        from kdscope.train.distributed import all_gather_cat  # here: kdscope.train imports methods
+
+        indices, teacher_logits = all_gather_cat(indices), all_gather_cat(teacher_logits.float())
+        self.bank[indices] = teacher_logits
         self.seen[indices] = True
+
+    def prefill(self, teacher_logits: Tensor) -> None:
+        if self.mode == "permute":
+            self.bank.copy_(teacher_logits.to(self.bank))
+            self.seen.fill_(True)
 
     def target_logits(self, out: Outputs) -> Tensor:
         """The noise logits that replace the teacher's for this batch."""

@@ -221,6 +221,9 @@ class Trainer:
         result = FitResult(None, None, None, self.cfg.epochs, history, self.cache_mode)
         with make_progress(self.show_progress and self.dist.is_main) as progress:
             result.cache_fill_s = self._build_cache(self.cache_mode, progress)
+            if self.cache is not None:
+                everything = torch.arange(len(self.train_set))
+                self.method.prefill(self.cache.lookup(everything, self.device)[0])
             result.cache = self.cache_mode
             result.teacher_val_acc = self._teacher_val_acc()
             s_tap = self._tap(
