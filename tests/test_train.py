@@ -164,6 +164,42 @@ def test_resume_refuses_corrupt_and_mismatched_checkpoints(digits, tmp_path):
         _fit(digits, run_dir=tmp_path, epochs=2, method="none", resume=True)
 
 
+def test_training_state_round_trip(tmp_path):
+    from kdscope.train.checkpoint import restore_training_state, save_training_state
+
+    def parts(seed):
+        torch.manual_seed(seed)
+        model = create_model("resnet8", 10, 1)
+        method = create_method("kd")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model(torch.randn(4, 1, 8, 8)).sum().backward()
+        optimizer.step()  # momentum buffers to carry
+        return {
+            "model": model,
+            "method": method,
+            "optimizer": optimizer,
+            "scaler": torch.amp.GradScaler("cuda", enabled=False),
+        }
+
+    saved = parts(0)
+    torch.manual_seed(123)
+    save_training_state(tmp_path / "s.pt", saved, epoch=3, step=7, history=[{"epoch": 3}])
+    after_save = torch.rand(3)
+    fresh = parts(1)
+    ckpt = restore_training_state(tmp_path / "s.pt", fresh)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["method_name"]) == (3, 7, "kd")
+    assert _same_weights(fresh["model"], saved["model"])
+    momentum = [o.state_dict()["state"] for o in (fresh["optimizer"], saved["optimizer"])]
+    assert all(
+        torch.equal(a["momentum_buffer"], momentum[1][k]["momentum_buffer"])
+        for k, a in momentum[0].items()
+    )
+    assert torch.equal(torch.rand(3), after_save)  # the RNG continues where it was saved
+    with pytest.raises(CheckpointError, match="written for student 'resnet8'"):
+        other = parts(0) | {"model": create_model("resnet14", 10, 1)}
+        restore_training_state(tmp_path / "s.pt", other)
+
+
 def test_teacher_and_student_must_share_classes(digits):
     teacher = create_model("resnet8", 5, 1)
     with pytest.raises(ValueError, match="5 classes"):

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdscope.train.seeding import rng_state, set_rng_state
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, corrupt, or written for another model or run."""
@@ -81,3 +83,35 @@ def load_weights(model: nn.Module, state: dict[str, Any], source: str) -> None:
         raise CheckpointError(
             f"Checkpoint {source!r} does not fit {type(model).__name__}: {err}".split("\n\t")[0]
         ) from None
+
+
+def save_training_state(path: Path, parts: dict[str, Any], **progress: Any) -> None:
+    """Write everything a run needs to continue exactly: the state of each of ``parts`` (model,
+    method, optimizer, scaler), the model's zoo spec and method name, the RNG states, and
+    ``progress`` (epoch, step, best_val_acc, history, accumulators, config)."""
+    model, method = parts["model"], parts["method"]
+    state = {name: part.state_dict() for name, part in parts.items()}
+    state["model_spec"] = getattr(model, "kdscope_spec", None)
+    state["method_name"] = getattr(method, "name", type(method).__name__)
+    save_atomic({**state, **progress, "rng": rng_state()}, path)
+
+
+def restore_training_state(path: Path, parts: dict[str, Any]) -> dict[str, Any]:
+    """Load :func:`save_training_state`'s checkpoint into ``parts`` and restore the RNG states;
+    returns the checkpoint. A checkpoint of another model or run raises ``CheckpointError``."""
+    ckpt = read_checkpoint(path)
+    spec = getattr(parts["model"], "kdscope_spec", None)
+    if ckpt.get("model_spec") and spec and ckpt["model_spec"] != spec:
+        raise CheckpointError(
+            f"{path} was written for student {ckpt['model_spec']['name']!r} "
+            f"({ckpt['model_spec']}), but this run builds {spec}"
+        )
+    try:
+        for name in ("model", "method", "optimizer"):
+            parts[name].load_state_dict(ckpt[name])
+    except (RuntimeError, ValueError, KeyError) as err:
+        first_line = str(err).splitlines()[0]
+        raise CheckpointError(f"{path} does not match this run: {first_line}") from None
+    parts["scaler"].load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    return ckpt

@@ -21,13 +21,13 @@ from kdscope.methods import BindContext, Method, Outputs, create_method
 from kdscope.train import distributed as ddp
 from kdscope.train.accounting import LossAccumulator, epoch_line
 from kdscope.train.cache import TeacherCache, cache_mode
-from kdscope.train.checkpoint import CheckpointError, read_checkpoint, save_atomic
+from kdscope.train.checkpoint import restore_training_state, save_training_state
 from kdscope.train.ensemble import TeacherEnsemble, infer_classes
 from kdscope.train.interrupt import StopBetweenSteps
 from kdscope.train.optim import build_optimizer, lr_factor, set_lr
 from kdscope.train.progress import make_progress
 from kdscope.train.sampler import EpochBatchSampler
-from kdscope.train.seeding import derived_seed, rng_state, seed_everything, set_rng_state
+from kdscope.train.seeding import derived_seed, seed_everything
 from kdscope.train.validate import accuracy
 
 CHECK_EVERY = 50  # steps between non-finite checks: a sync point on GPU, so not every step
@@ -406,23 +406,13 @@ class Trainer:
         ddp.barrier(self.dist)  # other ranks may read the checkpoints next
 
     def _save(self, name, epoch, step, best, history, accumulators) -> None:
-        save_atomic(
-            {
-                "model": self.student.state_dict(),
-                "model_spec": getattr(self.student, "kdscope_spec", None),
-                "method": self.method.state_dict(),
-                "method_name": getattr(self.method, "name", type(self.method).__name__),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "best_val_acc": best,
-                "history": history,
-                "accumulators": accumulators,
-                "rng": rng_state(),
-                "config": self.config,
-            },
+        progress = {"epoch": epoch, "step": step, "best_val_acc": best, "history": history}
+        save_training_state(
             self.run_dir / "checkpoints" / name,
+            self._trained(),
+            **progress,
+            accumulators=accumulators,
+            config=self.config,
         )
 
     def _resume_state(self) -> dict[str, Any] | None:
@@ -430,25 +420,17 @@ class Trainer:
         if path is None or not path.exists():
             self._log("no checkpoint to resume from; starting fresh")
             return None
-        ckpt = read_checkpoint(path)
-        spec = getattr(self.student, "kdscope_spec", None)
-        if ckpt.get("model_spec") and spec and ckpt["model_spec"] != spec:
-            raise CheckpointError(
-                f"{path} was written for student {ckpt['model_spec']['name']!r} "
-                f"({ckpt['model_spec']}), but this run builds {spec}"
-            )
-        try:
-            self.student.load_state_dict(ckpt["model"])
-            self.method.load_state_dict(ckpt["method"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise CheckpointError(
-                f"{path} does not match this run: {str(err).splitlines()[0]}"
-            ) from None
-        self.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        ckpt = restore_training_state(path, self._trained())
         self._log(f"resuming from {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step']}")
         return ckpt
+
+    def _trained(self) -> dict[str, Any]:
+        return {
+            "model": self.student,
+            "method": self.method,
+            "optimizer": self.optimizer,
+            "scaler": self.scaler,
+        }
 
     def _rewrite_metrics(self, history: list[dict[str, Any]]) -> None:
         """metrics.jsonl as the checkpoint knows it: a kill between the log line and the checkpoint
