@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -292,14 +293,6 @@ RATIOS = [
 ]
 
 
-def _has_torchdistill() -> bool:
-    try:
-        import torchdistill  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -319,7 +312,9 @@ def main() -> None:
         train_set = load_data("fashion-mnist", train_size=args.train_size, seed=0).train
         print(json.dumps(dataclasses.asdict(CONFIGS[args.worker][1](train_set, args.epochs))))
         return
-    names = args.only or [k for k in DEFAULT if k != "e" or _has_torchdistill()]
+    names = args.only or [
+        k for k in DEFAULT if k != "e" or importlib.util.find_spec("torchdistill")
+    ]
     base = [
         sys.executable,
         __file__,

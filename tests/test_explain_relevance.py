@@ -158,3 +158,24 @@ def test_default_layers_pair_the_feature_layers_by_depth():
     assert default_layer_pairs(student, teacher) == [(f"layer{i}", f"layer{i}") for i in (1, 2, 3)]
     with pytest.raises(ValueError, match="declares no feature_layers"):
         default_layer_pairs(student, torch.nn.Conv2d(1, 1, 1))
+
+
+def test_relevance_rows_take_batch_means_and_mark_unmeasured():
+    from kdscope.explain import RELEVANCE_COLUMNS, relevance_rows
+
+    def stat(mean, n=2):
+        return {"mean": mean, "std": 0.0, "n": n, "per_batch": [mean] * n}
+
+    layer = {
+        "student_layer": "layer2",
+        "base_layer": "layer3",
+        "gradcam": {"fss": stat(0.1), "rs_base": stat(0.2), "rs_student": stat(0.3)},
+        "unicam": {"fss": stat(0.4), "rs_distilled": stat(0.5), "rs_residual": stat(None, n=0)},
+    }
+    rows = relevance_rows({"layers": {"layer2|layer3": layer}})
+    assert rows == [
+        {
+            "layer": "layer2",
+            **dict(zip(RELEVANCE_COLUMNS, [0.1, 0.2, 0.3, 0.4, 0.5, None], strict=True)),
+        }
+    ]

@@ -264,27 +264,17 @@ def test_fitnet_hint_stage_trains_without_labels(digits):
     assert second["loss"] == pytest.approx(later_terms + 0.5 * second["terms"]["ce"], rel=1e-4)
 
 
-def test_ddp_ranks_share_memory_banks(tmp_path):
+def test_ddp_ranks_share_memory_banks(tmp_path, torchrun):
     """CRD's banks are per-example state outside DDP: every rank must write the global batch."""
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun is not installed next to this python")
-    worker = Path(__file__).with_name("ddp_worker.py")
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", worker, "crd", tmp_path]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    torchrun(Path(__file__).with_name("ddp_worker.py"), "crd", tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     method = [r["method"] for r in ranks]
     for name in ("memory_s", "memory_t", "z_s", "z_t"):
         assert torch.equal(method[0][name], method[1][name]), name
     # every example of the epoch (200, sharded 100 + 100) was written on both ranks
-    fresh = torch.load(tmp_path / "rank0.pt")["method"]["memory_s"].norm(dim=1)
+    fresh = method[0]["memory_s"].norm(dim=1)
     assert torch.allclose(fresh, torch.ones(200), atol=1e-5)
     weights = [{k: v for k, v in r["student"].items() if "running" not in k} for r in ranks]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

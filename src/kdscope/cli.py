@@ -167,6 +167,7 @@ def explain(
 ) -> None:
     """Grad-CAM and UniCAM figures and perturbed FSS/RS: what the student gained and dropped."""
     from kdscope.evaluation import explain_runs
+    from kdscope.explain.relevance import RELEVANCE_COLUMNS, relevance_rows
     from kdscope.train.checkpoint import CheckpointError
 
     names = [x.strip() for x in layers.split(",")] if layers else None
@@ -176,27 +177,10 @@ def explain(
         )
     except (CheckpointError, FileNotFoundError, ValueError, TypeError) as err:
         _fail(str(err))
-    table = Table(
-        "layers",
-        "FSS grad-cam",
-        "RS student",
-        "RS base",
-        "FSS unicam",
-        "RS distilled",
-        "RS residual",
-        title="relevance on ROAD-perturbed inputs",
-    )
-    for name, layer in result["base"]["layers"].items():
-        g, u = layer["gradcam"], layer["unicam"]
-        cells = [
-            g["fss"],
-            g["rs_student"],
-            g["rs_base"],
-            u["fss"],
-            u["rs_distilled"],
-            u["rs_residual"],
-        ]
-        table.add_row(name, *(f"{c['mean']:.3f}" if c["n"] else "-" for c in cells))
+    table = Table("layer", *RELEVANCE_COLUMNS, title="relevance on ROAD-perturbed inputs")
+    for row in relevance_rows(result["base"]):
+        cells = (row[k] for k in RELEVANCE_COLUMNS)
+        table.add_row(row["layer"], *("-" if v is None else f"{v:.3f}" for v in cells))
     console.print(table)
     console.print(f"figures and relevance.json written to {out_dir}")
 

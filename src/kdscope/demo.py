@@ -15,6 +15,7 @@ from kdscope.analysis.report import Figure, Section, Table, write_report
 from kdscope.analysis.run_report import curves_figure, read_history
 from kdscope.api import run
 from kdscope.config import build_config
+from kdscope.explain.relevance import RELEVANCE_COLUMNS, relevance_rows
 from kdscope.train import load_model
 
 TEACHER, STUDENT = "resnet56", "resnet8"
@@ -71,7 +72,7 @@ def run_demo(out_dir: Path, epochs: int = 15, console: Console | None = None) ->
     console.print(_table(rows))
     console.print("[bold]explaining[/bold]: Grad-CAM, UniCAM and relevance, KD student vs baseline")
     relevance = explain(student, base, data, num_images=8, max_batches=2, out_dir=kd_dir)
-    rs = _rs_rows(relevance)
+    rs = relevance_rows(relevance["base"])
     console.print(_rs_table(rs))
     report = write_report(
         out_dir / "report.html",
@@ -141,39 +142,10 @@ def _table(rows: list[dict[str, Any]]) -> RichTable:
     return table
 
 
-def _rs_rows(relevance: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for layer in relevance["base"]["layers"].values():
-        g, u = layer["gradcam"], layer["unicam"]
-        rows.append(
-            {
-                "layer": layer["student_layer"],
-                "fss_gradcam": g["fss"]["mean"],
-                "rs_base": g["rs_base"]["mean"],
-                "rs_student": g["rs_student"]["mean"],
-                "fss_unicam": u["fss"]["mean"],
-                "rs_distilled": u["rs_distilled"]["mean"],
-                "rs_residual": u["rs_residual"]["mean"],
-            }
-        )
-    return rows
-
-
-RS_LABELS = ["layer", "FSS gcam", "RS base", "RS kd", "FSS ucam", "RS dist", "RS resid"]
-RS_COLUMNS = [
-    "layer",
-    "fss_gradcam",
-    "rs_base",
-    "rs_student",
-    "fss_unicam",
-    "rs_distilled",
-    "rs_residual",
-]
-
-
 def _rs_table(rows: list[dict[str, Any]]) -> RichTable:
     table = RichTable(
-        *RS_COLUMNS,
+        "layer",
+        *RELEVANCE_COLUMNS,
         title="relevance (dCor, ROAD-perturbed inputs): KD student vs base",
         box=box.SIMPLE_HEAD,  # borderless: fits 80 columns (a log file) without cutting names
         show_edge=False,
@@ -181,8 +153,13 @@ def _rs_table(rows: list[dict[str, Any]]) -> RichTable:
         collapse_padding=True,
     )
     for r in rows:
-        table.add_row(r["layer"], *(f"{r[k]:.3f}" for k in RS_COLUMNS[1:]))
+        table.add_row(
+            r["layer"], *("-" if r[k] is None else f"{r[k]:.3f}" for k in RELEVANCE_COLUMNS)
+        )
     return table
+
+
+SUMMARY_KEYS = ("model", "arch", "params", "test_acc", "agreement", "krs", "fss", "aoa")
 
 
 def _sections(rows, rs, run_dirs: dict[str, Path]) -> list[Section]:
@@ -197,19 +174,7 @@ def _sections(rows, rs, run_dirs: dict[str, Path]) -> list[Section]:
     ]
     summary = Table(
         ["model", "arch", "params", "test acc", "agreement", "KRS", "FSS", "AOA"],
-        [
-            [
-                r["model"],
-                r["arch"],
-                r["params"],
-                r["test_acc"],
-                r["agreement"],
-                r["krs"],
-                r["fss"],
-                r["aoa"],
-            ]
-            for r in rows
-        ],
+        [[r[k] for k in SUMMARY_KEYS] for r in rows],
         "test split of digits; KRS = 0.3 FSS (minibatch debiased CKA) + 0.7 AOA",
         id="demo-summary",
     )
@@ -234,8 +199,8 @@ def _sections(rows, rs, run_dirs: dict[str, Path]) -> list[Section]:
                     "(gained under KD) and residual (dropped) features, per layer",
                 ),
                 Table(
-                    RS_COLUMNS,
-                    [[r[k] for k in RS_COLUMNS] for r in rs],
+                    ["layer", *RELEVANCE_COLUMNS],
+                    [[r["layer"], *(r[k] for k in RELEVANCE_COLUMNS)] for r in rs],
                     "FSS and RS on ROAD-perturbed inputs (bias-corrected dCor)",
                     id="demo-rs",
                 ),

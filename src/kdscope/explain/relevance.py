@@ -89,6 +89,37 @@ class RelevanceResult:
         }
 
 
+RELEVANCE_COLUMNS = (
+    "fss_gradcam",
+    "rs_base",
+    "rs_student",
+    "fss_unicam",
+    "rs_distilled",
+    "rs_residual",
+)
+
+
+def relevance_rows(relevance: dict) -> list[dict]:
+    """One row per layer of ``RelevanceResult.to_dict()``: ``layer`` (the student's) and the batch
+    means named in ``RELEVANCE_COLUMNS`` (None where no batch measured one)."""
+    rows = []
+    for layer in relevance["layers"].values():
+        g, u = layer["gradcam"], layer["unicam"]
+        stats = [
+            g["fss"],
+            g["rs_base"],
+            g["rs_student"],
+            u["fss"],
+            u["rs_distilled"],
+            u["rs_residual"],
+        ]
+        means = [c["mean"] if c["n"] else None for c in stats]
+        rows.append(
+            {"layer": layer["student_layer"], **dict(zip(RELEVANCE_COLUMNS, means, strict=True))}
+        )
+    return rows
+
+
 def perturbed_relevance(
     student: nn.Module,
     base: nn.Module,

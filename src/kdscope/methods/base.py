@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor, nn
 
 from kdscope.registry import Registry
+
+if TYPE_CHECKING:
+    from kdscope.train.cache import TeacherCache
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,11 @@ class Needs:
     student_features: bool = False
     teacher_features: bool = False
     indices: bool = False
+
+    @property
+    def teacher_outputs(self) -> bool:
+        """Whether a step reads anything the teacher computes (it runs, or is cached)."""
+        return self.teacher_logits or self.teacher_features
 
 
 @dataclass
@@ -100,10 +108,9 @@ class Method(nn.Module):
     def bind(self, ctx: BindContext) -> None:  # noqa: B027 (an optional hook)
         """Build shape-dependent submodules; called once before training."""
 
-    def prefill(self, teacher_logits: Tensor) -> None:  # noqa: B027 (an optional hook)
-        """Called once before training when the teacher cache is on, with the cached teacher
-        logits of every training example in dataset order (N, C): a method that keeps teacher
-        outputs per example can start with all of them."""
+    def prefill(self, cache: TeacherCache) -> None:  # noqa: B027 (an optional hook)
+        """Called once before training when the teacher cache is on: a method that keeps teacher
+        outputs per example can read all of them from ``cache`` (``cache.lookup(indices)``)."""
 
     def ce_weight_at(self, epoch: int) -> float:
         """Weight of the labels' cross-entropy in ``epoch``; FitNet's hint stage makes it 0."""

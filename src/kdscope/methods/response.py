@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdscope.methods.base import BindContext, Method, Needs, Outputs, register_method
+
+if TYPE_CHECKING:
+    from kdscope.train.cache import TeacherCache
 
 
 def kd_div(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -199,12 +204,11 @@ class StudentFriendlyKD(Method):
         log_q = F.log_softmax(out.student_logits.float() / t, dim=1)
         student = F.kl_div(log_q, log_p.detach(), reduction="batchmean", log_target=True)
         toward = F.kl_div(log_q.detach(), log_p, reduction="batchmean", log_target=True)
-        simplifier = toward
-        if self.anchor_weight:
-            simplifier = simplifier + self.anchor_weight * F.cross_entropy(
-                simplified * t, out.labels
-            )
-        return {"skd": self.alpha * t**2 * student, "simplifier": simplifier}
+        anchor = F.cross_entropy(simplified * t, out.labels)
+        return {
+            "skd": self.alpha * t**2 * student,
+            "simplifier": toward + self.anchor_weight * anchor,
+        }
 
 
 def teacher_weights(teacher_logits: Tensor, labels: Tensor, weighting: str) -> Tensor:
@@ -321,9 +325,10 @@ class RandomControlKD(Method):
         self.bank[indices] = teacher_logits
         self.seen[indices] = True
 
-    def prefill(self, teacher_logits: Tensor) -> None:
+    def prefill(self, cache: TeacherCache) -> None:
         if self.mode == "permute":
-            self.bank.copy_(teacher_logits.to(self.bank))
+            everything = torch.arange(self.bank.shape[0])
+            self.bank.copy_(cache.lookup(everything, self.bank.device)[0])
             self.seen.fill_(True)
 
     def target_logits(self, out: Outputs) -> Tensor:

@@ -145,7 +145,7 @@ class Trainer:
     def _bind_method(self) -> None:
         x = self.collate([self.train_set[0], self.train_set[1]])[0].to(self.device)
         s_shapes = layer_shapes(self.student, self.method.student_layers, x)
-        t_shapes = layer_shapes(self.teacher, self.method.teacher_layers, x) if self.teacher else {}
+        t_shapes = layer_shapes(self.teacher, self.method.teacher_layers, x)
         self.method.bind(
             BindContext(
                 student=self.student,
@@ -214,16 +214,14 @@ class Trainer:
         self._rewrite_metrics(history)
         self.cache_mode = cache_mode(
             self.cfg.cache,
-            needed=self.teacher is not None
-            and (self.method.needs.teacher_logits or self.method.needs.teacher_features),
+            needed=self.teacher is not None and self.method.needs.teacher_outputs,
             augmented=self.augment is not None,
         )
         result = FitResult(None, None, None, self.cfg.epochs, history, self.cache_mode)
         with make_progress(self.show_progress and self.dist.is_main) as progress:
             result.cache_fill_s = self._build_cache(self.cache_mode, progress)
             if self.cache is not None:
-                everything = torch.arange(len(self.train_set))
-                self.method.prefill(self.cache.lookup(everything, self.device)[0])
+                self.method.prefill(self.cache)
             result.cache = self.cache_mode
             result.teacher_val_acc = self._teacher_val_acc()
             s_tap = self._tap(
@@ -362,7 +360,7 @@ class Trainer:
 
     def _teacher_outputs(self, x, idx, t_tap) -> tuple[Tensor | None, list[Tensor]]:
         needs = self.method.needs
-        if not (needs.teacher_logits or needs.teacher_features):
+        if not needs.teacher_outputs:
             return None, []
         if self.cache is not None:
             logits, feats = self.cache.lookup(idx, self.device)
@@ -406,11 +404,13 @@ class Trainer:
         ddp.barrier(self.dist)  # other ranks may read the checkpoints next
 
     def _save(self, name, epoch, step, best, history, accumulators) -> None:
-        progress = {"epoch": epoch, "step": step, "best_val_acc": best, "history": history}
         save_training_state(
             self.run_dir / "checkpoints" / name,
             self._trained(),
-            **progress,
+            epoch=epoch,
+            step=step,
+            best_val_acc=best,
+            history=history,
             accumulators=accumulators,
             config=self.config,
         )
