@@ -20,7 +20,7 @@ class UnknownLayerError(ValueError):
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     """Return ``model.get_submodule(name)`` or raise :class:`UnknownLayerError` with suggestions."""
-    target = _unwrap(model)
+    target = unwrap(model)
     try:
         return target.get_submodule(name)
     except AttributeError:
@@ -33,8 +33,8 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
         ) from None
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP and torch.compile wrap the user's module; layer names refer to the inner one.
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP and torch.compile wrappers (layer names refer to it)."""
     while hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module
     inner = getattr(model, "_orig_mod", None)

@@ -1,0 +1,129 @@
+"""The one model contract: :class:`ModelInfo`, a frozen record of what kdscope needs to know about a
+model (its stages, heads and output layout), and :func:`describe`, the one function that reads it.
+
+Zoo models carry their record as ``model.kdscope_info`` (set when they are built); any other module
+is described from its structure (its last ``nn.Linear`` is the classifier; it declares no stages,
+so methods and metrics that need stage features ask for layer names). This is what timm's
+``feature_info`` plus ``get_classifier()`` give, as data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from torch import nn
+
+from kdscope.features import unwrap
+
+OutputKind = Literal["classes", "tokens", "pixels", "detections"]
+# Where the class scores lie in each output layout: (B, C), (B, T, V), (B, C, H, W).
+CLASS_DIM = {"classes": 1, "tokens": -1, "pixels": 1}
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """How to rebuild a model with :func:`~kdscope.models.create_model` (what checkpoints store)."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "kwargs": dict(self.kwargs),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BuildSpec:
+        return cls(d["name"], d["num_classes"], d["in_channels"], dict(d.get("kwargs") or {}))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model is to kdscope. Layer names are FeatureTap names (``model.get_submodule``
+    paths; a ``:in`` suffix means the module's input).
+
+    Attributes:
+        output: the layout of the model's output: ``"classes"`` (B, C) logits, ``"tokens"``
+            (B, T, V) next-token logits, ``"pixels"`` (B, C, H, W) per-pixel logits, or
+            ``"detections"`` (a detector's own losses and boxes).
+        num_classes: classes scored (the vocabulary size for ``"tokens"``); None if unknown.
+        in_channels: input channels (or the input's feature size); None if unknown.
+        stages: stage outputs, shallow to deep (the analogue of ResNet's conv2_x..conv5_x).
+        preact: pre-activation features at those stages (OFD), empty where there are none.
+        classifier: the final ``nn.Linear`` producing the class scores, if there is one.
+        pooled_map: the feature map the classifier sees through global pooling.
+        spec: how the model was built, for checkpoints; None for users' own models.
+    """
+
+    output: OutputKind = "classes"
+    num_classes: int | None = None
+    in_channels: int | None = None
+    stages: tuple[str, ...] = ()
+    preact: tuple[str, ...] = ()
+    classifier: str | None = None
+    pooled_map: str | None = None
+    spec: BuildSpec | None = None
+
+    @property
+    def penultimate(self) -> str | None:
+        """The classifier's input (the pooled embedding), ``"<classifier>:in"``."""
+        return f"{self.classifier}:in" if self.classifier else None
+
+    @property
+    def class_dim(self) -> int:
+        """The dimension of the output that holds the class scores."""
+        return CLASS_DIM.get(self.output, 1)
+
+    def with_spec(self, spec: BuildSpec) -> ModelInfo:
+        return replace(self, spec=spec, num_classes=spec.num_classes, in_channels=spec.in_channels)
+
+
+def describe(model: nn.Module) -> ModelInfo:
+    """The :class:`ModelInfo` of ``model`` (DDP and ``torch.compile`` wrappers are looked
+    through).
+
+    A model built by kdscope carries its record; any other module is described from its structure:
+    its last ``nn.Linear`` is the classifier and sets ``num_classes``, its first convolution or
+    linear layer sets ``in_channels``, and it declares no stages.
+    """
+    model = unwrap(model)
+    info = model.__dict__.get("kdscope_info")
+    if isinstance(info, ModelInfo):
+        return info
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    first = next(
+        (m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))), None
+    )
+    in_channels = None
+    if isinstance(first, (nn.Conv1d, nn.Conv2d)):
+        in_channels = first.in_channels
+    elif isinstance(first, nn.Linear):
+        in_channels = first.in_features
+    classifier, num_classes = (
+        (linears[-1][0], linears[-1][1].out_features) if linears else (None, None)
+    )
+    return ModelInfo(num_classes=num_classes, in_channels=in_channels, classifier=classifier)
+
+
+def set_info(model: nn.Module, info: ModelInfo) -> nn.Module:
+    """Attach ``info`` to ``model`` (what :func:`describe` returns from then on)."""
+    model.kdscope_info = info
+    return model
+
+
+def classifier_of(model: nn.Module) -> nn.Linear:
+    """The model's final linear layer, as its :class:`ModelInfo` names it."""
+    info = describe(model)
+    head = unwrap(model).get_submodule(info.classifier) if info.classifier else None
+    if not isinstance(head, nn.Linear):
+        raise TypeError(
+            f"{type(unwrap(model)).__name__} has no linear classifier (its ModelInfo names "
+            f"{info.classifier!r}); methods that reuse the classifier need one"
+        )
+    return head
