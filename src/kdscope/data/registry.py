@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,16 @@ DEFAULT_DATA_DIR = Path.home() / ".cache" / "kdscope" / "datasets"
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files are not where kdscope looked; the message says how to provide them."""
+
+
+def dataset_dir(name: str, data_dir: Path | None) -> Path:
+    """Where the files of dataset ``name`` are looked up: ``data_dir`` when given, else
+    ``$KDSCOPE_DATA/<name>`` when the environment variable ``KDSCOPE_DATA`` is set (tests and CI
+    set it to the workspace's shared data), else ``~/.cache/kdscope/datasets/<name>``."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    root = os.environ.get("KDSCOPE_DATA")
+    return (Path(root).expanduser() if root else DEFAULT_DATA_DIR) / name
 
 
 def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
