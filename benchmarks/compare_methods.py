@@ -34,6 +34,7 @@ import json
 import statistics
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -51,11 +52,11 @@ from kdscope.config import (
     TrainConfig,
 )
 from kdscope.data import collate, load_data, stratified_sample
-from kdscope.methods import METHODS, create_method
+from kdscope.methods import METHODS, create_method, method_info
 from kdscope.methods.schemes import ClassSubset
-from kdscope.metrics import evaluate
-from kdscope.models import create_model
-from kdscope.train import Trainer, accuracy, load_model
+from kdscope.metrics import accuracy, evaluate
+from kdscope.models import create_model, describe, set_info
+from kdscope.train import RunDirectory, Trainer, load_model
 
 OLD, NEW = range(0, 5), range(5, 10)  # lwf's tasks
 
@@ -127,18 +128,19 @@ def train_custom(
         val,
         teacher=teacher,
         method=create_method(method),
-        batch_size=args.batch,
+        data=DataConfig(batch_size=args.batch),
         optim=OptimConfig(lr=args.lr),
         schedule=ScheduleConfig(name="cosine"),
         train=TrainConfig(epochs=args.epochs, threads=args.threads),
-        run_dir=run_dir,
-        config={"name": name, "method": method, "note": "benchmarks/compare_methods.py"},
+        run_dir=RunDirectory(
+            run_dir, {"name": name, "method": method, "note": "benchmarks/compare_methods.py"}
+        ),
         progress=False,
     )
     with cpu_clock(run_dir):
         fit = trainer.fit(resume=True)
     summary = {
-        "test_acc": accuracy(load_model(run_dir, "best"), test, 512, "cpu", collate),
+        "test_acc": accuracy(load_model(run_dir, "best"), test, 512, "cpu"),
         "best_val_acc": fit.best_val_acc,
         "epochs": fit.epochs,
         "cache": fit.cache,
@@ -159,7 +161,8 @@ class OldHead(nn.Module):
     def __init__(self, model: nn.Module, classes: int):
         super().__init__()
         self.model, self.classes = model, classes
-        self.feature_layers = [f"model.{name}" for name in model.feature_layers]
+        info = describe(model)
+        set_info(self, replace(info, stages=tuple(f"model.{name}" for name in info.stages)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)[:, : self.classes]
@@ -254,7 +257,7 @@ def run_all(args) -> None:
                 )
                 record = evaluate_run(run_dir, teacher, data, eval_set, c)
             else:
-                needs_teacher = METHODS.get(method).needs.teacher
+                needs_teacher = method_info(method)["teacher"]
                 cfg = config(
                     args,
                     method,

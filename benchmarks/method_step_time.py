@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from kdscope.config import OptimConfig, ScheduleConfig, TrainConfig
+from kdscope.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
 from kdscope.data import load_data
 from kdscope.methods import METHODS, create_method
 from kdscope.models import create_model
@@ -65,7 +65,7 @@ def step_times(name: str, train_set: Dataset, batch: int, warmup: int, steps: in
         train_set,
         teacher=built["teacher"],
         method=create_method(name),
-        batch_size=batch,
+        data=DataConfig(batch_size=batch),
         optim=OptimConfig(lr=0.01),
         schedule=ScheduleConfig(name="constant"),
         train=TrainConfig(epochs=1, cache="off", device="cpu", threads=1, amp=False),

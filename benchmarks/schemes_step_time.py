@@ -18,10 +18,11 @@ import statistics
 
 import torch
 
-from kdscope.config import OptimConfig, TrainConfig
+from kdscope.config import DataConfig, OptimConfig, TrainConfig
 from kdscope.methods import create_method
-from kdscope.methods.schemes import SyntheticSet, expand_classes
+from kdscope.methods.schemes import expand_classes
 from kdscope.models import create_model
+from kdscope.pipelines import SyntheticSet
 from kdscope.train import Trainer
 
 METHODS = ("kd", "none", "dml", "byot", "adversarial", "lwf")
@@ -41,7 +42,7 @@ def epoch_ms_per_step(name: str, data: SyntheticSet, batch: int, device: str, ca
         None,
         teacher=teacher,
         method=create_method(name),
-        batch_size=batch,
+        data=DataConfig(batch_size=batch),
         optim=OptimConfig(lr=0.001),  # random data: keep it finite, timing is what counts
         train=TrainConfig(epochs=1, cache=cache, device=device),
         progress=False,

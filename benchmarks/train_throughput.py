@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from kdscope.config import OptimConfig, ScheduleConfig, TrainConfig
+from kdscope.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
 from kdscope.data import collate, load_data
 from kdscope.models import create_model
 from kdscope.train import Trainer
@@ -164,7 +164,7 @@ def run_kdscope(
         clocked,
         teacher=teacher,
         method=method,
-        batch_size=BATCH,
+        data=DataConfig(batch_size=BATCH),
         optim=OptimConfig(lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY),
         schedule=ScheduleConfig(name="constant"),
         train=TrainConfig(

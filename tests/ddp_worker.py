@@ -6,7 +6,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from kdscope.config import TrainConfig
+from kdscope.config import DataConfig, TrainConfig
 from kdscope.data import load_data
 from kdscope.models import create_model
 from kdscope.train import Trainer
@@ -20,7 +20,7 @@ trainer = Trainer(
     data.train,
     teacher=teacher,
     method=method,
-    batch_size=25,
+    data=DataConfig(batch_size=25),
     train=TrainConfig(epochs=1, seed=0),
     progress=False,
 )

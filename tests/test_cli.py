@@ -132,7 +132,7 @@ def test_models_and_methods_listings():
     code, text = _invoke("methods")
     assert code == 0 and "kd" in text and "Hinton" in text
     code, text = _invoke("methods", "kd")
-    assert code == 0 and "temperature" in text
+    assert code == 0 and "temperature" in text and "a real number > 0" in text
     code, text = _invoke("methods", "kdd")
     assert code == 2 and "Accepted" in text
 

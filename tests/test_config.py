@@ -1,6 +1,6 @@
 import pytest
 
-from kdscope.config import ConfigError, apply_overrides, build_config, check_names, load_config
+from kdscope.config import ConfigError, apply_overrides, build_config, load_config
 
 
 def test_overrides_parse_yaml_values_and_create_sections():
@@ -22,16 +22,6 @@ def test_wrong_type_names_the_field():
 def test_unknown_field_is_refused():
     with pytest.raises(ConfigError, match="train.epoch"):
         build_config({"student": {"name": "resnet8"}, "train": {"epoch": 3}})
-
-
-def test_check_names_lists_every_problem_at_once():
-    cfg = build_config(
-        {"student": {"name": "resnet9"}, "data": {"name": "digitz"}, "method": {"name": "kd"}}
-    )
-    problems = check_names(cfg)
-    assert any(p.startswith("data.name") and "digits" in p for p in problems)
-    assert any(p.startswith("student.name") and "resnet8" in p for p in problems)
-    assert any(p.startswith("teacher") for p in problems)
 
 
 def test_yaml_roundtrip(tmp_path):

@@ -16,6 +16,7 @@ from kdscope.metrics import (
     evaluate,
     output_agreement,
 )
+from kdscope.models import ModelInfo, set_info
 
 
 class Tiny(nn.Module):
@@ -27,7 +28,7 @@ class Tiny(nn.Module):
         self.conv2 = nn.Conv2d(width, width, 3, stride=2, padding=1)
         self.act2 = nn.ReLU()
         self.fc = nn.Linear(width, classes)
-        self.feature_layers = ["act1", "act2"]
+        set_info(self, ModelInfo(stages=("act1", "act2")))
 
     def forward(self, x):
         return self.fc(self.act2(self.conv2(self.act1(self.conv1(x)))).mean((2, 3)))

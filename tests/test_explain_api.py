@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kdscope.data import load_data
-from kdscope.explain import explain
+from kdscope.explain import explain_student
 from kdscope.models import create_model
 
 
@@ -21,7 +21,7 @@ def model(seed, data, name="resnet8"):
 def test_explain_writes_figures_and_relevance_json(tmp_path, digits):
     student, base, teacher = model(0, digits), model(1, digits), model(2, digits, "resnet14")
     embeddings = torch.randn(10, 8, generator=torch.Generator().manual_seed(0))
-    report = explain(
+    report = explain_student(
         student,
         base,
         digits,
@@ -54,8 +54,8 @@ def test_explain_writes_figures_and_relevance_json(tmp_path, digits):
 def test_explain_rejects_bad_arguments(tmp_path, digits):
     student, base = model(0, digits), model(1, digits)
     with pytest.raises(TypeError, match="DataBundle"):
-        explain(student, base, digits.test, out_dir=tmp_path)
+        explain_student(student, base, digits.test, out_dir=tmp_path)
     with pytest.raises(ValueError, match="split must be"):
-        explain(student, base, digits, split="dev", out_dir=tmp_path)
+        explain_student(student, base, digits, split="dev", out_dir=tmp_path)
     with pytest.raises(ValueError, match="num_images must be >= 4"):
-        explain(student, base, digits, num_images=2, out_dir=tmp_path)
+        explain_student(student, base, digits, num_images=2, out_dir=tmp_path)

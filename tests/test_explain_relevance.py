@@ -156,7 +156,7 @@ def test_default_layers_pair_the_feature_layers_by_depth():
     student = model(0)
     teacher = create_model("resnet8x4", num_classes=4, in_channels=1)
     assert default_layer_pairs(student, teacher) == [(f"layer{i}", f"layer{i}") for i in (1, 2, 3)]
-    with pytest.raises(ValueError, match="declares no feature_layers"):
+    with pytest.raises(ValueError, match="declares no stages"):
         default_layer_pairs(student, torch.nn.Conv2d(1, 1, 1))
 
 

@@ -6,13 +6,14 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.stats import truncnorm
 from torch import nn
 
 from kdscope.methods import Outputs, create_method
-from kdscope.methods.adapters import ConvRegressor, match_spatial, penultimate_layer
+from kdscope.methods.adapters import ConvRegressor, match_spatial
 from kdscope.methods.feature import attention_map, bn_before, ofd_margin, ofd_partial_l2
-from kdscope.models import create_model
+from kdscope.models import create_model, describe
 from method_harness import Harness
 
 C = 10
@@ -83,7 +84,9 @@ def test_fitnet_two_stage_schedule(batch):
     assert set(h.step(x, y, epoch=1)[0]) == {"hint"}
     assert set(h.step(x, y, epoch=2)[0]) == {"kd"}
     assert create_method("fitnet").ce_weight_at(0) == 1.0
-    with pytest.raises(ValueError, match="hint_epochs must be >= 0"):
+    with pytest.raises(
+        ValueError, match="parameter hint_epochs=-1 is out of range; accepted: an integer >= 0"
+    ):
         create_method("fitnet", hint_epochs=-1)
 
 
@@ -247,7 +250,9 @@ def test_uet_target_is_mean_plus_spread_of_mc_dropout_draws():
     draws = torch.nn.functional.dropout(f[:1000].expand(n, 1000), p, True)
     expected = (draws.mean(0) + draws.std(0)).mean()
     assert target[:1000].mean() == pytest.approx(expected.item(), rel=0.05)
-    with pytest.raises(ValueError, match="p must be in"):
+    with pytest.raises(
+        ValueError, match=r"parameter p=1.0 is out of range; accepted: a real number in \(0, 1\)"
+    ):
         create_method("uet", p=1.0)
 
 
@@ -257,4 +262,19 @@ def test_uet_distils_the_last_stage(batch):
 
 
 def test_penultimate_layer_is_the_classifier_input():
-    assert penultimate_layer(create_model("resnet8", C, 1)) == "classifier:in"
+    assert describe(create_model("resnet8", C, 1)).penultimate == "classifier:in"
+
+
+def test_at_weights_by_beta_as_the_authors_code_does():
+    """beta * sum over stage pairs of mean((A_s - A_t)^2), beta = 1000, A = normalize(mean_c
+    f^2): the attention-transfer code's at_loss (and mdistiller's, torchdistill's) written out."""
+    torch.manual_seed(0)
+    s = [torch.randn(4, 8, 8, 8), torch.randn(4, 8, 4, 4)]
+    t = [torch.randn(4, 16, 8, 8), torch.randn(4, 32, 4, 4)]
+
+    def at(x):
+        return F.normalize(x.pow(2).mean(1).view(x.size(0), -1))
+
+    reference = 1000.0 * sum((at(a) - at(b)).pow(2).mean() for a, b in zip(s, t, strict=True))
+    out = Outputs(torch.zeros(4, C), torch.zeros(4), student_features=s, teacher_features=t)
+    assert create_method("at")(out)["at"].item() == pytest.approx(reference.item(), rel=1e-6)

@@ -8,8 +8,9 @@ from torch import nn
 
 from kdscope.features import FeatureTap
 from kdscope.models import (
+    classifier_of,
     create_model,
-    get_classifier,
+    describe,
     list_models,
     model_summary,
     zoo_table,
@@ -30,8 +31,8 @@ def _capture(model: nn.Module, layers: list[str], x: torch.Tensor) -> list[torch
 
 
 def _check_features(model: nn.Module, x: torch.Tensor) -> None:
-    k = len(model.feature_layers)
-    captured = _capture(model, model.feature_layers + model.preact_layers, x)
+    k = len(list(describe(model).stages))
+    captured = _capture(model, list(describe(model).stages) + list(describe(model).preact), x)
     feats, pre = captured[:k], captured[k:]
     spatial = [f.shape[-2:] for f in feats if f.dim() == 4]
     for bigger, smaller in zip(spatial, spatial[1:], strict=False):
@@ -45,8 +46,8 @@ def _check_features(model: nn.Module, x: torch.Tensor) -> None:
 def test_zoo_model_builds_runs_and_exposes_its_stages(name):
     torch.manual_seed(0)
     gray = create_model(name, 10, in_channels=1)
-    assert gray.feature_layers and isinstance(gray.preact_layers, list)
-    assert get_classifier(gray) is gray.classifier
+    assert list(describe(gray).stages) and isinstance(list(describe(gray).preact), list)
+    assert classifier_of(gray) is gray.classifier
     assert gray.classifier.out_features == 10
     for size in (28, 8):
         _check_features(gray, torch.randn(2, 1, size, size))
@@ -58,8 +59,8 @@ def test_zoo_model_builds_runs_and_exposes_its_stages(name):
 def test_stage_output_is_relu_of_preact(name):
     model = create_model(name, 10, in_channels=3)
     x = torch.randn(4, 3, 32, 32)
-    k = len(model.feature_layers)
-    captured = _capture(model, model.feature_layers + model.preact_layers, x)
+    k = len(list(describe(model).stages))
+    captured = _capture(model, list(describe(model).stages) + list(describe(model).preact), x)
     for f, p in zip(captured[:k], captured[k:], strict=True):
         torch.testing.assert_close(f, torch.relu(p))
 
@@ -67,7 +68,7 @@ def test_stage_output_is_relu_of_preact(name):
 def test_wrn_preact_is_the_next_bn_of_the_stage_output():
     model = create_model("wrn_16_2", 10).eval()
     x = torch.randn(2, 3, 32, 32)
-    captured = _capture(model, model.feature_layers + model.preact_layers, x)
+    captured = _capture(model, list(describe(model).stages) + list(describe(model).preact), x)
     bns = [model.block2[0].bn1, model.block3[0].bn1, model.bn]
     for f, p, bn in zip(captured[:3], captured[3:], bns, strict=True):
         torch.testing.assert_close(p, bn(f))
@@ -76,8 +77,8 @@ def test_wrn_preact_is_the_next_bn_of_the_stage_output():
 def test_mobilenetv2_group_outputs_are_linear_and_width_scales():
     model = create_model("mobilenetv2", 10)
     assert (
-        model.preact_layers
-        == model.feature_layers
+        list(describe(model).preact)
+        == list(describe(model).stages)
         == ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]
     )
     assert isinstance(model.blocks[6][-1].conv[-1], nn.BatchNorm2d)
@@ -182,7 +183,7 @@ def test_zoo_table_summarises_every_zoo_model(monkeypatch):
 def test_mlp_input_size_and_errors():
     model = create_model("mlp", 10, in_channels=1, input_size=28, hidden_sizes=[64])
     assert model.hidden.fc1.linear.in_features == 784
-    assert model.feature_layers == ["hidden.fc1"]
+    assert list(describe(model).stages) == ["hidden.fc1"]
     with pytest.raises(ValueError, match="hidden_sizes"):
         create_model("mlp", 10, hidden_sizes=[])
 
@@ -209,39 +210,39 @@ def test_tv_resnet18_small_input_stem_and_stages():
     model = create_model("tv:resnet18", 10, in_channels=1)
     assert model.conv1.in_channels == 1 and model.conv1.kernel_size == (3, 3)
     assert model.conv1.stride == (1, 1) and isinstance(model.maxpool, nn.Identity)
-    assert model.feature_layers == ["layer1", "layer2", "layer3", "layer4"]
-    assert model.preact_layers == [] and get_classifier(model) is model.fc
-    feats = _capture(model, model.feature_layers, torch.randn(2, 1, 28, 28))
+    assert list(describe(model).stages) == ["layer1", "layer2", "layer3", "layer4"]
+    assert list(describe(model).preact) == [] and classifier_of(model) is model.fc
+    feats = _capture(model, list(describe(model).stages), torch.randn(2, 1, 28, 28))
     assert [f.shape[-1] for f in feats] == [28, 14, 7, 4]
-    _capture(model, model.feature_layers, torch.randn(2, 1, 8, 8))
+    _capture(model, list(describe(model).stages), torch.randn(2, 1, 8, 8))
 
 
 def test_tv_resnet18_imagenet_stem_kept_without_small_input():
     model = create_model("tv:resnet18", 10, in_channels=1, small_input=False)
     assert model.conv1.in_channels == 1 and model.conv1.kernel_size == (7, 7)
     assert isinstance(model.maxpool, nn.MaxPool2d)
-    feats = _capture(model, model.feature_layers, torch.randn(2, 1, 64, 64))
+    feats = _capture(model, list(describe(model).stages), torch.randn(2, 1, 64, 64))
     assert [f.shape[-1] for f in feats] == [16, 8, 4, 2]
 
 
 def test_tv_vgg11_bn_stages_are_the_relus_before_each_pool():
     model = create_model("tv:vgg11_bn", 10, in_channels=1)
     pools = [i for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
-    assert model.feature_layers == [f"features.{i - 1}" for i in pools]
+    assert list(describe(model).stages) == [f"features.{i - 1}" for i in pools]
     assert model.features[0].in_channels == 1
-    assert get_classifier(model) is model.classifier[6]
+    assert classifier_of(model) is model.classifier[6]
     for size in (28, 8):
         _check_features(model, torch.randn(2, 1, size, size))
 
 
 def test_tv_mobilenet_v3_small_stages():
     model = create_model("tv:mobilenet_v3_small", 10, in_channels=3)
-    assert model.feature_layers == [
+    assert list(describe(model).stages) == [
         "features.0", "features.1", "features.3", "features.8", "features.12"
     ]  # fmt: skip
-    feats = _capture(model, model.feature_layers, torch.randn(2, 3, 32, 32))
+    feats = _capture(model, list(describe(model).stages), torch.randn(2, 3, 32, 32))
     assert [f.shape[-1] for f in feats] == [16, 8, 4, 2, 1]
-    assert model.kdscope_spec["name"] == "tv:mobilenet_v3_small"
+    assert describe(model).spec.name == "tv:mobilenet_v3_small"
 
 
 def test_tv_unknown_name_lists_close_names():
@@ -250,7 +251,7 @@ def test_tv_unknown_name_lists_close_names():
 
 
 def test_tv_feature_layers_override_and_missing_classifier():
-    model = create_model("tv:squeezenet1_1", 10, feature_layers=["features.12"])
-    assert model.feature_layers == ["features.12"]
+    model = create_model("tv:squeezenet1_1", 10, stages=["features.12"])
+    assert list(describe(model).stages) == ["features.12"]
     with pytest.raises(ValueError, match="no linear classifier"):
-        get_classifier(model)
+        classifier_of(model)

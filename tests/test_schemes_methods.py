@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdscope.config import TrainConfig
+from kdscope.config import DataConfig, TrainConfig
 from kdscope.data import collate
 from kdscope.methods import BindContext, Outputs, create_method
 from kdscope.methods.schemes import (
@@ -18,8 +18,9 @@ from kdscope.methods.schemes import (
     expand_classes,
     reverse_gradient,
 )
-from kdscope.models import create_model
-from kdscope.train import Trainer, accuracy, read_checkpoint
+from kdscope.metrics import accuracy
+from kdscope.models import create_model, describe
+from kdscope.train import Trainer, read_checkpoint
 from method_harness import Harness
 
 
@@ -39,7 +40,7 @@ def _fit(student, data, method, teacher=None, epochs=2, train_set=None, val_set=
         val_set or data.val,
         teacher=teacher,
         method=method,
-        batch_size=32,
+        data=DataConfig(batch_size=32),
         train=TrainConfig(epochs=epochs, seed=0),
         run_dir=run_dir,
         progress=False,
@@ -110,16 +111,16 @@ def test_dml_builds_fresh_peers_of_the_asked_architectures():
     torch.manual_seed(0)
     student = create_model("resnet8", 10, 1)
     twins = build_peers(student, 2, 10)
-    assert [p.kdscope_spec for p in twins] == [student.kdscope_spec] * 2
+    assert [describe(p).spec for p in twins] == [describe(student).spec] * 2
     assert not torch.equal(twins[0].conv1.weight, student.conv1.weight)
     (other,) = build_peers(student, ["resnet14"], 10)
-    assert other.kdscope_spec["name"] == "resnet14" and other.kdscope_spec["in_channels"] == 1
+    assert describe(other).spec.name == "resnet14" and describe(other).spec.in_channels == 1
     plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     (copy,) = build_peers(plain, 1, 10)
     assert copy[1].weight.shape == (10, 64) and not torch.equal(copy[1].weight, plain[1].weight)
-    with pytest.raises(ValueError, match="kdscope_spec"):
+    with pytest.raises(ValueError, match="ModelInfo spec"):
         build_peers(plain, ["resnet8"], 10)
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="peers=0 is out of range; accepted: an integer >= 1"):
         create_method("dml", peers=0)
 
 
@@ -292,7 +293,7 @@ def test_class_subset_reindexes_and_keeps_labels(digits):
 
 def test_expand_classes_keeps_the_old_outputs(old_model, digits):
     student = expand_classes(old_model, 10)
-    assert student.kdscope_spec["num_classes"] == 10 and old_model.kdscope_spec["num_classes"] == 5
+    assert describe(student).spec.num_classes == 10 and describe(old_model).spec.num_classes == 5
     x = collate([digits.val[i] for i in range(16)])[0]
     with torch.no_grad():
         assert torch.allclose(student.eval()(x)[:, :5], old_model(x), atol=1e-6)
@@ -334,12 +335,12 @@ def test_lwf_remembers_old_classes_that_fine_tuning_forgets(old_model, digits600
             None,
             teacher=teacher,
             method=name,
-            batch_size=32,
+            data=DataConfig(batch_size=32),
             train=TrainConfig(epochs=3),
             progress=False,
         ).fit()
         accs[name] = old_head_acc(student)
-        new_acc = accuracy(student, ClassSubset(digits.test, NEW), 512, "cpu", collate)
+        new_acc = accuracy(student, ClassSubset(digits.test, NEW), 512, "cpu")
         assert new_acc > 0.7, (name, new_acc)
     assert accs["lwf"] > accs["none"] + 0.2, accs
 
@@ -359,7 +360,7 @@ def test_dml_peers_are_not_copies_of_a_seeded_student(digits):
         student,
         digits.train,
         method=method,
-        batch_size=64,
+        data=DataConfig(batch_size=64),
         train=TrainConfig(epochs=1, seed=0),
         progress=False,
     )

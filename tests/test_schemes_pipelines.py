@@ -9,9 +9,10 @@ import torch
 import yaml
 from torch import nn
 
-from kdscope.config import ConfigError, TrainConfig, build_config
+from kdscope.config import ConfigError, DataConfig, TrainConfig, build_config
 from kdscope.data import collate
-from kdscope.methods.schemes import (
+from kdscope.models import create_model
+from kdscope.pipelines import (
     SyntheticSet,
     bn_statistics_loss,
     born_again,
@@ -23,7 +24,6 @@ from kdscope.methods.schemes import (
     teacher_assistant_chain,
     total_variation,
 )
-from kdscope.models import create_model
 from kdscope.train import Trainer, read_checkpoint
 
 
@@ -45,7 +45,7 @@ def teacher(digits):
         digits.train,
         digits.val,
         method="none",
-        batch_size=32,
+        data=DataConfig(batch_size=32),
         train=TrainConfig(epochs=4),
         progress=False,
     ).fit()

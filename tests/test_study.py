@@ -14,23 +14,17 @@ from typer.testing import CliRunner
 
 from kdscope import api
 from kdscope.analysis import read_rows
-from kdscope.analysis.executors import (
+from kdscope.cli import app
+from kdscope.config import ConfigError
+from kdscope.metrics import calibration_constant
+from kdscope.study import StudyConfig, expand, load_study, run_study, study_report
+from kdscope.study.executors import (
     LocalExecutor,
     ProcessExecutor,
     make_executor,
     threads_per_worker,
 )
-from kdscope.analysis.study import (
-    REPLICA_SEED_OFFSET,
-    StudyConfig,
-    expand,
-    load_study,
-    run_study,
-)
-from kdscope.analysis.study_report import study_report
-from kdscope.cli import app
-from kdscope.config import ConfigError
-from kdscope.metrics import calibration_constant
+from kdscope.study.plan import REPLICA_SEED_OFFSET
 from kdscope.train import load_model
 
 runner = CliRunner()
@@ -61,11 +55,11 @@ class CountingRun:
         self._run = api.run
         monkeypatch.setattr(api, "run", self)
 
-    def __call__(self, cfg, resume=False, progress=True):
+    def __call__(self, cfg, resume=False, progress=True, **options):
         self.calls.append((cfg.name, resume))
         if self.fail and self.fail in cfg.name:
             raise RuntimeError(f"boom in {cfg.name}")
-        return self._run(cfg, resume=resume, progress=progress)
+        return self._run(cfg, resume=resume, progress=progress, **options)
 
 
 def test_expand_grid_shares_teachers_and_controls(tmp_path):
@@ -226,7 +220,7 @@ def test_rerun_skips_finished_and_resumes_interrupted(finished, monkeypatch):
     mtimes = [p.stat().st_mtime_ns for p in summaries]
     counter = CountingRun(monkeypatch)
     evaluated = []
-    monkeypatch.setattr("kdscope.analysis.study.evaluate_row", lambda *a: evaluated.append(a))
+    monkeypatch.setattr("kdscope.study.runner.evaluate_row", lambda *a: evaluated.append(a))
     run_study(cfg, log=lambda m: None)
     assert counter.calls == [] and evaluated == []
     assert [p.stat().st_mtime_ns for p in summaries] == mtimes

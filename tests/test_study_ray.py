@@ -10,8 +10,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from kdscope.analysis import read_rows  # noqa: E402
-from kdscope.analysis.executors import RayExecutor  # noqa: E402
-from kdscope.analysis.study import StudyConfig, run_study  # noqa: E402
+from kdscope.study import StudyConfig, run_study  # noqa: E402
+from kdscope.study.executors import RayExecutor  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import signal
 import pytest
 import torch
 
-from kdscope.config import TrainConfig
+from kdscope.config import DataConfig, TrainConfig
 from kdscope.methods import Method, Needs, create_method
 from kdscope.models import create_model
 from kdscope.train import CheckpointError, NonFiniteLossError, Trainer, read_checkpoint
@@ -36,7 +36,7 @@ def _fit(
         digits.val,
         teacher=teacher or t,
         method=create_method(method) if isinstance(method, str) else method,
-        batch_size=32,
+        data=DataConfig(batch_size=32),
         train=TrainConfig(epochs=epochs, deterministic=True, **cfg),
         run_dir=run_dir,
         progress=False,
@@ -165,6 +165,7 @@ def test_resume_refuses_corrupt_and_mismatched_checkpoints(digits, tmp_path):
 
 
 def test_training_state_round_trip(tmp_path):
+    from kdscope.train import LoopState
     from kdscope.train.checkpoint import restore_training_state, save_training_state
 
     def parts(seed):
@@ -183,7 +184,9 @@ def test_training_state_round_trip(tmp_path):
 
     saved = parts(0)
     torch.manual_seed(123)
-    save_training_state(tmp_path / "s.pt", saved, epoch=3, step=7, history=[{"epoch": 3}])
+    save_training_state(
+        tmp_path / "s.pt", saved, LoopState(epoch=3, step=7, history=[{"epoch": 3}])
+    )
     after_save = torch.rand(3)
     fresh = parts(1)
     ckpt = restore_training_state(tmp_path / "s.pt", fresh)
@@ -215,7 +218,8 @@ def test_several_teachers_reach_the_method_stacked(digits):
     seen = []
 
     class Probe(Method):
-        needs = Needs(teacher_logits=True)
+        def __init__(self):
+            super().__init__(Needs(teacher_logits=True))
 
         def forward(self, out):
             seen.append(tuple(out.teacher_logits.shape))
@@ -230,7 +234,7 @@ def test_several_teachers_reach_the_method_stacked(digits):
             digits.train,
             teacher=teachers,
             method=Probe(),
-            batch_size=32,
+            data=DataConfig(batch_size=32),
             train=TrainConfig(epochs=1, cache=cache),
             progress=False,
         )
@@ -246,7 +250,7 @@ def test_multi_teacher_method_trains(digits):
         digits.train,
         teacher=teachers,
         method="multi_teacher",
-        batch_size=32,
+        data=DataConfig(batch_size=32),
         train=TrainConfig(epochs=1),
         progress=False,
     )

@@ -13,16 +13,43 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdscope.config import (
     ConfigError,
+    DataConfig,
     OptimConfig,
     RunConfig,
     ScheduleConfig,
     TrainConfig,
-    check_names,
 )
-from kdscope.methods import Method, create_method
-from kdscope.train import FitResult, Trainer, accuracy, load_model
+from kdscope.data import AUGMENTS, DATASETS, load_data
+from kdscope.methods import METHODS, Method, create_method
+from kdscope.metrics import accuracy
+from kdscope.models import MODELS, create_model, describe
+from kdscope.train import FitResult, RunDirectory, Trainer, load_model
 from kdscope.train.checkpoint import load_weights, read_checkpoint, resolve_checkpoint
 from kdscope.train.seeding import seed_everything
+
+
+def check_config(cfg: RunConfig) -> list[str]:
+    """Every unknown dataset, model, method or augmentation name in ``cfg``, and every method
+    parameter out of its declared range, as messages (empty if the config can run)."""
+    problems = []
+    if cfg.data.name not in DATASETS:
+        problems.append(f"data.name: {DATASETS.unknown_message(cfg.data.name)}")
+    if cfg.data.augment not in AUGMENTS:
+        problems.append(f"data.augment: {cfg.data.augment!r} is not one of {', '.join(AUGMENTS)}")
+    for field, model in (("student", cfg.student), ("teacher", cfg.teacher)):
+        if model is not None and not model.name.startswith("tv:") and model.name not in MODELS:
+            problems.append(f"{field}.name: {MODELS.unknown_message(model.name)}")
+    if cfg.method.name not in METHODS:
+        problems.append(f"method.name: {METHODS.unknown_message(cfg.method.name)}")
+        return problems
+    try:
+        method = create_method(cfg.method.name, **cfg.method.params)
+    except (TypeError, ValueError) as err:
+        problems.append(f"method.params: {err}")
+        return problems
+    if method.needs.teacher and cfg.teacher is None:
+        problems.append(f"teacher: method {cfg.method.name!r} needs a teacher; none is configured")
+    return problems
 
 
 @dataclass
@@ -46,16 +73,20 @@ class RunResult:
         }
 
 
-def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> RunResult:
+def run(
+    cfg: RunConfig,
+    resume: bool = False,
+    progress: bool = True,
+    teacher_test_acc: float | None = None,
+) -> RunResult:
     """Train the run ``cfg`` describes into ``cfg.out_dir / cfg.name`` and test its best checkpoint.
 
     Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoints/{last,best}.pt`` and ``summary.json``.
-    Refuses to overwrite a run directory that holds checkpoints unless ``resume``.
+    Refuses to overwrite a run directory that holds checkpoints unless ``resume``. The teacher's
+    test accuracy is measured on the test split unless its caller, which trained the teacher on
+    the same data (a study, a pipeline), passes it as ``teacher_test_acc``.
     """
-    from kdscope.data import load_data
-    from kdscope.models import create_model
-
-    problems = check_names(cfg)
+    problems = check_config(cfg)
     if problems:
         raise ConfigError("Invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
     run_dir = cfg.run_dir
@@ -65,16 +96,7 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> RunResul
             "choose another name (--set name=...)"
         )
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    data = load_data(
-        cfg.data.name,
-        data_dir=cfg.data.data_dir,
-        download=cfg.data.download,
-        val_fraction=cfg.data.val_fraction,
-        augment=cfg.data.augment,
-        seed=cfg.data.seed,
-        train_size=cfg.data.train_size,
-        **cfg.data.options,
-    )
+    data = load_data(cfg.data)
     student = create_model(
         cfg.student.name, data.num_classes, data.in_channels, **cfg.student.kwargs
     )
@@ -84,15 +106,16 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> RunResul
             read_checkpoint(resolve_checkpoint(cfg.student.checkpoint))["model"],
             str(cfg.student.checkpoint),
         )
-    teacher = _load_teacher(cfg, data.num_classes, data.in_channels)
     method = create_method(cfg.method.name, **cfg.method.params)
+    teacher = _load_teacher(cfg, method, data.num_classes, data.in_channels)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     if teacher is not None:
         (run_dir / "checkpoints").mkdir(exist_ok=True)
+        spec = describe(teacher).spec
         (run_dir / "checkpoints" / "teacher.json").write_text(
             json.dumps(
-                {"checkpoint": str(cfg.teacher.checkpoint), "spec": teacher.kdscope_spec}, indent=2
+                {"checkpoint": str(cfg.teacher.checkpoint), "spec": spec.to_dict()}, indent=2
             )
         )
     trainer = Trainer(
@@ -101,16 +124,12 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> RunResul
         data.val,
         teacher=teacher,
         method=method,
-        num_classes=data.num_classes,
         augment=data.augment,
-        batch_size=cfg.data.batch_size,
-        eval_batch_size=cfg.data.eval_batch_size,
-        num_workers=cfg.data.num_workers,
+        data=cfg.data,
         optim=cfg.optim,
         schedule=cfg.schedule,
         train=cfg.train,
-        run_dir=run_dir,
-        config=cfg.model_dump(mode="json"),
+        run_dir=RunDirectory(run_dir, cfg.model_dump(mode="json")),
         progress=progress,
     )
     fit = trainer.fit(resume=resume)
@@ -118,38 +137,18 @@ def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> RunResul
         load_model(run_dir, "best") if (run_dir / "checkpoints" / "best.pt").exists() else student
     )
     device = trainer.device
-    test_acc = accuracy(
-        best.to(device), data.test, cfg.data.eval_batch_size, device, trainer.collate
-    )
-    teacher_acc = (
-        _teacher_test_acc(cfg, teacher, data.test, device, trainer.collate)
-        if teacher is not None
-        else None
-    )
-    result = RunResult(run_dir, fit, test_acc, teacher_acc)
+    test_acc = accuracy(best.to(device), data.test, cfg.data.eval_batch_size, device)
+    if teacher is not None and teacher_test_acc is None:
+        teacher_test_acc = accuracy(teacher, data.test, cfg.data.eval_batch_size, device)
+    result = RunResult(run_dir, fit, test_acc, teacher_test_acc)
     if trainer.dist.is_main:
         (run_dir / "summary.json").write_text(json.dumps(result.summary(), indent=2))
     return result
 
 
-# (teacher file, its mtime, the data settings that fix the test split) -> test accuracy
-_TEACHER_TEST_ACC: dict[tuple[str, int, str], float] = {}
-
-
-def _teacher_test_acc(cfg: RunConfig, teacher: nn.Module, test: Dataset, device, collate) -> float:
-    """The teacher's test accuracy, measured once per process and teacher file: a study distills
-    many students from one teacher, and a test pass of a large teacher costs as much as an epoch."""
-    path = resolve_checkpoint(cfg.teacher.checkpoint).resolve()
-    split = cfg.data.model_dump_json(
-        include={"name", "data_dir", "val_fraction", "seed", "options"}
-    )
-    key = (str(path), path.stat().st_mtime_ns, split)
-    if key not in _TEACHER_TEST_ACC:
-        _TEACHER_TEST_ACC[key] = accuracy(teacher, test, cfg.data.eval_batch_size, device, collate)
-    return _TEACHER_TEST_ACC[key]
-
-
-def _load_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module | None:
+def _load_teacher(
+    cfg: RunConfig, method: Method, num_classes: int, in_channels: int
+) -> nn.Module | None:
     if cfg.teacher is None:
         return None
     if cfg.teacher.checkpoint is None:
@@ -158,16 +157,13 @@ def _load_teacher(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Modu
             "(kdscope train ...) and referenced by its run directory or .pt file"
         )
     teacher = load_model(cfg.teacher.checkpoint)
-    from kdscope.methods import METHODS
-
-    spec = teacher.kdscope_spec
-    classes_must_match = METHODS.get(cfg.method.name).same_label_space
-    if (classes_must_match and spec["num_classes"] != num_classes) or (
-        spec["in_channels"] != in_channels
+    info = describe(teacher)
+    if (method.same_label_space and info.num_classes != num_classes) or (
+        info.in_channels != in_channels
     ):
         raise ConfigError(
-            f"teacher {str(cfg.teacher.checkpoint)!r} was built for {spec['num_classes']} classes "
-            f"and {spec['in_channels']} input channels, but data {cfg.data.name!r} has "
+            f"teacher {str(cfg.teacher.checkpoint)!r} was built for {info.num_classes} classes "
+            f"and {info.in_channels} input channels, but data {cfg.data.name!r} has "
             f"{num_classes} classes and {in_channels} channels"
         )
     return teacher
@@ -225,15 +221,13 @@ def distill(
         val_set,
         teacher=teacher,
         method=method,
-        batch_size=batch_size or train_bs or 128,
+        data=DataConfig(batch_size=batch_size or train_bs or 128),
         optim=_validated(OptimConfig, optim),
         schedule=_validated(ScheduleConfig, schedule),
         train=TrainConfig(epochs=epochs, **train_options),
         run_dir=run_dir,
         progress=progress,
     )
-    if run_dir is not None:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
     return trainer.fit(resume=resume)
 
 

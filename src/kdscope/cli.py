@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import signal
 import sys
 from pathlib import Path
@@ -10,6 +11,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from kdscope.api import run
+from kdscope.config import ConfigError, build_config, load_config
+from kdscope.evaluation import evaluate_runs, explain_runs
+from kdscope.explain.relevance import RELEVANCE_COLUMNS, relevance_rows
+from kdscope.methods import METHODS, method_info
+from kdscope.models import describe, zoo_table
+from kdscope.registry import UnknownNameError
+from kdscope.train import CheckpointError, NonFiniteLossError, load_model
 
 app = typer.Typer(
     help="kdscope: distill neural networks and measure what knowledge moved.",
@@ -29,10 +39,6 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _run_config(config, overrides, shortcuts, resume, need_teacher: bool) -> None:
-    from kdscope.api import run
-    from kdscope.config import ConfigError, build_config, load_config
-    from kdscope.train import CheckpointError, NonFiniteLossError
-
     extra = [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + list(overrides or [])
     try:
         cfg = load_config(config, extra) if config else build_config({}, extra)
@@ -101,11 +107,8 @@ def distill(
         "out_dir": out,
     }
     if teacher is not None:
-        from kdscope.train import load_model
-        from kdscope.train.checkpoint import CheckpointError
-
         try:
-            shortcuts["teacher.name"] = load_model(teacher).kdscope_spec["name"]
+            shortcuts["teacher.name"] = describe(load_model(teacher)).spec.name
         except CheckpointError as err:
             _fail(str(err))
     _run_config(config, set_, shortcuts, resume, need_teacher=True)
@@ -128,9 +131,6 @@ def evaluate(
     ] = None,
 ) -> None:
     """Measure what the student retained from its teacher (agreement, KRS, FSS, RS)."""
-    from kdscope.evaluation import evaluate_runs
-    from kdscope.train.checkpoint import CheckpointError
-
     if split not in ("test", "val"):
         _fail(f"--split must be 'test' or 'val', got {split!r}")
     try:
@@ -166,10 +166,6 @@ def explain(
     out: Annotated[Path | None, typer.Option(help="Output directory (default: STUDENT).")] = None,
 ) -> None:
     """Grad-CAM and UniCAM figures and perturbed FSS/RS: what the student gained and dropped."""
-    from kdscope.evaluation import explain_runs
-    from kdscope.explain.relevance import RELEVANCE_COLUMNS, relevance_rows
-    from kdscope.train.checkpoint import CheckpointError
-
     names = [x.strip() for x in layers.split(",")] if layers else None
     try:
         result, out_dir = explain_runs(
@@ -192,8 +188,6 @@ def models(
     input_size: Annotated[int, typer.Option(help="Input height = width.")] = 32,
 ) -> None:
     """List the model zoo with parameters and multiply-adds (MACs) at the given input size."""
-    from kdscope.models import zoo_table
-
     table = Table("model", "params (M)", "MMACs", "feature layers (C x H x W)")
     for row in zoo_table(num_classes, in_channels, input_size):
         layers = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in row["features"].items())
@@ -207,13 +201,7 @@ def methods(
     name: Annotated[str | None, typer.Argument(help="Show one method's documentation.")] = None,
 ) -> None:
     """List distillation methods with family, paper and defaults (or one method's docs)."""
-    import inspect
-
-    from kdscope.methods import METHODS, method_info
-
     if name is not None:
-        from kdscope.registry import UnknownNameError
-
         try:
             cls = METHODS.get(name)
         except UnknownNameError as err:
@@ -221,7 +209,11 @@ def methods(
         info = method_info(name)
         console.print(f"[bold]{name}[/bold] ({info['family']}) - {info['paper']}")
         console.print(inspect.cleandoc(cls.__doc__ or ""))
-        console.print(f"defaults: {info['defaults']}\nneeds: {info['needs']}")
+        console.print(f"default layers: {info['layers']}; needs: {', '.join(info['needs'])}")
+        table = Table("parameter", "default", "accepted")
+        for key, value in info["defaults"].items():
+            table.add_row(key, repr(value), info["ranges"].get(key, "-"))
+        console.print(table)
         return
     table = Table("method", "family", "paper", "defaults", "needs")
     for n in METHODS.names():
@@ -238,7 +230,7 @@ def demo(
 ) -> None:
     """Teacher, baseline and KD student on the bundled digits data, with what the student
     retained."""
-    from kdscope.demo import run_demo
+    from kdscope.demo import run_demo  # here: its report (matplotlib, scipy) takes seconds to load
 
     run_demo(out / "demo", epochs=epochs, console=console)
 
@@ -251,10 +243,8 @@ def study(
     workers: Annotated[int, typer.Option(help="Parallel local runs (processes).")] = 1,
 ) -> None:
     """Train and evaluate a grid of runs, then write its table and report; rerun to resume."""
-    from kdscope.analysis.executors import make_executor
-    from kdscope.analysis.study import load_study, run_study
-    from kdscope.analysis.study_report import study_report
-    from kdscope.config import ConfigError
+    # here, as in report: the study's analyses (matplotlib, scipy) take seconds to import
+    from kdscope.study import load_study, make_executor, run_study, study_report
 
     try:
         cfg = load_study(config, set_)
@@ -276,8 +266,7 @@ def report(
     study_dir: Annotated[Path, typer.Argument(help="A study directory (runs/studies/<name>).")],
 ) -> None:
     """Re-read a study's table, run its analyses and write STUDY_DIR/report.html."""
-    from kdscope.analysis.study_report import study_report
-    from kdscope.config import ConfigError
+    from kdscope.study import study_report
 
     try:
         path = study_report(study_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,8 +126,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``data`` with each ``a.b.c=value`` set; ``value`` is parsed as YAML."""
-    import copy
-
     data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -141,25 +140,3 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = child
         node[leaf] = yaml.safe_load(raw)
     return data
-
-
-def check_names(cfg: RunConfig) -> list[str]:
-    """Every unknown dataset, model, method or augmentation name in ``cfg``, as messages (empty if
-    ok)."""
-    from kdscope.data import AUGMENTS, DATASETS
-    from kdscope.methods import METHODS
-    from kdscope.models import MODELS
-
-    problems = []
-    if cfg.data.name not in DATASETS:
-        problems.append(f"data.name: {DATASETS.unknown_message(cfg.data.name)}")
-    if cfg.data.augment not in AUGMENTS:
-        problems.append(f"data.augment: {cfg.data.augment!r} is not one of {', '.join(AUGMENTS)}")
-    for field, model in (("student", cfg.student), ("teacher", cfg.teacher)):
-        if model is not None and not model.name.startswith("tv:") and model.name not in MODELS:
-            problems.append(f"{field}.name: {MODELS.unknown_message(model.name)}")
-    if cfg.method.name not in METHODS:
-        problems.append(f"method.name: {METHODS.unknown_message(cfg.method.name)}")
-    elif METHODS.get(cfg.method.name).needs.teacher and cfg.teacher is None:
-        problems.append(f"teacher: method {cfg.method.name!r} needs a teacher; none is configured")
-    return problems

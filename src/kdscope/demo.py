@@ -15,7 +15,10 @@ from kdscope.analysis.report import Figure, Section, Table, write_report
 from kdscope.analysis.run_report import curves_figure, read_history
 from kdscope.api import run
 from kdscope.config import build_config
+from kdscope.data import load_data
+from kdscope.explain import explain_student
 from kdscope.explain.relevance import RELEVANCE_COLUMNS, relevance_rows
+from kdscope.metrics import evaluate
 from kdscope.train import load_model
 
 TEACHER, STUDENT = "resnet56", "resnet8"
@@ -45,10 +48,6 @@ def _stage(out_dir: Path, name: str, epochs: int, console: Console, **fields: An
 def run_demo(out_dir: Path, epochs: int = 15, console: Console | None = None) -> dict[str, Any]:
     """Train the three models (or reuse finished ones), evaluate and explain the KD student, print
     the tables and write ``out_dir/report.html``."""
-    from kdscope.data import load_data
-    from kdscope.explain import explain
-    from kdscope.metrics import evaluate
-
     console = console or Console()
     out_dir = Path(out_dir)
     teacher_dir = _stage(out_dir, "teacher", epochs, console, student={"name": TEACHER})
@@ -71,7 +70,7 @@ def run_demo(out_dir: Path, epochs: int = 15, console: Console | None = None) ->
     (out_dir / "summary.json").write_text(json.dumps(rows, indent=2))
     console.print(_table(rows))
     console.print("[bold]explaining[/bold]: Grad-CAM, UniCAM and relevance, KD student vs baseline")
-    relevance = explain(student, base, data, num_images=8, max_batches=2, out_dir=kd_dir)
+    relevance = explain_student(student, base, data, num_images=8, max_batches=2, out_dir=kd_dir)
     rs = relevance_rows(relevance["base"])
     console.print(_rs_table(rs))
     report = write_report(

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdscope.config import DataConfig
+from kdscope.data import load_data
+from kdscope.explain import explain_student
+from kdscope.metrics import evaluate
 from kdscope.train.checkpoint import load_model, read_checkpoint, resolve_checkpoint
 
 
@@ -15,23 +18,13 @@ def run_data_config(run: Path) -> DataConfig | None:
 
 
 def _bundle(student: Path, data: str | None):
-    from kdscope.data import load_data
-
     recorded = run_data_config(student)
     if recorded is None and data is None:
         raise ValueError(f"{student} records no dataset: pass --data NAME")
     cfg = recorded or DataConfig()
     if data is not None:
         cfg = cfg.model_copy(update={"name": data})
-    return load_data(
-        cfg.name,
-        data_dir=cfg.data_dir,
-        download=cfg.download,
-        val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
-        train_size=cfg.train_size,
-        **cfg.options,
-    )
+    return load_data(cfg)
 
 
 def evaluate_runs(
@@ -49,8 +42,6 @@ def evaluate_runs(
 
     Returns ``(EvaluationResult, path written)``.
     """
-    from kdscope.metrics import evaluate
-
     bundle = _bundle(student, data)
     base_model = load_model(base) if base is not None else None
     metrics = metrics or ["agreement", "krs"]
@@ -80,11 +71,9 @@ def explain_runs(
 ):
     """Explain a student run against its base (and teacher) run; figures go to ``out`` (default:
     the student's run directory). Returns ``(relevance dict, output directory)``."""
-    from kdscope.explain import explain
-
     bundle = _bundle(student, data)
     out_dir = out or (student if Path(student).is_dir() else Path(student).parent)
-    result = explain(
+    result = explain_student(
         load_model(student),
         load_model(base),
         bundle,

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kdscope.analysis import _words as w
 from kdscope.analysis import plots
-from kdscope.analysis.payoff import add_payoff
+from kdscope.analysis.payoff import Condition, add_payoff
 from kdscope.analysis.report import Figure, Section, Table
 from kdscope.analysis.stats import PairedComparison, compare_paired, holm, mean_ci
 from kdscope.analysis.tidy import (
@@ -51,17 +51,6 @@ SWEEP_MEASURES = ("agree_all", "agree_C", "agree_I")
 SWEEP_PARAMS = ("alpha", "temperature", "student")
 OTHER_ARMS = ("control", "random_control")
 ARMS_SHOWN = ("control", "kd", "random_control")
-
-
-@dataclass
-class Condition:
-    """One KD setting (``key`` over :data:`CONDITION`), its labels for tables (``label``) and
-    plots (``short``: only the fields that vary), and the rows of each arm compared with it."""
-
-    key: tuple
-    label: str
-    short: str
-    arms: dict[str, list[Row]] = field(default_factory=dict)
 
 
 @dataclass

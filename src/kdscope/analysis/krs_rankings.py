@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -16,10 +16,16 @@ from scipy import stats
 from kdscope.analysis import _words as w
 from kdscope.analysis import plots
 from kdscope.analysis.report import Figure, Section, Table
-from kdscope.analysis.stats import holm, kendall_tau, kendalls_w
+from kdscope.analysis.stats import PairedComparison, holm, kendall_tau, kendalls_w
 
-if TYPE_CHECKING:
-    from kdscope.analysis.krs_validation import Gain
+
+@dataclass
+class Gain:
+    """Distilled (a) vs base (b) values of one measure in one (pair, method) cell, by seed."""
+
+    a: list[float]
+    b: list[float]
+    cmp: PairedComparison
 
 
 def add_rankings(

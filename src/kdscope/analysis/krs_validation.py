@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from kdscope.analysis import _words as w
 from kdscope.analysis import plots
-from kdscope.analysis.krs_rankings import add_rankings
+from kdscope.analysis.krs_rankings import Gain, add_rankings
 from kdscope.analysis.report import Figure, Section, Table
 from kdscope.analysis.stats import (
     Correlation,
@@ -118,15 +117,6 @@ def _check_grid(rows, cells, label, min_seeds, section: Section) -> set[tuple]:
             "them."
         )
     return few
-
-
-@dataclass
-class Gain:
-    """Distilled (a) vs base (b) values of one measure in one (pair, method) cell, by seed."""
-
-    a: list[float]
-    b: list[float]
-    cmp: PairedComparison
 
 
 def _gains(cells, level) -> dict[tuple, dict[str, Gain]]:

@@ -11,16 +11,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 from kdscope.analysis import _words as w
 from kdscope.analysis import plots
 from kdscope.analysis.report import Figure, Section, Table
 from kdscope.analysis.stats import compare_paired, holm, mean_ci
-from kdscope.analysis.tidy import by_seed
+from kdscope.analysis.tidy import Row, by_seed
 
-if TYPE_CHECKING:
-    from kdscope.analysis.functional import Condition
+
+@dataclass
+class Condition:
+    """One KD setting (``key`` over :data:`kdscope.analysis.functional.CONDITION`), its labels for
+    tables (``label``) and plots (``short``: only the fields that vary), and the rows of each arm
+    compared with it."""
+
+    key: tuple
+    label: str
+    short: str
+    arms: dict[str, list[Row]] = field(default_factory=dict)
 
 
 def add_payoff(

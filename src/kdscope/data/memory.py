@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from kdscope.data.bundle import DataBundle
 from kdscope.data.splits import carve_splits
@@ -81,20 +81,16 @@ class InMemoryDataset(Dataset):
         return raw.float().mul_(self._mul).add_(self._add)
 
 
-def collate(batch: Batch | list[tuple[Tensor, int, int]]) -> Batch:
-    """DataLoader ``collate_fn`` for every kdscope split.
+def collate(batch: Batch | list[tuple]) -> tuple:
+    """The one DataLoader ``collate_fn`` of kdscope.
 
-    A tuple is a batch already assembled by ``__getitems__`` and passes through; a list of
-    ``(image, label, index)`` samples (folder datasets) is stacked into the same three tensors.
+    A tuple is a batch already assembled by ``__getitems__`` and passes through; a list of samples
+    (``(x, y, index)`` from folder datasets, or users' ``(x, y)`` pairs) is stacked field by field
+    with torch's ``default_collate``.
     """
     if isinstance(batch, tuple):
         return batch
-    images, labels, indices = zip(*batch, strict=True)
-    return (
-        torch.stack(images),
-        torch.as_tensor(labels, dtype=torch.long),
-        torch.as_tensor(indices, dtype=torch.long),
-    )
+    return tuple(default_collate(batch))
 
 
 def memory_bundle(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kdscope.config import DataConfig
 from kdscope.data.bundle import DataBundle
 from kdscope.data.transforms import get_augment
 from kdscope.registry import Registry
@@ -47,43 +48,40 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
-def load_data(
-    name: str,
-    *,
-    data_dir: str | Path | None = None,
-    download: bool = False,
-    val_fraction: float = 0.1,
-    augment: str = "none",
-    seed: int = 0,
-    train_size: int | None = None,
-    **options: Any,
-) -> DataBundle:
-    """Load dataset ``name`` as a :class:`DataBundle` of train/val/test splits.
+def load_data(cfg: DataConfig | str, **fields: Any) -> DataBundle:
+    """Load a dataset as a :class:`DataBundle` of train/val/test splits: the one entry point.
 
     Parameters
     ----------
-    name : one of :func:`list_datasets` (``digits``, ``fashion-mnist``, ``cifar10``, ``cifar100``,
-        ``imagefolder``).
-    data_dir : where the dataset's files are (or are downloaded to). Defaults to
-        ``~/.cache/kdscope/datasets``; ``imagefolder`` requires it and ``digits`` ignores it.
-    download : fetch missing files with torchvision (fashion-mnist, cifar10, cifar100).
-    val_fraction : share of the official train split held out as validation, stratified by class.
-    augment : batched training augmentation preset, ``"none"`` or ``"standard"`` (random crop with
-        padding and horizontal flip, see :func:`~kdscope.data.transforms.standard_augment`).
-    seed : seeds the validation split and the ``train_size`` subset; the test split never depends on
-        it. The same seed always gives the same splits.
-    train_size : keep only this many training examples (stratified), for quick studies.
-    **options : dataset-specific settings, e.g. ``image_size`` for ``imagefolder``.
+    cfg : a :class:`~kdscope.config.DataConfig`, or a dataset name (one of :func:`list_datasets`)
+        with ``fields`` its other settings (``load_data("digits", train_size=256)``; a field that
+        is not one of DataConfig's is a dataset option). The fields that shape the splits:
+
+        - ``data_dir``: where the dataset's files are (see :func:`dataset_dir`); ``imagefolder``
+          requires it and ``digits`` ignores it. ``download``: fetch missing files.
+        - ``val_fraction``: share of the official train split held out as validation, stratified.
+        - ``augment``: batched training augmentation preset (``kdscope.data.AUGMENTS``).
+        - ``seed``: seeds the validation split and the ``train_size`` subset; the test split never
+          depends on it. The same seed always gives the same splits.
+        - ``train_size``: keep only this many training examples (stratified).
+        - ``options``: dataset-specific settings, e.g. ``image_size`` for ``imagefolder``.
     """
-    factory = DATASETS.get(name)
-    augment_fn = get_augment(augment)
+    if isinstance(cfg, str):
+        # Fields that DataConfig does not have are the dataset's own options (image_size=...).
+        options = dict(fields.pop("options", {}))
+        options |= {k: fields.pop(k) for k in list(fields) if k not in DataConfig.model_fields}
+        cfg = DataConfig(name=cfg, options=options, **fields)
+    elif fields:
+        cfg = cfg.model_copy(update=fields)
+    factory = DATASETS.get(cfg.name)
+    augment_fn = get_augment(cfg.augment)
     bundle = factory(
-        data_dir=Path(data_dir).expanduser() if data_dir is not None else None,
-        download=download,
-        val_fraction=val_fraction,
-        seed=seed,
-        train_size=train_size,
-        **options,
+        data_dir=cfg.data_dir.expanduser() if cfg.data_dir is not None else None,
+        download=cfg.download,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        train_size=cfg.train_size,
+        **cfg.options,
     )
     bundle.augment = augment_fn
     return bundle

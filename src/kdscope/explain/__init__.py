@@ -1,6 +1,6 @@
 """Explanations of what a student learned: Grad-CAM, UniCAM, ROAD and perturbed FSS/RS."""
 
-from kdscope.explain.api import explain
+from kdscope.explain.api import explain_student
 from kdscope.explain.figures import plot_map_grid, plot_relevance
 from kdscope.explain.gradcam import grad_cam
 from kdscope.explain.relevance import (
@@ -16,7 +16,7 @@ __all__ = [
     "RELEVANCE_COLUMNS",
     "RelevanceResult",
     "UniCAMResult",
-    "explain",
+    "explain_student",
     "grad_cam",
     "perturbed_relevance",
     "relevance_rows",

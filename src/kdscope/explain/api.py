@@ -1,4 +1,4 @@
-"""``explain(...)``: Grad-CAM and UniCAM figures and perturbed FSS/RS, student vs base."""
+"""``explain_student(...)``: Grad-CAM and UniCAM figures and perturbed FSS/RS, student vs base."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from kdscope.metrics.relevance import DEFAULT_TEXT_MODEL, label_embeddings
 Layers = Sequence[str] | Sequence[tuple[str, str]] | None
 
 
-def explain(
+def explain_student(
     student: nn.Module,
     base: nn.Module,
     data: DataBundle,
@@ -55,7 +55,7 @@ def explain(
         data: the dataset bundle (its normalisation is undone for ROAD, its class names label rows
             and give the label embeddings).
         layers: student/base layer names (the same in both) or ``(student_layer, other_layer)``
-            pairs; default: the models' ``feature_layers`` paired by relative depth.
+            pairs; default: the models' stages paired by relative depth.
         num_images: rows of the grid; they form the one batch their UniCAM maps depend on.
         out_dir: where figures and JSON go.
         split: ``"test"``, ``"val"`` or ``"train"``.

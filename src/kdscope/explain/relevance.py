@@ -31,6 +31,7 @@ from kdscope.explain.unicam import batch_composition, unicam
 from kdscope.features import pair_layers
 from kdscope.metrics.relevance import ESTIMATOR_NAMES, ESTIMATORS
 from kdscope.metrics.similarity import ZeroVarianceError
+from kdscope.models import describe
 
 Estimator = Literal["bias_corrected", "v_statistic"]
 SCORES = {
@@ -141,7 +142,7 @@ def perturbed_relevance(
         batches: yields ``(inputs, labels)`` or ``(inputs, labels, indices)`` (a DataLoader over
             a split).
         label_embeddings: (num_classes, dim) class embeddings.
-        layers: ``(student_layer, base_layer)`` pairs; default: the models' ``feature_layers``
+        layers: ``(student_layer, base_layer)`` pairs; default: the models' stages
             paired by relative depth.
         keep_fraction: share of pixels each explanation keeps.
         estimator: ``"bias_corrected"`` R* (default; can be negative) or ``"v_statistic"``
@@ -215,14 +216,14 @@ def perturbed_relevance(
 
 
 def default_layer_pairs(student: nn.Module, base: nn.Module) -> list[tuple[str, str]]:
-    """The models' ``feature_layers`` paired by relative depth."""
+    """The models' stages paired by relative depth."""
     for name, model in (("student", student), ("base", base)):
-        if not getattr(model, "feature_layers", None):
+        if not describe(model).stages:
             raise ValueError(
-                f"the {name} ({type(model).__name__}) declares no feature_layers; pass layers="
-                f"[(student_layer, base_layer), ...]"
+                f"the {name} ({type(model).__name__}) declares no stages in its ModelInfo; pass "
+                "layers=[(student_layer, base_layer), ...]"
             )
-    return pair_layers(student.feature_layers, base.feature_layers)
+    return pair_layers(describe(student).stages, describe(base).stages)
 
 
 def _skip_reason(labels: Tensor) -> str | None:

@@ -1,4 +1,4 @@
-"""Shape adapters and layer choices shared by the feature- and relation-based methods.
+"""Shape adapters shared by the feature- and relation-based methods.
 
 Adapters map student features to the teacher's shape (FitNet's regressor, OFD's connector, CRD's
 embedding); they are trainable submodules of the method, built in ``bind`` once shapes are known.
@@ -31,64 +31,6 @@ def full_precision(forward: Forward) -> Forward:
             return forward(self, out)
 
     return wrapper
-
-
-def classifier_of(model: nn.Module) -> nn.Linear:
-    """The model's final linear layer: ``model.classifier_layer`` or ``model.classifier``."""
-    name = getattr(model, "classifier_layer", None)
-    head = model.get_submodule(name) if name else getattr(model, "classifier", None)
-    if not isinstance(head, nn.Linear):
-        raise TypeError(
-            f"{type(model).__name__} exposes no linear classifier: set `classifier_layer` "
-            "(a submodule name) or a `classifier` nn.Linear attribute"
-        )
-    return head
-
-
-def penultimate_layer(model: nn.Module) -> str:
-    """FeatureTap name of the classifier's input (the pooled embedding): ``"<classifier>:in"``."""
-    name = getattr(model, "classifier_layer", None)
-    if name:
-        return f"{name}:in"
-    head = classifier_of(model)
-    for qualified, module in model.named_modules():
-        if module is head:
-            return f"{qualified}:in"
-    raise TypeError(f"{type(model).__name__}.classifier is not a submodule of the model")
-
-
-def pooled_map_layer(model: nn.Module) -> str:
-    """The feature map the classifier sees through global pooling.
-
-    ``"avgpool:in"`` where the model has an ``avgpool`` module (every zoo model, torchvision
-    ResNets), else the last of ``feature_layers``.
-    """
-    if isinstance(getattr(model, "avgpool", None), nn.Module):
-        return "avgpool:in"
-    layers = list(getattr(model, "feature_layers", []))
-    if not layers:
-        raise TypeError(
-            f"{type(model).__name__} has neither an `avgpool` module nor `feature_layers`"
-        )
-    return layers[-1]
-
-
-def keep_pairs(
-    method: Method, student: nn.Module, teacher: nn.Module | None, index: int | str
-) -> None:
-    """Resolve the method's layers (``Method.resolve_layers``) and keep one pair of them.
-
-    ``index`` is a position in the paired lists or ``"middle"`` (FitNet's hint: the pair at half
-    depth, ``(n - 1) // 2``). Layers the user chose explicitly are kept as given.
-    """
-    explicit = bool(method.student_layers or method.teacher_layers)
-    Method.resolve_layers(method, student, teacher)
-    if explicit:
-        return
-    n = len(method.student_layers)
-    i = (n - 1) // 2 if index == "middle" else index
-    method.student_layers = [method.student_layers[i]]
-    method.teacher_layers = [method.teacher_layers[i]]
 
 
 def flat(x: Tensor) -> Tensor:

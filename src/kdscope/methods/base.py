@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from torch import Tensor, nn
 
+from kdscope.methods.layers import Layers
+from kdscope.methods.params import Constraint, check_params
 from kdscope.registry import Registry
 
-if TYPE_CHECKING:
-    from kdscope.train.cache import TeacherCache
+
+class TeacherOutputs(Protocol):
+    """The teacher's outputs stored per training example (the Trainer's teacher cache)."""
+
+    def lookup(self, index: Tensor, device: Any) -> tuple[Tensor, list[Tensor]]:
+        """Teacher logits and features of the examples at ``index``."""
 
 
 @dataclass(frozen=True)
@@ -18,7 +25,7 @@ class Needs:
     """What a method reads from a training step; the Trainer computes only what is asked for.
 
     teacher_logits / student_features / teacher_features: tensors the loss uses. Features come from
-    the layers in ``Method.student_layers`` / ``Method.teacher_layers`` (resolved by ``bind``),
+    the layers in ``Method.student_layers`` / ``Method.teacher_layers`` (resolved before ``bind``),
     captured with FeatureTap. ``indices``: dataset indices of the batch (memory-bank methods such as
     CRD). ``teacher``: whether a teacher model is required at all.
     """
@@ -33,6 +40,11 @@ class Needs:
     def teacher_outputs(self) -> bool:
         """Whether a step reads anything the teacher computes (it runs, or is cached)."""
         return self.teacher_logits or self.teacher_features
+
+
+NO_TEACHER = Needs(teacher=False)
+LOGITS = Needs(teacher_logits=True)
+FEATURES = Needs(student_features=True, teacher_features=True)
 
 
 @dataclass
@@ -54,8 +66,8 @@ class Outputs:
 
 @dataclass
 class BindContext:
-    """What ``Method.bind`` sees before training: the models, their default feature layers and the
-    shapes of features at every layer the method asked for (from one dry forward pass)."""
+    """What ``Method.bind`` sees before training: the models, their ModelInfo and the shapes of
+    features at every layer the method reads (from one dry forward pass)."""
 
     student: nn.Module
     teacher: nn.Module | None
@@ -68,47 +80,41 @@ class BindContext:
 class Method(nn.Module):
     """A distillation objective: ``forward(out) -> {term name: weighted scalar loss}``.
 
-    Subclasses set ``needs``, the paper's defaults as ``__init__`` keyword arguments, and
-    ``ce_weight`` (the weight of the cross-entropy on labels that the Trainer adds unless the run
-    overrides it). ``same_label_space = False`` lets teacher and student predict different class
-    sets (lifelong learning). With several teachers, ``Outputs.teacher_logits`` has shape (K, B, C).
-    Trainable extras (regressors, projectors) are submodules created in ``bind`` once feature shapes
-    are known, so the optimizer sees them.
+    A subclass declares, as class attributes, its default ``layers`` (a :class:`Layers` value),
+    the accepted range of every hyperparameter (``constraints``, beside the paper's defaults in
+    ``__init__``), its ``family`` and ``paper``; in ``__init__`` it passes what it reads from a
+    step (``needs``) and the weight of the labels' cross-entropy that the step adds
+    (``ce_weight``; a run's ``train.ce_weight`` replaces it) to ``Method.__init__``.
+    ``same_label_space = False`` lets teacher and student predict different class sets (lifelong
+    learning). With several teachers, ``Outputs.teacher_logits`` has shape (K, B, C). Trainable
+    extras (regressors, projectors) are submodules created in ``bind`` once feature shapes are
+    known, so the optimizer sees them.
     """
 
-    needs: ClassVar[Needs] = Needs(teacher=False)
-    ce_weight: float = 1.0
+    layers: ClassVar[Layers] = Layers.NONE
+    constraints: ClassVar[dict[str, Constraint]] = {}
     same_label_space: ClassVar[bool] = True
     family: ClassVar[str] = "response"
     paper: ClassVar[str] = ""
+    name: ClassVar[str] = ""
 
     def __init__(
         self,
+        needs: Needs = NO_TEACHER,
+        ce_weight: float = 1.0,
         student_layers: list[str] | None = None,
         teacher_layers: list[str] | None = None,
     ):
         super().__init__()
+        self.needs = needs
+        self.ce_weight = ce_weight
         self.student_layers: list[str] = list(student_layers or [])
         self.teacher_layers: list[str] = list(teacher_layers or [])
-
-    def resolve_layers(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        """Fill the layer lists from the models' ``feature_layers`` and pair them by relative
-        depth."""
-        from kdscope.features import pair_layers
-
-        if not (self.needs.student_features or self.needs.teacher_features):
-            return
-        s = self.student_layers or list(getattr(student, "feature_layers", []))
-        t = self.teacher_layers or list(getattr(teacher, "feature_layers", []))
-        if self.needs.teacher_features and not self.teacher_layers:
-            pairs = pair_layers(s, t)
-            s, t = [a for a, _ in pairs], [b for _, b in pairs]
-        self.student_layers, self.teacher_layers = s, t
 
     def bind(self, ctx: BindContext) -> None:  # noqa: B027 (an optional hook)
         """Build shape-dependent submodules; called once before training."""
 
-    def prefill(self, cache: TeacherCache) -> None:  # noqa: B027 (an optional hook)
+    def prefill(self, cache: TeacherOutputs) -> None:  # noqa: B027 (an optional hook)
         """Called once before training when the teacher cache is on: a method that keeps teacher
         outputs per example can read all of them from ``cache`` (``cache.lookup(indices)``)."""
 
@@ -121,10 +127,8 @@ class Method(nn.Module):
 
     def hparams(self) -> dict[str, Any]:
         """The constructor's hyperparameters as set (for logs and ``kdscope methods``)."""
-        import inspect
-
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
+        names = inspect.signature(type(self).__init__).parameters
+        return {k: getattr(self, k) for k in names if k != "self" and hasattr(self, k)}
 
 
 METHODS: Registry[type[Method]] = Registry("method")
@@ -141,9 +145,8 @@ def register_method(name: str):
 
 
 def create_method(name: str, **kwargs: Any) -> Method:
-    """Instantiate a registered method; unknown keyword arguments name the accepted ones."""
-    import inspect
-
+    """Instantiate a registered method; unknown parameters and values outside a parameter's
+    declared range are refused, naming the accepted ones."""
     cls = METHODS.get(name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     bad = sorted(set(kwargs) - set(accepted))
@@ -152,13 +155,13 @@ def create_method(name: str, **kwargs: Any) -> Method:
             f"Method {name!r} got unknown parameter(s) {', '.join(bad)}. "
             f"Accepted: {', '.join(accepted)}."
         )
+    check_params(name, cls.constraints, kwargs)
     return cls(**kwargs)
 
 
 def method_info(name: str) -> dict[str, Any]:
-    """Family, paper, default hyperparameters and needs of a registered method (for listings)."""
-    import inspect
-
+    """Family, paper, default hyperparameters with their accepted ranges, default layers and
+    needs of a registered method (for listings)."""
     cls = METHODS.get(name)
     params = inspect.signature(cls.__init__).parameters
     defaults = {
@@ -167,5 +170,15 @@ def method_info(name: str) -> dict[str, Any]:
         if k not in ("self", "student_layers", "teacher_layers")
         and p.default is not inspect.Parameter.empty
     }
-    needs = [k for k, v in vars(cls.needs).items() if v and k != "teacher"]
-    return {"family": cls.family, "paper": cls.paper, "defaults": defaults, "needs": needs}
+    ranges = {k: c.describe() for k, c in cls.constraints.items() if k in defaults}
+    method = cls()
+    needs = [k for k, v in vars(method.needs).items() if v and k != "teacher"]
+    return {
+        "family": cls.family,
+        "paper": cls.paper,
+        "defaults": defaults,
+        "ranges": ranges,
+        "layers": cls.layers.value,
+        "needs": needs,
+        "teacher": method.needs.teacher,
+    }

@@ -15,9 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdscope.distributed import all_gather_cat, all_mean
 from kdscope.methods.adapters import Embed, full_precision
 from kdscope.methods.base import BindContext, Method, Needs, Outputs, register_method
-from kdscope.methods.relation import _PenultimateMixin
+from kdscope.methods.layers import Layers
+from kdscope.methods.params import LAYERS, NON_NEGATIVE, POSITIVE, Interval
+
+CONTRAST = {
+    "beta": NON_NEGATIVE,
+    "feat_dim": Interval(1, None, integer=True),
+    "nce_k": Interval(1, None, integer=True),
+    "nce_t": POSITIVE,
+    "nce_m": Interval(0, 1, closed="left"),
+    "student_layers": LAYERS,
+    "teacher_layers": LAYERS,
+}
 
 EPS = 1e-7
 
@@ -38,11 +50,12 @@ def nce_loss(scores: Tensor, num_data: int, valid: Tensor | None = None) -> Tens
     return -(log_d1 + log_d0.sum(-1)).mean()
 
 
-class _ContrastBase(_PenultimateMixin, Method):
+class _ContrastBase(Method):
     """Embeddings, banks, negative sampling and bank updates shared by CRD and CRCD."""
 
-    needs = Needs(student_features=True, teacher_features=True, indices=True)
     family = "relation"
+    layers = Layers.PENULTIMATE
+    constraints = CONTRAST
 
     def __init__(
         self,
@@ -53,7 +66,8 @@ class _ContrastBase(_PenultimateMixin, Method):
         student_layers: list[str] | None,
         teacher_layers: list[str] | None,
     ):
-        super().__init__(student_layers, teacher_layers)
+        needs = Needs(student_features=True, teacher_features=True, indices=True)
+        super().__init__(needs, 1.0, student_layers, teacher_layers)
         self.feat_dim = feat_dim
         self.nce_k = nce_k
         self.nce_t = nce_t
@@ -88,16 +102,12 @@ class _ContrastBase(_PenultimateMixin, Method):
 
     def normalise(self, scores: Tensor, z: Tensor) -> Tensor:
         """scores / Z, Z fixed on first use to mean(scores) * num_data (without a host sync)."""
-        from kdscope.train.distributed import all_mean  # here: kdscope.train imports methods
-
         first = all_mean(scores.detach().mean()) * self.num_data  # one Z on every DDP rank
         z.copy_(torch.where(z < 0, first, z))
         return scores / z
 
     @torch.no_grad()
     def update_banks(self, idx: Tensor, v_s: Tensor, v_t: Tensor) -> None:
-        from kdscope.train.distributed import all_gather_cat  # here: kdscope.train imports methods
-
         # Under DDP every rank writes the whole global batch, so the banks stay identical.
         idx, v_s, v_t = (all_gather_cat(t.detach()) for t in (idx, v_s, v_t))
         for bank, v in ((self.memory_s, v_s), (self.memory_t, v_t)):

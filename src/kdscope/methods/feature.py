@@ -14,14 +14,14 @@ from kdscope.methods.adapters import (
     ConvRegressor,
     flat,
     full_precision,
-    keep_pairs,
     match_spatial,
     require_maps,
 )
-from kdscope.methods.base import BindContext, Method, Needs, Outputs, register_method
+from kdscope.methods.base import FEATURES, BindContext, Method, Needs, Outputs, register_method
+from kdscope.methods.layers import Layers
+from kdscope.methods.params import LAYERS, NON_NEGATIVE, POSITIVE, UNIT, Interval
 from kdscope.methods.response import kd_div
-
-FEATURES = Needs(student_features=True, teacher_features=True)
+from kdscope.metrics.similarity import cka_from_grams, linear_gram
 
 
 @register_method("fitnet")
@@ -41,9 +41,17 @@ class FitNet(Method):
     not frozen (the optimizer's weight decay and momentum may still move them).
     """
 
-    needs = FEATURES
     family = "feature"
     paper = "Romero et al. 2015, arXiv:1412.6550"
+    layers = Layers.MIDDLE_STAGE
+    constraints = {
+        "beta": NON_NEGATIVE,
+        "hint_epochs": Interval(0, None, integer=True),
+        "temperature": POSITIVE,
+        "alpha": UNIT,
+        "student_layers": LAYERS,
+        "teacher_layers": LAYERS,
+    }
 
     def __init__(
         self,
@@ -54,19 +62,17 @@ class FitNet(Method):
         student_layers: list[str] | None = None,
         teacher_layers: list[str] | None = None,
     ):
-        super().__init__(student_layers, teacher_layers)
-        if hint_epochs < 0:
-            raise ValueError(f"hint_epochs must be >= 0, got {hint_epochs}")
+        needs = (
+            Needs(teacher_logits=True, student_features=True, teacher_features=True)
+            if hint_epochs
+            else FEATURES
+        )
+        ce_weight = 1.0 - alpha if hint_epochs else 1.0
+        super().__init__(needs, ce_weight, student_layers, teacher_layers)
         self.beta = beta
         self.hint_epochs = hint_epochs
         self.temperature = temperature
         self.alpha = alpha
-        self.ce_weight = 1.0 - alpha if hint_epochs else 1.0
-        if hint_epochs:
-            self.needs = Needs(teacher_logits=True, student_features=True, teacher_features=True)
-
-    def resolve_layers(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        keep_pairs(self, student, teacher, "middle")
 
     def bind(self, ctx: BindContext) -> None:
         s, t = self.student_layers[0], self.teacher_layers[0]
@@ -94,14 +100,22 @@ class AttentionTransfer(Method):
     """Zagoruyko & Komodakis 2017, "Paying More Attention to Attention", ICLR 2017,
     arXiv:1612.03928.
 
-    loss = beta / 2 * sum over stage pairs of mean((A_s - A_t)^2), A from :func:`attention_map`;
-    beta=1000, p=2 as in the paper's code; the larger map is average-pooled to the smaller one's
-    size. CE weight 1. (mdistiller weights the sum by beta, not beta / 2.)
+    loss = beta * sum over stage pairs of mean((A_s - A_t)^2), A from :func:`attention_map`;
+    beta=1000, p=2, weighted as the authors' code (attention-transfer ``cifar.py`` and
+    ``imagenet.py``) and mdistiller, RepDistiller and torchdistill weight it; the paper's Eq. 2 has
+    beta / 2 on an unsquared norm, a different scale. The larger map is average-pooled to the
+    smaller one's size. CE weight 1.
     """
 
-    needs = FEATURES
     family = "feature"
     paper = "Zagoruyko & Komodakis 2017, arXiv:1612.03928"
+    layers = Layers.STAGES
+    constraints = {
+        "beta": NON_NEGATIVE,
+        "p": POSITIVE,
+        "student_layers": LAYERS,
+        "teacher_layers": LAYERS,
+    }
 
     def __init__(
         self,
@@ -110,7 +124,7 @@ class AttentionTransfer(Method):
         student_layers: list[str] | None = None,
         teacher_layers: list[str] | None = None,
     ):
-        super().__init__(student_layers, teacher_layers)
+        super().__init__(FEATURES, 1.0, student_layers, teacher_layers)
         self.beta = beta
         self.p = p
 
@@ -122,7 +136,7 @@ class AttentionTransfer(Method):
         for f_s, f_t in zip(out.student_features, out.teacher_features, strict=True):
             f_s, f_t = match_spatial(f_s, f_t)
             loss = loss + (attention_map(f_s, self.p) - attention_map(f_t, self.p)).pow(2).mean()
-        return {"at": self.beta / 2 * loss}
+        return {"at": self.beta * loss}
 
 
 def bn_before(model: nn.Module, layer: str, channels: int) -> nn.BatchNorm2d | nn.BatchNorm1d:
@@ -190,7 +204,7 @@ class OverhaulFD(Method):
     """Heo, Kim, Yun, Park, Kwak, Choi 2019, "A Comprehensive Overhaul of Feature Distillation",
     ICCV 2019, arXiv:1904.01866.
 
-    Pre-ReLU features (the models' ``preact_layers``), student through a 1x1 conv + BN connector;
+    Pre-ReLU features (the models' pre-activation layers), the student's through a 1x1 conv + BN;
     target max(f_t, m) with the per-channel margin m from the teacher's BN (:func:`ofd_margin`);
     partial L2: squared error where student > target or target > 0, summed, divided by the batch
     size, stage i of n weighted 1 / 2^(n - i - 1); loss = 1e-3 * sum; CE weight 1 (the paper's CIFAR
@@ -198,9 +212,10 @@ class OverhaulFD(Method):
     sizes).
     """
 
-    needs = FEATURES
     family = "feature"
     paper = "Heo et al. 2019, arXiv:1904.01866"
+    layers = Layers.PREACT_STAGES
+    constraints = {"beta": NON_NEGATIVE, "student_layers": LAYERS, "teacher_layers": LAYERS}
 
     def __init__(
         self,
@@ -208,23 +223,8 @@ class OverhaulFD(Method):
         student_layers: list[str] | None = None,
         teacher_layers: list[str] | None = None,
     ):
-        super().__init__(student_layers, teacher_layers)
+        super().__init__(FEATURES, 1.0, student_layers, teacher_layers)
         self.beta = beta
-
-    def resolve_layers(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        from kdscope.features import pair_layers
-
-        if not self.student_layers and not self.teacher_layers:
-            for model, role in ((student, "student"), (teacher, "teacher")):
-                if not getattr(model, "preact_layers", None):
-                    raise ValueError(
-                        f"ofd needs pre-ReLU features: the {role} ({type(model).__name__}) "
-                        "declares no `preact_layers`; pass student_layers/teacher_layers"
-                    )
-            pairs = pair_layers(student.preact_layers, teacher.preact_layers)
-            self.student_layers = [s for s, _ in pairs]
-            self.teacher_layers = [t for _, t in pairs]
-        super().resolve_layers(student, teacher)
 
     def bind(self, ctx: BindContext) -> None:
         self.connectors = nn.ModuleList()
@@ -259,9 +259,10 @@ class CKADistillation(Method):
     uses other weights and terms).
     """
 
-    needs = FEATURES
     family = "feature"
     paper = "Kornblith et al. 2019, arXiv:1905.00414 (measure)"
+    layers = Layers.STAGES
+    constraints = {"beta": NON_NEGATIVE, "student_layers": LAYERS, "teacher_layers": LAYERS}
 
     def __init__(
         self,
@@ -269,13 +270,11 @@ class CKADistillation(Method):
         student_layers: list[str] | None = None,
         teacher_layers: list[str] | None = None,
     ):
-        super().__init__(student_layers, teacher_layers)
+        super().__init__(FEATURES, 1.0, student_layers, teacher_layers)
         self.beta = beta
 
     @full_precision
     def forward(self, out: Outputs) -> dict[str, Tensor]:
-        from kdscope.metrics.similarity import cka_from_grams, linear_gram
-
         loss = out.student_logits.new_zeros((), dtype=torch.float32)
         for f_s, f_t in zip(out.student_features, out.teacher_features, strict=True):
             # The B x d Gram products in float32 (in float64 they made the step 1.5x kd's), the
@@ -302,9 +301,16 @@ class UncertaintyFD(Method):
     UET plugs into).
     """
 
-    needs = FEATURES
     family = "feature"
     paper = "Yi et al. 2024, arXiv:2406.06999 (reduced)"
+    layers = Layers.LAST_STAGE
+    constraints = {
+        "beta": NON_NEGATIVE,
+        "p": Interval(0, 1, closed="neither"),
+        "samples": Interval(2, None, integer=True),
+        "student_layers": LAYERS,
+        "teacher_layers": LAYERS,
+    }
 
     def __init__(
         self,
@@ -314,17 +320,10 @@ class UncertaintyFD(Method):
         student_layers: list[str] | None = None,
         teacher_layers: list[str] | None = None,
     ):
-        super().__init__(student_layers, teacher_layers)
-        if not 0.0 < p < 1.0:
-            raise ValueError(f"p must be in (0, 1), got {p}")
-        if samples < 2:
-            raise ValueError(f"samples must be >= 2 to estimate a spread, got {samples}")
+        super().__init__(FEATURES, 1.0, student_layers, teacher_layers)
         self.beta = beta
         self.p = p
         self.samples = samples
-
-    def resolve_layers(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        keep_pairs(self, student, teacher, -1)
 
     def bind(self, ctx: BindContext) -> None:
         s_shape = ctx.student_shapes[self.student_layers[0]]

@@ -9,26 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdscope.methods.adapters import (
-    classifier_of,
-    flat,
-    full_precision,
-    keep_pairs,
-    penultimate_layer,
-    pooled_map_layer,
-    require_maps,
-)
-from kdscope.methods.base import BindContext, Method, Needs, Outputs, register_method
-
-FEATURES = Needs(student_features=True, teacher_features=True)
-
-
-class _PenultimateMixin:
-    """Default layers: the classifier inputs (pooled embeddings) of both models."""
-
-    def resolve_layers(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.student_layers = self.student_layers or [penultimate_layer(student)]
-        self.teacher_layers = self.teacher_layers or [penultimate_layer(teacher)]
+from kdscope.methods.adapters import flat, full_precision, require_maps
+from kdscope.methods.base import FEATURES, BindContext, Method, Outputs, register_method
+from kdscope.methods.layers import Layers
+from kdscope.methods.params import LAYERS, NON_NEGATIVE, UNIT, Interval
+from kdscope.models import classifier_of
 
 
 def pairwise_distance(e: Tensor, eps: float = 1e-12) -> Tensor:
@@ -51,7 +36,7 @@ def rkd_angle(e: Tensor) -> Tensor:
 
 
 @register_method("rkd")
-class RelationalKD(_PenultimateMixin, Method):
+class RelationalKD(Method):
     """Park, Kim, Lu, Cho 2019, "Relational Knowledge Distillation", CVPR 2019, arXiv:1904.05068.
 
     On the penultimate embeddings: loss = w_d * SmoothL1(psi_D(s), psi_D(t)) + w_a *
@@ -59,9 +44,15 @@ class RelationalKD(_PenultimateMixin, Method):
     :func:`rkd_angle`); w_d=25, w_a=50, CE weight 1 (paper, and mdistiller's CIFAR config).
     """
 
-    needs = FEATURES
     family = "relation"
     paper = "Park et al. 2019, arXiv:1904.05068"
+    layers = Layers.PENULTIMATE
+    constraints = {
+        "distance_weight": NON_NEGATIVE,
+        "angle_weight": NON_NEGATIVE,
+        "student_layers": LAYERS,
+        "teacher_layers": LAYERS,
+    }
 
     def __init__(
         self,
@@ -70,7 +61,7 @@ class RelationalKD(_PenultimateMixin, Method):
         student_layers: list[str] | None = None,
         teacher_layers: list[str] | None = None,
     ):
-        super().__init__(student_layers, teacher_layers)
+        super().__init__(FEATURES, 1.0, student_layers, teacher_layers)
         self.distance_weight = distance_weight
         self.angle_weight = angle_weight
 
@@ -100,9 +91,10 @@ class SimilarityPreserving(Method):
     gamma=3000, CE weight 1; default pair: the last stage outputs (the paper's CIFAR setting).
     """
 
-    needs = FEATURES
     family = "relation"
     paper = "Tung & Mori 2019, arXiv:1907.09682"
+    layers = Layers.LAST_STAGE
+    constraints = {"gamma": NON_NEGATIVE, "student_layers": LAYERS, "teacher_layers": LAYERS}
 
     def __init__(
         self,
@@ -110,11 +102,8 @@ class SimilarityPreserving(Method):
         student_layers: list[str] | None = None,
         teacher_layers: list[str] | None = None,
     ):
-        super().__init__(student_layers, teacher_layers)
+        super().__init__(FEATURES, 1.0, student_layers, teacher_layers)
         self.gamma = gamma
-
-    def resolve_layers(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        keep_pairs(self, student, teacher, -1)
 
     @full_precision
     def forward(self, out: Outputs) -> dict[str, Tensor]:
@@ -134,7 +123,7 @@ def cosine_kernel_probs(f: Tensor, eps: float = 1e-7) -> Tensor:
 
 
 @register_method("pkt")
-class ProbabilisticKT(_PenultimateMixin, Method):
+class ProbabilisticKT(Method):
     """Passalis & Tefas 2018, "Learning Deep Representations with Probabilistic Knowledge Transfer",
     ECCV 2018, arXiv:1803.10837.
 
@@ -143,9 +132,10 @@ class ProbabilisticKT(_PenultimateMixin, Method):
     the authors' code, for which beta=30000 (CRD/mdistiller) is set; CE weight 1.
     """
 
-    needs = FEATURES
     family = "relation"
     paper = "Passalis & Tefas 2018, arXiv:1803.10837"
+    layers = Layers.PENULTIMATE
+    constraints = {"beta": NON_NEGATIVE, "student_layers": LAYERS, "teacher_layers": LAYERS}
 
     def __init__(
         self,
@@ -153,7 +143,7 @@ class ProbabilisticKT(_PenultimateMixin, Method):
         student_layers: list[str] | None = None,
         teacher_layers: list[str] | None = None,
     ):
-        super().__init__(student_layers, teacher_layers)
+        super().__init__(FEATURES, 1.0, student_layers, teacher_layers)
         self.beta = beta
 
     @full_precision
@@ -194,9 +184,16 @@ class GlobalLocalKD(Method):
     pooling, so map sides need not be multiples of div (identical when they are).
     """
 
-    needs = FEATURES
     family = "relation"
     paper = "Kim et al. 2021, ICCV"
+    layers = Layers.POOLED_MAP
+    constraints = {
+        "alpha": UNIT,
+        "beta": NON_NEGATIVE,
+        "div": Interval(1, None, integer=True),
+        "student_layers": LAYERS,
+        "teacher_layers": LAYERS,
+    }
 
     def __init__(
         self,
@@ -206,15 +203,10 @@ class GlobalLocalKD(Method):
         student_layers: list[str] | None = None,
         teacher_layers: list[str] | None = None,
     ):
-        super().__init__(student_layers, teacher_layers)
+        super().__init__(FEATURES, 1.0 - alpha, student_layers, teacher_layers)
         self.alpha = alpha
         self.beta = beta
         self.div = div
-        self.ce_weight = 1.0 - alpha
-
-    def resolve_layers(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        self.student_layers = self.student_layers or [pooled_map_layer(student)]
-        self.teacher_layers = self.teacher_layers or [pooled_map_layer(teacher)]
 
     def bind(self, ctx: BindContext) -> None:
         require_maps("gld", {**ctx.student_shapes, **ctx.teacher_shapes})
@@ -357,9 +349,16 @@ class GraphKD(Method):
     student with other channel counts than the teacher gets a 1x1 conv projector first.
     """
 
-    needs = FEATURES
     family = "relation"
     paper = "Lee & Song 2019, arXiv:1907.02226"
+    layers = Layers.STAGES
+    constraints = {
+        "beta": NON_NEGATIVE,
+        "heads": Interval(1, None, integer=True),
+        "student_candidates": Interval(1, None, integer=True),
+        "student_layers": LAYERS,
+        "teacher_layers": LAYERS,
+    }
 
     def __init__(
         self,
@@ -369,7 +368,7 @@ class GraphKD(Method):
         student_layers: list[str] | None = None,
         teacher_layers: list[str] | None = None,
     ):
-        super().__init__(student_layers, teacher_layers)
+        super().__init__(FEATURES, 1.0, student_layers, teacher_layers)
         self.beta = beta
         self.heads = heads
         self.student_candidates = student_candidates

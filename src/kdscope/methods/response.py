@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdscope.methods.base import BindContext, Method, Needs, Outputs, register_method
-
-if TYPE_CHECKING:
-    from kdscope.train.cache import TeacherCache
+from kdscope.distributed import all_gather_cat
+from kdscope.methods.base import (
+    LOGITS,
+    NO_TEACHER,
+    BindContext,
+    Method,
+    Needs,
+    Outputs,
+    TeacherOutputs,
+    register_method,
+)
+from kdscope.methods.params import POSITIVE, UNIT, Interval, Options
 
 
 def kd_div(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -26,12 +32,10 @@ def kd_div(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -
 class NoDistillation(Method):
     """Baseline: the student trained on labels alone (cross-entropy, weight 1)."""
 
-    needs = Needs(teacher=False)
-    ce_weight = 1.0
     paper = "-"
 
     def __init__(self):
-        super().__init__()
+        super().__init__(NO_TEACHER)
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:
         return {}
@@ -46,14 +50,13 @@ class VanillaKD(Method):
     recipe (mdistiller, CRD); the paper gives no single value.
     """
 
-    needs = Needs(teacher_logits=True)
     paper = "Hinton et al. 2015, arXiv:1503.02531"
+    constraints = {"temperature": POSITIVE, "alpha": UNIT}
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9):
-        super().__init__()
+        super().__init__(LOGITS, ce_weight=1.0 - alpha)
         self.temperature = temperature
         self.alpha = alpha
-        self.ce_weight = 1.0 - alpha
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:
         return {"kd": self.alpha * kd_div(out.student_logits, out.teacher_logits, self.temperature)}
@@ -99,14 +102,18 @@ class DecoupledKD(Method):
     ``Outputs.epoch`` counts from 0, the paper's code from 1, hence ``epoch + 1``.
     """
 
-    needs = Needs(teacher_logits=True)
-    ce_weight = 1.0
     paper = "Zhao et al. 2022, arXiv:2203.08679"
+    constraints = {
+        "alpha": Interval(0, None),
+        "beta": Interval(0, None),
+        "temperature": POSITIVE,
+        "warmup": Interval(0, None, integer=True),
+    }
 
     def __init__(
         self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20
     ):
-        super().__init__()
+        super().__init__(LOGITS)
         self.alpha, self.beta = alpha, beta
         self.temperature = temperature
         self.warmup = warmup
@@ -184,15 +191,14 @@ class StudentFriendlyKD(Method):
       student ended at 0.75 against kd's 0.93.
     """
 
-    needs = Needs(teacher_logits=True)
     paper = "Yuan et al. 2024, arXiv:2305.10893"
+    constraints = {"temperature": POSITIVE, "alpha": UNIT, "anchor_weight": Interval(0, None)}
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9, anchor_weight: float = 1.0):
-        super().__init__()
+        super().__init__(LOGITS, ce_weight=1.0 - alpha)
         self.temperature = temperature
         self.alpha = alpha
         self.anchor_weight = anchor_weight
-        self.ce_weight = 1.0 - alpha
 
     def bind(self, ctx: BindContext) -> None:
         self.simplifier = LearningSimplifier(ctx.num_classes)
@@ -241,20 +247,18 @@ class MultiTeacherKD(Method):
     ``Outputs.teacher_logits`` is (K, B, C) for K teachers or (B, C) for one (then this is ``kd``).
     """
 
-    needs = Needs(teacher_logits=True)
     paper = "You et al. 2017 (KDD); Zhang et al. 2022, arXiv:2201.00007"
-    weightings = ("mean", "confidence")
+    constraints = {
+        "temperature": POSITIVE,
+        "alpha": UNIT,
+        "weighting": Options(("mean", "confidence")),
+    }
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9, weighting: str = "mean"):
-        super().__init__()
-        if weighting not in self.weightings:
-            raise ValueError(
-                f"weighting must be one of {', '.join(self.weightings)}; got {weighting!r}"
-            )
+        super().__init__(LOGITS, ce_weight=1.0 - alpha)
         self.temperature = temperature
         self.alpha = alpha
         self.weighting = weighting
-        self.ce_weight = 1.0 - alpha
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:
         z_t = out.teacher_logits.float()
@@ -288,20 +292,19 @@ class RandomControlKD(Method):
     yet (first epoch), the target is the teacher output of another example of the same batch.
     """
 
-    needs = Needs(teacher_logits=True)
     paper = "Mason-Williams et al. 2025, arXiv:2510.12615 (control)"
-    modes = ("gaussian", "permute")
+    constraints = {
+        "temperature": POSITIVE,
+        "alpha": UNIT,
+        "mode": Options(("gaussian", "permute")),
+    }
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9, mode: str = "gaussian"):
-        super().__init__()
-        if mode not in self.modes:
-            raise ValueError(f"mode must be one of {', '.join(self.modes)}; got {mode!r}")
+        needs = Needs(teacher_logits=True, indices=True) if mode == "permute" else LOGITS
+        super().__init__(needs, ce_weight=1.0 - alpha)
         self.temperature = temperature
         self.alpha = alpha
         self.mode = mode
-        self.ce_weight = 1.0 - alpha
-        if mode == "permute":
-            self.needs = Needs(teacher_logits=True, indices=True)
 
     def bind(self, ctx: BindContext) -> None:
         if self.mode != "permute":
@@ -319,13 +322,11 @@ class RandomControlKD(Method):
     @torch.no_grad()
     def remember(self, indices: Tensor, teacher_logits: Tensor) -> None:
         """Store the teacher's logits of the examples ``indices`` in the bank (mode="permute")."""
-        from kdscope.train.distributed import all_gather_cat  # here: kdscope.train imports methods
-
         indices, teacher_logits = all_gather_cat(indices), all_gather_cat(teacher_logits.float())
         self.bank[indices] = teacher_logits
         self.seen[indices] = True
 
-    def prefill(self, cache: TeacherCache) -> None:
+    def prefill(self, cache: TeacherOutputs) -> None:
         if self.mode == "permute":
             everything = torch.arange(self.bank.shape[0])
             self.bank.copy_(cache.lookup(everything, self.bank.device)[0])

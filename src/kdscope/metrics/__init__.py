@@ -1,5 +1,6 @@
 """Knowledge-transfer metrics: similarity, output agreement, KRS, FSS/RS and the Evaluator."""
 
+from kdscope.metrics.accuracy import accuracy
 from kdscope.metrics.agreement import (
     AgreementAccumulator,
     AgreementFigures,
@@ -65,6 +66,7 @@ __all__ = [
     "RelevanceAccumulator",
     "StreamingLinearCKA",
     "ZeroVarianceError",
+    "accuracy",
     "agreement",
     "calibration_constant",
     "cka_from_grams",

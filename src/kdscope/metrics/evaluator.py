@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
+from kdscope.data import collate
 from kdscope.features import FeatureTap, pair_layers
 from kdscope.metrics.agreement import AgreementAccumulator, AgreementResult
 from kdscope.metrics.relevance import (
@@ -28,6 +29,7 @@ from kdscope.metrics.relevance import (
 )
 from kdscope.metrics.retention import KRSResult, OutputAgreement, krs_from_components
 from kdscope.metrics.similarity import MinibatchCKA, as_features, linear_gram, u_centered
+from kdscope.models import describe
 
 METRICS = ("agreement", "krs", "fss", "rs")
 
@@ -93,16 +95,12 @@ class EvaluationResult:
         return "\n".join(lines)
 
 
-def _collate(batch):
-    # kdscope's in-memory splits assemble whole batches in __getitems__ (a tuple); others give
-    # a list of samples.
-    return batch if isinstance(batch, tuple) else default_collate(batch)
-
-
 def _loader(data: Dataset | DataLoader, batch_size: int) -> DataLoader:
     if isinstance(data, DataLoader):
         return data
-    return DataLoader(data, batch_size, shuffle=False, collate_fn=_collate)
+    return DataLoader(
+        data, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
+    )
 
 
 def _inputs_labels(batch) -> tuple[Tensor, Tensor]:
@@ -130,7 +128,7 @@ class Evaluator:
         metrics: any of ``agreement``, ``krs``, ``fss`` (student vs base dCor; needs ``base``;
             on the inputs as given: pass ROAD-perturbed data for the UniCAM protocol), ``rs``
             (dCor of features with label embeddings; needs ``class_names`` or ``embeddings``).
-        layers: (student layer, teacher layer) pairs; default the models' ``feature_layers``
+        layers: (student layer, teacher layer) pairs; default the models' stages
             paired by :func:`~kdscope.features.pair_layers`.
         c: KRS calibration constant. Otherwise ``calibration`` (a held-out Dataset/DataLoader) sets
             C to the largest per-example KL there; with neither, C comes from the evaluation set
@@ -181,11 +179,10 @@ class Evaluator:
         self.compared = {"student": student} | ({"base": base} if base is not None else {})
 
     def _default_layers(self) -> list[tuple[str, str]]:
-        s_layers = getattr(self.student, "feature_layers", None)
-        t_layers = getattr(self.teacher, "feature_layers", None)
+        s_layers, t_layers = describe(self.student).stages, describe(self.teacher).stages
         if not s_layers or not t_layers:
             raise ValueError(
-                "the models declare no feature_layers: pass layers=[(student, teacher)]"
+                "the models' ModelInfo declares no stages: pass layers=[(student, teacher)]"
             )
         return pair_layers(s_layers, t_layers)
 

@@ -1,21 +1,20 @@
 """Model zoo: CIFAR ResNets, WRNs, VGGs, MobileNetV2, small nets; torchvision as ``tv:<name>``."""
 
 from kdscope.models import mobilenetv2, resnet, small, vgg, wrn  # noqa: F401  (registers the zoo)
-from kdscope.models.registry import (
-    MODELS,
-    create_model,
-    get_classifier,
-    list_models,
-    register_model,
-)
+from kdscope.models.info import BuildSpec, ModelInfo, classifier_of, describe, set_info
+from kdscope.models.registry import MODELS, create_model, list_models, register_model
 from kdscope.models.summary import model_summary, zoo_table
 
 __all__ = [
     "MODELS",
+    "BuildSpec",
+    "ModelInfo",
+    "classifier_of",
     "create_model",
-    "get_classifier",
+    "describe",
     "list_models",
     "model_summary",
     "register_model",
+    "set_info",
     "zoo_table",
 ]

@@ -88,13 +88,15 @@ def describe(model: nn.Module) -> ModelInfo:
     """The :class:`ModelInfo` of ``model`` (DDP and ``torch.compile`` wrappers are looked
     through).
 
-    A model built by kdscope carries its record; any other module is described from its structure:
-    its last ``nn.Linear`` is the classifier and sets ``num_classes``, its first convolution or
-    linear layer sets ``in_channels``, and it declares no stages.
+    A model built by kdscope carries its record. Any other module is described from its structure,
+    and so are the fields a record set with :func:`set_info` leaves empty: its last ``nn.Linear``
+    is the classifier and sets ``num_classes``, its first convolution or linear layer sets
+    ``in_channels``; stages are only what the record declares.
     """
     model = unwrap(model)
     info = model.__dict__.get("kdscope_info")
-    if isinstance(info, ModelInfo):
+    info = info if isinstance(info, ModelInfo) else ModelInfo()
+    if info.num_classes is not None and info.in_channels is not None:
         return info
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     first = next(
@@ -105,10 +107,15 @@ def describe(model: nn.Module) -> ModelInfo:
         in_channels = first.in_channels
     elif isinstance(first, nn.Linear):
         in_channels = first.in_features
-    classifier, num_classes = (
-        (linears[-1][0], linears[-1][1].out_features) if linears else (None, None)
+    classifier = info.classifier or (linears[-1][0] if linears else None)
+    head = model.get_submodule(classifier) if classifier else None
+    return replace(
+        info,
+        num_classes=info.num_classes
+        or (head.out_features if isinstance(head, nn.Linear) else None),
+        in_channels=info.in_channels or in_channels,
+        classifier=classifier,
     )
-    return ModelInfo(num_classes=num_classes, in_channels=in_channels, classifier=classifier)
 
 
 def set_info(model: nn.Module, info: ModelInfo) -> nn.Module:
@@ -120,10 +127,12 @@ def set_info(model: nn.Module, info: ModelInfo) -> nn.Module:
 def classifier_of(model: nn.Module) -> nn.Linear:
     """The model's final linear layer, as its :class:`ModelInfo` names it."""
     info = describe(model)
-    head = unwrap(model).get_submodule(info.classifier) if info.classifier else None
+    name = type(unwrap(model)).__name__
+    if info.classifier is None:
+        raise ValueError(f"{name} has no linear classifier; methods that reuse it need one")
+    head = unwrap(model).get_submodule(info.classifier)
     if not isinstance(head, nn.Linear):
         raise TypeError(
-            f"{type(unwrap(model)).__name__} has no linear classifier (its ModelInfo names "
-            f"{info.classifier!r}); methods that reuse the classifier need one"
+            f"{name}'s classifier {info.classifier!r} is a {type(head).__name__}, not an nn.Linear"
         )
     return head

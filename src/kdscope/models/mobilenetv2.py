@@ -8,13 +8,14 @@ and the default ``width_mult=0.5`` is the network CRD and mdistiller report as "
 parameters at 100 classes). Deviation: global pooling is adaptive, so any input side >= 8 works.
 
 Group outputs end in BN with no ReLU (linear bottlenecks), so they are already pre-activation
-features and ``preact_layers`` equals ``feature_layers``.
+features and its ``preact`` layers are its ``stages``.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+from kdscope.models.info import ModelInfo
 from kdscope.models.registry import register_model
 
 # (expansion t, channels c, repeats n, first stride s)
@@ -71,9 +72,15 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Linear(last_channels, num_classes)
 
         # CRD's f1..f4: the ends of the groups at each resolution.
-        self.feature_layers = ["blocks.1", "blocks.2", "blocks.4", "blocks.6"]
-        self.preact_layers = list(self.feature_layers)
-        self.classifier_layer = "classifier"
+        stages = ("blocks.1", "blocks.2", "blocks.4", "blocks.6")
+        self.kdscope_info = ModelInfo(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            stages=stages,
+            preact=stages,
+            classifier="classifier",
+            pooled_map="avgpool:in",
+        )
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from kdscope.models.info import ModelInfo
 from kdscope.models.registry import register_model
 
 
@@ -65,9 +66,15 @@ class CifarResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(widths[3], num_classes)
 
-        self.feature_layers = ["layer1", "layer2", "layer3"]
-        self.preact_layers = [f"{stage}.{n - 1}.act:in" for stage in self.feature_layers]
-        self.classifier_layer = "classifier"
+        stages = ("layer1", "layer2", "layer3")
+        self.kdscope_info = ModelInfo(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            stages=stages,
+            preact=tuple(f"{stage}.{n - 1}.act:in" for stage in stages),
+            classifier="classifier",
+            pooled_map="avgpool:in",
+        )
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

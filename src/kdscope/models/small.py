@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from kdscope.models.info import ModelInfo
 from kdscope.models.registry import register_model
 
 
@@ -46,9 +47,15 @@ class AlexNetSmall(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(128, num_classes)
 
-        self.feature_layers = ["stage1", "stage2", "stage3"]
-        self.preact_layers = [f"{name}.act:in" for name in self.feature_layers]
-        self.classifier_layer = "classifier"
+        stages = ("stage1", "stage2", "stage3")
+        self.kdscope_info = ModelInfo(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            stages=stages,
+            preact=tuple(f"{name}.act:in" for name in stages),
+            classifier="classifier",
+            pooled_map="avgpool:in",
+        )
 
     @staticmethod
     def _stage(layers: list[nn.Module]) -> nn.Sequential:
@@ -94,9 +101,14 @@ class MLP(nn.Module):
         )
         self.classifier = nn.Linear(widths[-1], num_classes)
 
-        self.feature_layers = [f"hidden.fc{i}" for i in range(1, len(hidden_sizes) + 1)]
-        self.preact_layers = [f"{name}.act:in" for name in self.feature_layers]
-        self.classifier_layer = "classifier"
+        stages = tuple(f"hidden.fc{i}" for i in range(1, len(hidden_sizes) + 1))
+        self.kdscope_info = ModelInfo(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            stages=stages,
+            preact=tuple(f"{name}.act:in" for name in stages),
+            classifier="classifier",
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.hidden(self.pool(x).flatten(1)))

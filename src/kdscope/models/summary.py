@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from kdscope.features import FeatureTap
+from kdscope.models.info import describe
 from kdscope.models.registry import create_model, list_models
 
 
@@ -22,7 +23,7 @@ def model_summary(
 
     Returns a dict with ``name``, ``params`` (all parameters), ``macs`` (multiply-adds of one image,
     what CRD-style tables call FLOPs), ``flops`` (= 2 * macs, torch's FlopCounterMode convention)
-    and ``features`` (the shape, without batch, of each of the model's ``feature_layers``). Only
+    and ``features`` (the shape, without batch, of each of the model's stages). Only
     matrix products and convolutions are counted; norms, activations and pooling are not.
     """
     if isinstance(model_or_name, str):
@@ -30,13 +31,14 @@ def model_summary(
         model = create_model(name, num_classes, in_channels)
     else:
         model = model_or_name
-        name = getattr(model, "kdscope_spec", {}).get("name", type(model).__name__)
+        spec = describe(model).spec
+        name = spec.name if spec else type(model).__name__
     device = next(model.parameters()).device
     x = torch.zeros(1, in_channels, input_size, input_size, device=device)
     was_training = model.training
     model.eval()
     try:
-        tap = FeatureTap(model, getattr(model, "feature_layers", []), detach=True)
+        tap = FeatureTap(model, describe(model).stages, detach=True)
         with torch.no_grad(), tap, FlopCounterMode(display=False) as counter:
             model(x)
     finally:

@@ -9,10 +9,11 @@ keeps odd or tiny feature maps from pooling to nothing. Networks built for Image
 8-pixel inputs to nothing (alexnet, densenet, googlenet, squeezenet, convnext); the zoo models suit
 such images.
 
-``feature_layers``: ``layer1..layer4`` for the ResNet family; for the others, the children of the
-model's trunk (``features``, ``trunk_output`` or ``layers``; else the model itself), pooling layers
-aside, that come right before each spatial downsampling, plus the trunk's last child, found by one
-forward pass of a 64x64 input with hooks. Swin models' features are channels-last (B, H, W, C).
+Stages (the ModelInfo's ``stages``): ``layer1..layer4`` for the ResNet family; for the others, the
+children of the model's trunk (``features``, ``trunk_output`` or ``layers``; else the model itself),
+pooling layers aside, that come right before each spatial downsampling, plus the trunk's last child,
+found by one forward pass of a 64x64 input with hooks. Swin models' features are channels-last
+(B, H, W, C).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdscope.models.info import ModelInfo, set_info
 from kdscope.registry import UnknownNameError
 
 _RESNET_FAMILY = ("resnet", "resnext", "wide_resnet")
@@ -44,14 +46,14 @@ def create_torchvision_model(
     num_classes: int,
     in_channels: int = 3,
     small_input: bool = True,
-    feature_layers: Sequence[str] | None = None,
+    stages: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build torchvision classifier ``name`` untrained, for ``num_classes`` and ``in_channels``.
 
     Args:
         small_input: adapt the stem or pooling to small images (see the module docstring).
-        feature_layers: override the discovered stage outputs (needed for models whose stages cannot
+        stages: override the discovered stage outputs (needed for models whose stages cannot
             be found by a 64x64 forward pass, such as ViTs, which only accept their ``image_size``).
         **kwargs: passed to the torchvision constructor (``dropout``, ``width_mult``, ...).
     """
@@ -79,16 +81,24 @@ def create_torchvision_model(
                 if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) and m.kernel_size == m.stride:
                     m.ceil_mode = True
 
-    if feature_layers is not None:
-        model.feature_layers = list(feature_layers)
+    if stages is not None:
+        stages = tuple(stages)
     elif resnet_like:
-        model.feature_layers = ["layer1", "layer2", "layer3", "layer4"]
+        stages = ("layer1", "layer2", "layer3", "layer4")
     else:
-        model.feature_layers = _stage_outputs(model, name, in_channels)
+        stages = tuple(_stage_outputs(model, name, in_channels))
+    pooled = "avgpool:in" if isinstance(getattr(model, "avgpool", None), nn.Module) else stages[-1]
     # torchvision blocks reuse one inplace ReLU, so no module input holds a pre-activation.
-    model.preact_layers = []
-    model.classifier_layer = _last_linear(model, num_classes)
-    return model
+    return set_info(
+        model,
+        ModelInfo(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            stages=stages,
+            classifier=_last_linear(model, num_classes),
+            pooled_map=pooled,
+        ),
+    )
 
 
 def _conv(in_channels: int, out_channels: int, kernel, stride, padding, **kw) -> nn.Conv2d:
@@ -135,7 +145,7 @@ def _stage_outputs(model: nn.Module, name: str, in_channels: int) -> list[str]:
     except Exception as err:
         raise ValueError(
             f"Could not find the stages of tv:{name} with a {_PROBE_SIZE}x{_PROBE_SIZE} forward "
-            f"pass ({err}); pass feature_layers=[...] explicitly."
+            f"pass ({err}); pass stages=[...] explicitly."
         ) from err
     finally:
         model.train(was_training)
@@ -146,7 +156,7 @@ def _stage_outputs(model: nn.Module, name: str, in_channels: int) -> list[str]:
     if not seq:
         raise ValueError(
             f"tv:{name} has no child of {trunk_name or 'the model'} with a 4-D (image) output; "
-            "pass feature_layers=[...] explicitly."
+            "pass stages=[...] explicitly."
         )
     return [n for (n, s), (_, nxt) in zip(seq, seq[1:], strict=False) if _smaller(nxt, s)] + [
         seq[-1][0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from kdscope.models.info import ModelInfo
 from kdscope.models.registry import register_model
 
 _CONFIGS: dict[str, list[list[int]]] = {
@@ -51,11 +52,15 @@ class VGG(nn.Module):
         self.classifier = nn.Linear(cfg[4][-1], num_classes)
 
         # CRD's feature list f1..f4; block0 (full resolution, 64 channels) is the stem's analogue.
-        self.feature_layers = ["block1", "block2", "block3", "block4"]
-        self.preact_layers = [
-            f"{name}.{len(self.get_submodule(name)) - 1}:in" for name in self.feature_layers
-        ]
-        self.classifier_layer = "classifier"
+        stages = ("block1", "block2", "block3", "block4")
+        self.kdscope_info = ModelInfo(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            stages=stages,
+            preact=tuple(f"{name}.{len(self.get_submodule(name)) - 1}:in" for name in stages),
+            classifier="classifier",
+            pooled_map="avgpool:in",
+        )
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

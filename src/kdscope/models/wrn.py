@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdscope.models.info import ModelInfo
 from kdscope.models.registry import register_model
 
 
@@ -70,9 +71,14 @@ class WideResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(widths[3], num_classes)
 
-        self.feature_layers = ["block1", "block2", "block3"]
-        self.preact_layers = ["block2.0.relu1:in", "block3.0.relu1:in", "act:in"]
-        self.classifier_layer = "classifier"
+        self.kdscope_info = ModelInfo(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            stages=("block1", "block2", "block3"),
+            preact=("block2.0.relu1:in", "block3.0.relu1:in", "act:in"),
+            classifier="classifier",
+            pooled_map="avgpool:in",
+        )
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

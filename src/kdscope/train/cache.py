@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from kdscope.data import collate
 from kdscope.features import FeatureTap
 
 
@@ -67,7 +68,6 @@ class TeacherCache:
         dataset: Dataset,
         layers: list[str],
         *,
-        collate,
         batch_size: int = 512,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
@@ -78,7 +78,10 @@ class TeacherCache:
     ) -> TeacherCache:
         device = torch.device(device)
         n = len(dataset)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+        # Its own generator: the loader must not draw from the global RNG a resume restores.
+        loader = DataLoader(
+            dataset, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
+        )
         logits_store = None
         feature_stores: list = []
         task = progress.add_task("teacher cache", total=len(loader)) if progress else None

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from kdscope.models import BuildSpec, create_model, describe
 from kdscope.train.seeding import rng_state, set_rng_state
+from kdscope.train.state import LoopState
 
 
 class CheckpointError(RuntimeError):
@@ -62,8 +65,6 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
 
 def load_model(path: str | Path, which: str = "best") -> nn.Module:
     """Rebuild a zoo model from a kdscope checkpoint or run directory, in eval mode on the CPU."""
-    from kdscope.models import create_model
-
     ckpt = read_checkpoint(resolve_checkpoint(path, which))
     spec = ckpt.get("model_spec")
     if not spec:
@@ -71,7 +72,8 @@ def load_model(path: str | Path, which: str = "best") -> nn.Module:
             f"Checkpoint {str(path)!r} has no model_spec: it holds weights of a model that is not "
             "in the zoo; build the model yourself and call load_state_dict(ckpt['model'])"
         )
-    model = create_model(spec["name"], spec["num_classes"], spec["in_channels"], **spec["kwargs"])
+    spec = BuildSpec.from_dict(spec)
+    model = create_model(spec.name, spec.num_classes, spec.in_channels, **spec.kwargs)
     load_weights(model, ckpt["model"], str(path))
     return model.eval()
 
@@ -85,26 +87,33 @@ def load_weights(model: nn.Module, state: dict[str, Any], source: str) -> None:
         ) from None
 
 
-def save_training_state(path: Path, parts: dict[str, Any], **progress: Any) -> None:
+def save_training_state(
+    path: Path, parts: dict[str, Any], state: LoopState, config: dict[str, Any] | None = None
+) -> None:
     """Write everything a run needs to continue exactly: the state of each of ``parts`` (model,
-    method, optimizer, scaler), the model's zoo spec and method name, the RNG states, and
-    ``progress`` (epoch, step, best_val_acc, history, accumulators, config)."""
+    method, optimizer, scaler), the model's build spec and method name, the run's ``config``, and
+    the :class:`LoopState` with the RNG states of this moment."""
     model, method = parts["model"], parts["method"]
-    state = {name: part.state_dict() for name, part in parts.items()}
-    state["model_spec"] = getattr(model, "kdscope_spec", None)
-    state["method_name"] = getattr(method, "name", type(method).__name__)
-    save_atomic({**state, **progress, "rng": rng_state()}, path)
+    payload = {name: part.state_dict() for name, part in parts.items()}
+    spec = describe(model).spec
+    payload["model_spec"] = spec.to_dict() if spec else None
+    payload["method_name"] = method.name or type(method).__name__
+    payload["config"] = config
+    loop = replace(state, rng=rng_state()).to_dict()
+    save_atomic({**payload, **loop}, path)
 
 
 def restore_training_state(path: Path, parts: dict[str, Any]) -> dict[str, Any]:
     """Load :func:`save_training_state`'s checkpoint into ``parts`` and restore the RNG states;
-    returns the checkpoint. A checkpoint of another model or run raises ``CheckpointError``."""
+    returns the checkpoint (``LoopState.from_dict`` reads the loop's state from it). A checkpoint
+    of another model or run raises ``CheckpointError``."""
     ckpt = read_checkpoint(path)
-    spec = getattr(parts["model"], "kdscope_spec", None)
-    if ckpt.get("model_spec") and spec and ckpt["model_spec"] != spec:
+    spec = describe(parts["model"]).spec
+    saved = ckpt.get("model_spec")
+    if saved and spec and saved != spec.to_dict():
         raise CheckpointError(
-            f"{path} was written for student {ckpt['model_spec']['name']!r} "
-            f"({ckpt['model_spec']}), but this run builds {spec}"
+            f"{path} was written for student {saved['name']!r} ({saved}), but this run builds "
+            f"{spec.to_dict()}"
         )
     try:
         for name in ("model", "method", "optimizer"):

@@ -1,34 +1,34 @@
 """The one training loop: teachers, baselines and every distillation method run through
-``Trainer``."""
+``Trainer``, around the one :class:`~kdscope.train.step.DistillStep`."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from rich import get_console
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdscope.config import OptimConfig, ScheduleConfig, TrainConfig
-from kdscope.features import FeatureTap, layer_shapes
-from kdscope.methods import BindContext, Method, Outputs, create_method
-from kdscope.train import distributed as ddp
+from kdscope import distributed as ddp
+from kdscope.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
+from kdscope.data import collate
+from kdscope.methods import Method, create_method
+from kdscope.metrics import accuracy
 from kdscope.train.accounting import LossAccumulator, epoch_line
 from kdscope.train.cache import TeacherCache, cache_mode
-from kdscope.train.checkpoint import restore_training_state, save_training_state
-from kdscope.train.ensemble import TeacherEnsemble, infer_classes
 from kdscope.train.interrupt import StopBetweenSteps
 from kdscope.train.optim import build_optimizer, lr_factor, set_lr
 from kdscope.train.progress import make_progress
+from kdscope.train.run_dir import RunDirectory
 from kdscope.train.sampler import EpochBatchSampler
 from kdscope.train.seeding import derived_seed, seed_everything
-from kdscope.train.validate import accuracy
+from kdscope.train.state import LoopState
+from kdscope.train.step import DistillStep
 
 CHECK_EVERY = 50  # steps between non-finite checks: a sync point on GPU, so not every step
 
@@ -47,13 +47,15 @@ class FitResult:
 class Trainer:
     """Train ``student`` on ``train_set`` with a distillation ``method`` (``"none"``: labels alone).
 
-    Loss per step: ``ce_weight * CE(student(x), y) + sum(method(outputs).values())``, where
-    ``ce_weight`` is the run's ``train.ce_weight`` or the method's ``ce_weight_at(epoch)``. The
-    teacher is frozen in eval mode under ``no_grad``; with a deterministic input pipeline its
-    outputs are cached once (``train.cache``). With ``run_dir`` set, each epoch appends to
-    ``metrics.jsonl`` and writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation
-    accuracy) atomically; Ctrl-C writes ``last.pt`` mid-epoch and ``fit(resume=True)`` continues
-    exactly where the run stopped.
+    Each step is a :class:`~kdscope.train.step.DistillStep`; the teacher is frozen in eval mode,
+    and with a deterministic input pipeline its outputs are cached once (``train.cache``).
+    ``augment`` is a batched augmentation applied on the device with a generator seeded by (run
+    seed, epoch, step). ``data`` gives the batch sizes and loader workers; ``optim``, ``schedule``
+    and ``train`` the rest of the recipe. With ``run_dir`` (a path or a
+    :class:`~kdscope.train.run_dir.RunDirectory`), each epoch appends to ``metrics.jsonl`` and
+    writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation accuracy)
+    atomically; Ctrl-C writes ``last.pt`` at the next step boundary and ``fit(resume=True)``
+    continues exactly where the run stopped.
     """
 
     def __init__(
@@ -62,59 +64,37 @@ class Trainer:
         train_set: Dataset,
         val_set: Dataset | None = None,
         *,
-        teacher: nn.Module | list[nn.Module] | None = None,
+        teacher: nn.Module | Sequence[nn.Module] | None = None,
         method: Method | str = "none",
-        num_classes: int | None = None,
         augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
-        collate: Callable | None = None,
-        batch_size: int = 128,
-        eval_batch_size: int = 512,
-        num_workers: int = 0,
+        data: DataConfig | None = None,
         optim: OptimConfig | None = None,
         schedule: ScheduleConfig | None = None,
         train: TrainConfig | None = None,
-        run_dir: str | Path | None = None,
-        config: dict[str, Any] | None = None,
+        run_dir: str | Path | RunDirectory | None = None,
         progress: bool = True,
     ):
-        from kdscope.data import collate as default_collate
-
-        self.method = create_method(method) if isinstance(method, str) else method
-        if self.method.needs.teacher and not teacher:
-            raise ValueError(f"method {type(self.method).__name__} needs a teacher; none was given")
-        self.num_teachers = (
-            len(teacher) if isinstance(teacher, (list, tuple)) else int(bool(teacher))
-        )
-        if self.num_teachers > 1:
-            if self.method.needs.teacher_features:
-                raise ValueError("feature-based methods take one teacher; got several")
-            teacher = TeacherEnsemble(list(teacher))
-        self.student, self.teacher = student, teacher
-        self.train_set, self.val_set = train_set, val_set
-        self.num_classes = num_classes or infer_classes(student)
-        if (
-            teacher is not None
-            and self.method.same_label_space
-            and infer_classes(teacher) not in (None, self.num_classes)
-        ):
-            raise ValueError(
-                f"teacher predicts {infer_classes(teacher)} classes but the student predicts "
-                f"{self.num_classes}: they must share the label space"
-            )
-        self.augment = augment
-        self.collate = collate or default_collate
-        self.batch_size, self.eval_batch_size, self.num_workers = (
-            batch_size,
-            eval_batch_size,
-            num_workers,
-        )
+        self.cfg = train or TrainConfig()
+        self.data_cfg = data or DataConfig()
         self.optim_cfg = optim or OptimConfig()
         self.schedule_cfg = schedule or ScheduleConfig()
-        self.cfg = train or TrainConfig()
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.config = config or {}
-        self.show_progress = progress
         self.device = _pick_device(self.cfg.device)
+        method = create_method(method) if isinstance(method, str) else method
+        self.step = DistillStep(
+            student,
+            teacher,
+            method,
+            device=self.device,
+            ce_weight=self.cfg.ce_weight,
+            label_smoothing=self.cfg.label_smoothing,
+        )
+        self.student, self.teacher, self.method = student, self.step.teacher, method
+        self.train_set, self.val_set = train_set, val_set
+        self.augment = augment
+        if run_dir is not None and not isinstance(run_dir, RunDirectory):
+            run_dir = RunDirectory(run_dir)
+        self.run = run_dir
+        self.show_progress = progress
         self.dist = ddp.DistInfo()
         self.cache: TeacherCache | None = None
         self._stop_requested = False
@@ -128,12 +108,8 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
         self.amp = self.cfg.amp and self.device.type == "cuda"
-        self.student.to(self.device)
-        if self.teacher is not None:
-            self.teacher.to(self.device).eval().requires_grad_(False)
-        self.method.resolve_layers(self.student, self.teacher)
-        self._bind_method()
-        self.method.to(self.device)
+        self.step.device, self.step.amp = self.device, self.amp
+        self.step.bind(collate([self.train_set[0], self.train_set[1]])[0], len(self.train_set))
         params = list(self.student.parameters()) + list(self.method.parameters())
         self.optimizer = build_optimizer(params, self.optim_cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -141,28 +117,14 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
-
-    def _bind_method(self) -> None:
-        x = self.collate([self.train_set[0], self.train_set[1]])[0].to(self.device)
-        s_shapes = layer_shapes(self.student, self.method.student_layers, x)
-        t_shapes = layer_shapes(self.teacher, self.method.teacher_layers, x)
-        self.method.bind(
-            BindContext(
-                student=self.student,
-                teacher=self.teacher,
-                num_classes=self.num_classes,
-                num_train=len(self.train_set),
-                student_shapes=s_shapes,
-                teacher_shapes=t_shapes,
-            )
-        )
+        self.step.model = self.model
 
     def _build_cache(self, mode: str, progress) -> float:
         if mode == "off":
             return 0.0
         layers = self.method.teacher_layers if self.method.needs.teacher_features else []
         dtype = torch.float16 if self.cfg.cache_dtype == "float16" else torch.float32
-        x = self.collate([self.train_set[0]])[0].to(self.device)
+        x = collate([self.train_set[0]])[0].to(self.device)
         size = TeacherCache.estimate_bytes(self.teacher, x, layers, len(self.train_set), dtype)
         if size > self.cfg.cache_max_gb * 2**30:
             if self.cfg.cache == "auto":
@@ -181,16 +143,26 @@ class Trainer:
             self.teacher,
             self.train_set,
             layers,
-            collate=self.collate,
-            batch_size=self.eval_batch_size,
+            batch_size=self.data_cfg.eval_batch_size,
             device=self.device,
             dtype=dtype,
             where=mode,
-            directory=self.run_dir / "cache" if self.run_dir else None,
+            directory=self.run.cache_dir if self.run else None,
             autocast=self.amp,
             progress=progress,
         )
+        self.step.cache = self.cache
+        self.method.prefill(self.cache)
         return time.perf_counter() - start
+
+    def _parts(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the LoopState."""
+        return {
+            "model": self.student,
+            "method": self.method,
+            "optimizer": self.optimizer,
+            "scaler": self.scaler,
+        }
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> FitResult:
@@ -201,59 +173,52 @@ class Trainer:
     def _fit(self, resume: bool) -> FitResult:
         seed_everything(self.cfg.seed, self.cfg.deterministic)
         self._setup()
-        state = self._resume_state() if resume else None
-        start_epoch, start_step, best, acc_state = 0, 0, None, None
-        history: list[dict[str, Any]] = []
-        if state is not None:
-            start_epoch, start_step = state["epoch"], state["step"]
-            best, acc_state, history = (
-                state["best_val_acc"],
-                state.get("accumulators"),
-                state["history"],
-            )
-        self._rewrite_metrics(history)
         self.cache_mode = cache_mode(
             self.cfg.cache,
             needed=self.teacher is not None and self.method.needs.teacher_outputs,
             augmented=self.augment is not None,
         )
-        result = FitResult(None, None, None, self.cfg.epochs, history, self.cache_mode)
         with make_progress(self.show_progress and self.dist.is_main) as progress:
-            result.cache_fill_s = self._build_cache(self.cache_mode, progress)
-            if self.cache is not None:
-                self.method.prefill(self.cache)
-            result.cache = self.cache_mode
-            result.teacher_val_acc = self._teacher_val_acc()
-            s_tap = self._tap(
-                self.student, self.method.student_layers, self.method.needs.student_features
-            )
-            t_tap = self._tap(
-                self.teacher,
-                self.method.teacher_layers,
-                self.method.needs.teacher_features,
-                detach=True,
-            )
-            with s_tap, t_tap:
-                for epoch in range(start_epoch, self.cfg.epochs):
-                    record = self._train_epoch(
-                        epoch, start_step, acc_state, s_tap, t_tap, progress, best, history
-                    )
-                    start_step, acc_state = 0, None
-                    record["val_acc"] = self._val_acc()
-                    record["teacher_val_acc"] = result.teacher_val_acc
-                    improved = record["val_acc"] is not None and (
-                        best is None or record["val_acc"] > best
-                    )
-                    if improved:
-                        best = record["val_acc"]
-                    history.append(record)
-                    self._end_epoch(epoch, record, best, history, improved)
-        result.best_val_acc = best
-        result.final_val_acc = history[-1]["val_acc"] if history else None
-        result.history = history
+            fill_s = self._build_cache(self.cache_mode, progress)
+            result = FitResult(None, None, self._teacher_val_acc(), self.cfg.epochs)
+            result.cache, result.cache_fill_s = self.cache_mode, fill_s
+            # Last of the set-up: a resume restores every RNG stream, which nothing above draws on.
+            state = self._resume() if resume else LoopState()
+            if self.run is not None and self.dist.is_main:
+                self.run.start(state)
+            with self.step.taps():
+                try:
+                    while state.epoch < self.cfg.epochs:
+                        self._epoch(state, progress, result.teacher_val_acc)
+                except KeyboardInterrupt:
+                    self._interrupted(state)
+                    raise
+        result.best_val_acc = state.best_val_acc
+        result.final_val_acc = state.history[-1]["val_acc"] if state.history else None
+        result.history = state.history
         return result
 
-    def _train_epoch(self, epoch, start_step, acc_state, s_tap, t_tap, progress, best, history):
+    def _resume(self) -> LoopState:
+        state = self.run.resume(self._parts()) if self.run is not None else None
+        if state is None:
+            self._log("no checkpoint to resume from; starting fresh")
+            return LoopState()
+        self._log(f"resuming from {self.run.last}: epoch {state.epoch + 1}, step {state.step}")
+        return state
+
+    def _epoch(self, state: LoopState, progress, teacher_val_acc: float | None) -> None:
+        record = self._train_epoch(state, progress)
+        record["val_acc"] = self._val_acc()
+        record["teacher_val_acc"] = teacher_val_acc
+        improved = state.finish_epoch(record)
+        if self.dist.is_main:
+            self._log(epoch_line(record))
+            if self.run is not None:
+                self.run.epoch_end(state, self._parts(), improved)
+        ddp.barrier(self.dist)  # other ranks may read the checkpoints next
+
+    def _train_epoch(self, state: LoopState, progress) -> dict[str, Any]:
+        epoch, start = state.epoch, state.step
         self.student.train()
         self.method.train()
         lr = set_lr(
@@ -261,124 +226,87 @@ class Trainer:
         )
         sampler = EpochBatchSampler(
             len(self.train_set),
-            self.batch_size,
+            self.data_cfg.batch_size,
             shuffle=True,
             seed=self.cfg.seed,
             epoch=epoch,
-            start=start_step,
+            start=start,
             rank=self.dist.rank,
             world=self.dist.world,
         )
         loader = DataLoader(
             self.train_set,
             batch_sampler=sampler,
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
+            collate_fn=collate,
+            num_workers=self.data_cfg.num_workers,
             pin_memory=self.device.type == "cuda",
+            generator=torch.Generator(),  # creating the iterator must not draw the global RNG
         )
-        acc = LossAccumulator.from_state(acc_state)
+        acc = LossAccumulator.from_state(state.accumulators)
         task = progress.add_task(
-            f"epoch {epoch + 1}/{self.cfg.epochs}",
-            total=len(sampler) + start_step,
-            completed=start_step,
+            f"epoch {epoch + 1}/{self.cfg.epochs}", total=len(sampler) + start, completed=start
         )
-        step = start_step
         t0 = time.perf_counter()
         try:
             for x, y, idx in loader:
                 if self._stop_requested:
                     raise KeyboardInterrupt
-                acc.add(self._step(x, y, idx, epoch, step, s_tap, t_tap), y.numel())
-                step += 1
+                acc.add(self._train_step(x, y, idx, epoch, state.step), y.numel())
+                state.step += 1
                 progress.advance(task)
-                if step % CHECK_EVERY == 0:
-                    acc.flush(epoch, step)
+                if state.step % CHECK_EVERY == 0:
+                    acc.flush(epoch, state.step)
         except KeyboardInterrupt:
-            acc.flush(epoch, step, check=False)
-            if self.dist.is_main and self.run_dir is not None:
-                self._save("last.pt", epoch, step, best, history, acc.state())
-                self._log(
-                    f"interrupted at epoch {epoch + 1}, step {step}: saved "
-                    f"{self.run_dir / 'checkpoints' / 'last.pt'}; resume with --resume"
-                )
+            acc.flush(epoch, state.step, check=False)
+            state.accumulators = acc.state()
             raise
-        acc.flush(epoch, step)
+        acc.flush(epoch, state.step)
         progress.remove_task(task)
         elapsed = time.perf_counter() - t0
-        record = {
+        return {
             "epoch": epoch + 1,
             "lr": lr,
             **acc.means(),
             "images_per_s": acc.count / elapsed * self.dist.world if elapsed > 0 else None,
             "epoch_time_s": elapsed,
         }
-        return record
 
-    def _step(self, x, y, idx, epoch, step, s_tap, t_tap) -> dict[str, Tensor]:
+    def _train_step(self, x, y, idx, epoch: int, step: int) -> dict[str, Tensor]:
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         if self.augment is not None:
             gen = torch.Generator(self.device).manual_seed(derived_seed(self.cfg.seed, epoch, step))
             x = self.augment(x, gen)
-        needs = self.method.needs
-        with torch.autocast(self.device.type, enabled=self.amp):
-            # Teacher first: its activations are freed before the student's graph is built. The
-            # other order cost 25% more CPU time per step (resnet56 -> resnet8, batch 128) in
-            # page faults, as glibc malloc then maps and unmaps the teacher's buffers every step.
-            t_logits, t_feats = self._teacher_outputs(x, idx, t_tap)
-            logits = self.model(x)
-            out = Outputs(
-                student_logits=logits,
-                labels=y,
-                teacher_logits=t_logits,
-                student_features=s_tap.ordered() if needs.student_features else [],
-                teacher_features=t_feats,
-                indices=idx.to(self.device) if needs.indices else None,
-                inputs=x,
-                epoch=epoch,
-                step=step,
-            )
-            terms = self.method(out)
-            ce_weight = self.method.ce_weight_at(epoch)
-            if self.cfg.ce_weight is not None and ce_weight != 0:
-                ce_weight = self.cfg.ce_weight  # a run's CE weight never re-enables a hint stage
-            ce = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
-            loss = ce_weight * ce + sum(terms.values())
+        out = self.step(x, y, idx, epoch, step)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(out.loss).backward()
         ddp.average_gradients(self.method, self.dist)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         with torch.no_grad():
-            correct = (logits.argmax(1) == y).sum()
+            correct = (out.logits.argmax(1) == y).sum()
         return {
-            "loss": loss.detach(),
-            "ce": ce.detach(),
-            **{k: v.detach() for k, v in terms.items()},
+            "loss": out.loss.detach(),
+            "ce": out.ce.detach(),
+            **{k: v.detach() for k, v in out.terms.items()},
             "correct": correct,
         }
 
-    def _teacher_outputs(self, x, idx, t_tap) -> tuple[Tensor | None, list[Tensor]]:
-        needs = self.method.needs
-        if not needs.teacher_outputs:
-            return None, []
-        if self.cache is not None:
-            logits, feats = self.cache.lookup(idx, self.device)
-        else:
-            with torch.no_grad():
-                logits = self.teacher(x)
-            feats = t_tap.ordered() if needs.teacher_features else []
-        if self.num_teachers > 1:
-            logits = logits.transpose(0, 1)  # the ensemble is cached per example: (B, K, C)
-        return logits, feats
+    def _interrupted(self, state: LoopState) -> None:
+        if self.dist.is_main and self.run is not None:
+            path = self.run.interrupted(state, self._parts())
+            self._log(
+                f"interrupted at epoch {state.epoch + 1}, step {state.step}: saved {path}; "
+                "resume with --resume"
+            )
 
-    # ---- evaluation, checkpoints, logs --------------------------------------------------------
+    # ---- evaluation and logs ------------------------------------------------------------------
     def _val_acc(self) -> float | None:
         if self.val_set is None or not self.dist.is_main:
             ddp.barrier(self.dist)
             return None
         acc = accuracy(
-            self.student, self.val_set, self.eval_batch_size, self.device, self.collate, self.amp
+            self.student, self.val_set, self.data_cfg.eval_batch_size, self.device, self.amp
         )
         ddp.barrier(self.dist)
         return acc
@@ -386,81 +314,15 @@ class Trainer:
     def _teacher_val_acc(self) -> float | None:
         if self.teacher is None or self.val_set is None or not self.dist.is_main:
             return None
-        if self.num_teachers > 1 or not self.method.same_label_space:
+        if self.step.ensemble or not self.method.same_label_space:
             return None
         return accuracy(
-            self.teacher, self.val_set, self.eval_batch_size, self.device, self.collate, self.amp
+            self.teacher, self.val_set, self.data_cfg.eval_batch_size, self.device, self.amp
         )
-
-    def _end_epoch(self, epoch, record, best, history, improved) -> None:
-        if self.dist.is_main:
-            self._log(epoch_line(record))
-        if self.dist.is_main and self.run_dir is not None:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            self._save("last.pt", epoch + 1, 0, best, history, None)
-            if improved:
-                self._save("best.pt", epoch + 1, 0, best, history, None)
-        ddp.barrier(self.dist)  # other ranks may read the checkpoints next
-
-    def _save(self, name, epoch, step, best, history, accumulators) -> None:
-        save_training_state(
-            self.run_dir / "checkpoints" / name,
-            self._trained(),
-            epoch=epoch,
-            step=step,
-            best_val_acc=best,
-            history=history,
-            accumulators=accumulators,
-            config=self.config,
-        )
-
-    def _resume_state(self) -> dict[str, Any] | None:
-        path = self.run_dir / "checkpoints" / "last.pt" if self.run_dir else None
-        if path is None or not path.exists():
-            self._log("no checkpoint to resume from; starting fresh")
-            return None
-        ckpt = restore_training_state(path, self._trained())
-        self._log(f"resuming from {path}: epoch {ckpt['epoch'] + 1}, step {ckpt['step']}")
-        return ckpt
-
-    def _trained(self) -> dict[str, Any]:
-        return {
-            "model": self.student,
-            "method": self.method,
-            "optimizer": self.optimizer,
-            "scaler": self.scaler,
-        }
-
-    def _rewrite_metrics(self, history: list[dict[str, Any]]) -> None:
-        """metrics.jsonl as the checkpoint knows it: a kill between the log line and the checkpoint
-        (or a fresh start in an old directory) must not leave duplicate or orphan epochs."""
-        if self.dist.is_main and self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            text = "".join(json.dumps(r) + "\n" for r in history)
-            (self.run_dir / "metrics.jsonl").write_text(text)
-
-    def _tap(self, model, layers, wanted, detach=False):
-        if model is None or not wanted or not layers:
-            return _NullTap()
-        return FeatureTap(model, layers, detach=detach)
 
     def _log(self, message: str) -> None:
         if self.dist.is_main and self.show_progress:
-            from rich import get_console
-
             get_console().print(message, soft_wrap=True)  # log lines stay whole in a file
-
-
-class _NullTap:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-    def ordered(self) -> list[Tensor]:
-        return []
 
 
 def _pick_device(name: str) -> torch.device:

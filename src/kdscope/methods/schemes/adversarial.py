@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdscope.methods.base import BindContext, Method, Needs, Outputs, register_method
+from kdscope.methods.base import LOGITS, BindContext, Method, Outputs, register_method
+from kdscope.methods.params import NON_NEGATIVE, POSITIVE, UNIT
 from kdscope.methods.response import kd_div
 
 
@@ -59,16 +60,15 @@ class AdversarialKD(Method):
     adv_weight=1 is ours.
     """
 
-    needs = Needs(teacher_logits=True)
     family = "scheme"
     paper = "Xu et al. 2018, arXiv:1709.00513"
+    constraints = {"temperature": POSITIVE, "alpha": UNIT, "adv_weight": NON_NEGATIVE}
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9, adv_weight: float = 1.0):
-        super().__init__()
+        super().__init__(LOGITS, 1.0 - alpha)
         self.temperature = temperature
         self.alpha = alpha
         self.adv_weight = adv_weight
-        self.ce_weight = 1.0 - alpha
 
     def bind(self, ctx: BindContext) -> None:
         self.discriminator = LogitDiscriminator(ctx.num_classes)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from kdscope.methods.adapters import classifier_of
-from kdscope.methods.base import Method, Needs, Outputs, register_method
+from kdscope.methods.base import LOGITS, Method, Outputs, register_method
+from kdscope.methods.params import NON_NEGATIVE, POSITIVE
+from kdscope.models import classifier_of, describe, set_info
 
 
 @register_method("lwf")
@@ -27,14 +29,13 @@ class LearningWithoutForgetting(Method):
     alone first) is not done; the whole student trains from the first step.
     """
 
-    needs = Needs(teacher_logits=True)
     same_label_space = False
-    ce_weight = 1.0
     family = "scheme"
     paper = "Li & Hoiem 2016, arXiv:1606.09282"
+    constraints = {"temperature": POSITIVE, "lambda_old": NON_NEGATIVE}
 
     def __init__(self, temperature: float = 2.0, lambda_old: float = 1.0):
-        super().__init__()
+        super().__init__(LOGITS)
         self.temperature = temperature
         self.lambda_old = lambda_old
 
@@ -69,10 +70,9 @@ def expand_classes(model: nn.Module, num_classes: int) -> nn.Module:
     path = next(name for name, module in model.named_modules() if module is head)
     parent, _, attr = path.rpartition(".")
     setattr(student.get_submodule(parent), attr, new_head)
-    spec = getattr(model, "kdscope_spec", None)
-    if spec:
-        student.kdscope_spec = {**spec, "num_classes": num_classes}
-    return student
+    info = describe(model)
+    spec = replace(info.spec, num_classes=num_classes) if info.spec else None
+    return set_info(student, replace(info, num_classes=num_classes, spec=spec))
 
 
 class ClassSubset(Dataset):

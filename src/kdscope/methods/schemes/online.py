@@ -9,7 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from kdscope.methods.base import BindContext, Method, Needs, Outputs, register_method
+from kdscope.methods.base import NO_TEACHER, BindContext, Method, Outputs, register_method
+from kdscope.methods.params import Either, Interval, NameList
+from kdscope.metrics import accuracy
+from kdscope.models import create_model, describe
 
 
 @register_method("dml")
@@ -23,26 +26,22 @@ class DeepMutualLearning(Method):
     submodules, so the one optimizer trains every peer in the one backward.
 
     ``peers``: how many extra peers of the student's architecture (built with ``create_model`` from
-    ``student.kdscope_spec``, or re-initialised copies of a non-zoo student), or a list of zoo model
-    names, one per extra peer. K = 1 + number of extra peers. The peers are built at the first
-    ``bind`` and kept, so a second ``fit`` continues training them, as it does the student. Read
-    their accuracies with :func:`evaluate_peers`; they are saved in the checkpoints' method state.
+    the student's ModelInfo ``spec``, or re-initialised copies of a non-zoo student), or a list of
+    zoo model names, one per extra peer. K = 1 + number of extra peers. The peers are built at the
+    first ``bind`` and kept, so a second ``fit`` continues training them, as it does the student.
+    Read their accuracies with :func:`evaluate_peers`; the checkpoints' method state saves them.
 
     Deviation: the paper updates the peers one after another within a step (peer 2 sees peer 1's
     updated predictions); here all peers step together from the same forward pass, which one
     backward through one optimizer implies.
     """
 
-    needs = Needs(teacher=False)
-    ce_weight = 1.0
     family = "scheme"
     paper = "Zhang et al. 2018, arXiv:1706.00384"
+    constraints = {"peers": Either((Interval(1, None, integer=True), NameList()))}
 
     def __init__(self, peers: int | list[str] = 1):
-        super().__init__()
-        count = peers if isinstance(peers, int) else len(peers)
-        if count < 1:
-            raise ValueError(f"peers must name or count at least 1 extra peer, got {peers!r}")
+        super().__init__(NO_TEACHER)
         self.peers = peers
 
     def bind(self, ctx: BindContext) -> None:
@@ -74,23 +73,21 @@ class DeepMutualLearning(Method):
 def build_peers(student: nn.Module, peers: int | list[str], num_classes: int) -> list[nn.Module]:
     """Fresh peers for DML: ``peers`` copies of the student's architecture, or the named zoo models
     (with the student's class count and input channels)."""
-    from kdscope.models import create_model
-
-    spec = getattr(student, "kdscope_spec", None)
+    spec = describe(student).spec
     if isinstance(peers, int):
         if spec:
             return [
-                create_model(spec["name"], num_classes, spec["in_channels"], **spec["kwargs"])
+                create_model(spec.name, num_classes, spec.in_channels, **spec.kwargs)
                 for _ in range(peers)
             ]
         return [reinitialised_copy(student) for _ in range(peers)]
     if not spec:
         raise ValueError(
             f"peers given by name ({peers}) need the student's input channels, which only zoo "
-            f"models record (kdscope_spec); {type(student).__name__} has none. Give the number "
-            "of peers instead to copy the student's architecture."
+            f"models record (their ModelInfo spec); {type(student).__name__} has none. Give the "
+            "number of peers instead to copy the student's architecture."
         )
-    return [create_model(name, num_classes, spec["in_channels"]) for name in peers]
+    return [create_model(name, num_classes, spec.in_channels) for name in peers]
 
 
 def reinitialised_copy(model: nn.Module) -> nn.Module:
@@ -106,13 +103,9 @@ def evaluate_peers(
     student: nn.Module, method: DeepMutualLearning, dataset: Dataset, batch_size: int = 512
 ) -> list[float]:
     """Top-1 accuracy of every DML peer on ``dataset``: peer 0 (the student) first."""
-    from kdscope.data import collate
-    from kdscope.train import accuracy
-
     if not hasattr(method, "peer_models"):
         raise ValueError("the DML method has no peers yet: they are built when training starts")
     device = next(student.parameters()).device
     return [
-        accuracy(model, dataset, batch_size, device, collate)
-        for model in [student, *method.peer_models]
+        accuracy(model, dataset, batch_size, device) for model in [student, *method.peer_models]
     ]

@@ -6,8 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdscope.features import FeatureTap
 from kdscope.methods.adapters import require_maps
 from kdscope.methods.base import BindContext, Method, Needs, Outputs, register_method
+from kdscope.methods.layers import Layers
+from kdscope.methods.params import LAYERS, NON_NEGATIVE, POSITIVE, UNIT
 from kdscope.methods.response import kd_div
 
 
@@ -48,7 +51,7 @@ class BeYourOwnTeacher(Method):
     Convolutional Neural Networks via Self Distillation", ICCV 2019, arXiv:1905.08094.
 
     An :class:`Exit` is attached to every student stage but the last (``student_layers``, default
-    the model's ``feature_layers``); the model's own output q_C is the deepest classifier and its
+    the model's stages); the model's own output q_C is the deepest classifier and its
     last stage's map F_C the deepest feature. For each shallow exit i:
 
         (1 - alpha) * CE(q_i, y) + alpha * T^2 * KL(q_C^T || q_i^T) + beta * ||F_i - F_C||^2
@@ -60,9 +63,15 @@ class BeYourOwnTeacher(Method):
     The exits are training-time only: the deployed student is the unchanged model.
     """
 
-    needs = Needs(teacher=False, student_features=True)
     family = "scheme"
     paper = "Zhang et al. 2019, arXiv:1905.08094"
+    layers = Layers.STAGES
+    constraints = {
+        "alpha": UNIT,
+        "beta": NON_NEGATIVE,
+        "temperature": POSITIVE,
+        "student_layers": LAYERS,
+    }
 
     def __init__(
         self,
@@ -71,11 +80,10 @@ class BeYourOwnTeacher(Method):
         temperature: float = 3.0,
         student_layers: list[str] | None = None,
     ):
-        super().__init__(student_layers)
+        super().__init__(Needs(teacher=False, student_features=True), 1.0 - alpha, student_layers)
         self.alpha = alpha
         self.beta = beta
         self.temperature = temperature
-        self.ce_weight = 1.0 - alpha
 
     def bind(self, ctx: BindContext) -> None:
         if len(self.student_layers) < 2:
@@ -103,8 +111,6 @@ class BeYourOwnTeacher(Method):
     @torch.no_grad()
     def exit_logits(self, student: nn.Module, x: Tensor) -> list[Tensor]:
         """Logits of every exit, shallowest first, then the student's own, for inputs ``x``."""
-        from kdscope.features import FeatureTap
-
         with FeatureTap(student, self.student_layers, detach=True) as tap:
             logits = student(x)
         return [exit_(f)[1] for exit_, f in zip(self.exits, tap.ordered(), strict=False)] + [logits]

@@ -12,8 +12,9 @@ from kdscope.analysis import tidy
 from kdscope.analysis.functional import functional_transfer
 from kdscope.analysis.krs_validation import krs_validation
 from kdscope.analysis.report import Code, Section, Table, write_report
-from kdscope.analysis.study import StudyConfig, run_status
 from kdscope.config import ConfigError
+from kdscope.study.config import StudyConfig
+from kdscope.study.runner import run_status
 
 CELL = ("arm", "teacher", "student", "method", "alpha", "temperature")
 

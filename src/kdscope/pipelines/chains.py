@@ -10,12 +10,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from kdscope.api import RunResult, run
 from kdscope.config import ConfigError, MethodConfig, ModelConfig, RunConfig
-
-if TYPE_CHECKING:
-    from kdscope.api import RunResult
+from kdscope.methods import create_method
 
 
 @dataclass
@@ -99,9 +98,7 @@ def born_again(cfg: RunConfig, generations: int = 2, *, progress: bool = True) -
 
 
 def _check_distills(cfg: RunConfig, pipeline: str) -> None:
-    from kdscope.methods import METHODS
-
-    if cfg.method.name not in METHODS or not METHODS.get(cfg.method.name).needs.teacher:
+    if not create_method(cfg.method.name, **cfg.method.params).needs.teacher:
         raise ConfigError(
             f"{pipeline} distills every stage with cfg.method, which must be a method that uses a "
             f"teacher (kd, dkd, fitnet, ...); got {cfg.method.name!r}"
@@ -141,8 +138,6 @@ def _stage(
 
 
 def _run(stage: RunConfig, progress: bool) -> RunResult:
-    from kdscope.api import run
-
     return run(stage, progress=progress)
 
 

@@ -14,6 +14,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from kdscope.api import distill
+from kdscope.data import collate
+from kdscope.metrics import accuracy
+from kdscope.models import ModelInfo, describe, set_info
+from kdscope.train import save_atomic
+
 BACKENDS = ("x86", "fbgemm", "qnnpack")
 
 
@@ -46,7 +52,9 @@ def prepare_qat(model: nn.Module, example: torch.Tensor, backend: str = "x86") -
             (example.cpu(),),
         )
     qat.register_forward_pre_hook(_observe_in_training_only)
-    return qat
+    # Tracing renames the layers: only the output's description carries over.
+    info = describe(model)
+    return set_info(qat, ModelInfo(num_classes=info.num_classes, in_channels=info.in_channels))
 
 
 def _observe_in_training_only(module: nn.Module, args: tuple) -> None:
@@ -115,10 +123,6 @@ def quantized_student(
     run on the CPU, so conversion and the int8 accuracy are CPU-side. Writes the run directory
     ``out_dir/qat``, ``out_dir/int8.pt`` (the int8 state dict) and ``out_dir/summary.json``.
     """
-    from kdscope.api import distill
-    from kdscope.data import collate
-    from kdscope.train import accuracy, save_atomic
-
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     example = collate([train[0]])[0]
@@ -146,8 +150,8 @@ def quantized_student(
         model=int8,
         float_bytes=model_bytes(student),
         int8_bytes=model_bytes(int8),
-        qat_test_acc=accuracy(qat, test_set, 512, cpu, collate) if test_set is not None else None,
-        int8_test_acc=accuracy(int8, test_set, 512, cpu, collate) if test_set is not None else None,
+        qat_test_acc=accuracy(qat, test_set, 512, cpu) if test_set is not None else None,
+        int8_test_acc=accuracy(int8, test_set, 512, cpu) if test_set is not None else None,
     )
     (root / "summary.json").write_text(json.dumps(result.summary(), indent=2))
     return result

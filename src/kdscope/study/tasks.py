@@ -13,6 +13,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from kdscope import api
+from kdscope.config import DataConfig, RunConfig
+from kdscope.data import collate, load_data, stratified_sample
+from kdscope.metrics import calibration_constant, evaluate
+from kdscope.train import load_model
+
 SPLIT_SUFFIX = {"all": "all", "teacher_correct": "C", "teacher_incorrect": "I"}
 FIGURE_PREFIX = {
     "top1_agreement": "agree",
@@ -23,30 +29,24 @@ FIGURE_PREFIX = {
 }
 
 
-def train(config: dict[str, Any], resume: bool) -> dict[str, float]:
-    """Train one run with :func:`kdscope.api.run`; its test accuracy and wall time."""
-    from kdscope import api
-    from kdscope.config import RunConfig
-
+def train(
+    config: dict[str, Any], resume: bool, teacher_test_acc: float | None = None
+) -> dict[str, float]:
+    """Train one run with :func:`kdscope.api.run` (given the test accuracy its teacher's run
+    recorded); its test accuracy and wall time."""
     start = time.perf_counter()
-    result = api.run(RunConfig.model_validate(config), resume=resume, progress=False)
+    result = api.run(
+        RunConfig.model_validate(config),
+        resume=resume,
+        progress=False,
+        teacher_test_acc=teacher_test_acc,
+    )
     return {"test_acc": result.test_acc, "seconds": time.perf_counter() - start}
 
 
 @functools.lru_cache(maxsize=2)
 def _bundle(data_json: str):
-    from kdscope.data import load_data
-
-    d = json.loads(data_json)
-    return load_data(
-        d["name"],
-        data_dir=d["data_dir"],
-        download=d["download"],
-        val_fraction=d["val_fraction"],
-        seed=d["seed"],
-        train_size=d["train_size"],
-        **d["options"],
-    )
+    return load_data(DataConfig.model_validate(json.loads(data_json)))
 
 
 def _device() -> torch.device:
@@ -54,15 +54,11 @@ def _device() -> torch.device:
 
 
 def _model(run_dir: str) -> torch.nn.Module:
-    from kdscope.train import load_model
-
     return load_model(run_dir).to(_device())
 
 
 @torch.no_grad()
 def _logits(model: torch.nn.Module, data: Dataset, batch_size: int) -> torch.Tensor:
-    from kdscope.data import collate
-
     loader = DataLoader(data, batch_size, shuffle=False, collate_fn=collate)
     return torch.cat([model(batch[0].to(_device())).cpu() for batch in loader])
 
@@ -72,8 +68,6 @@ def calibrate(
 ) -> float | None:
     """The KRS constant C shared by a teacher's students: the largest per-example KL(p_T || p_S)
     of any of them on the validation split (None without one: the evaluation set then sets C)."""
-    from kdscope.metrics import calibration_constant
-
     val = _bundle(json.dumps(data, sort_keys=True)).val
     if len(val) == 0:
         return None
@@ -86,8 +80,6 @@ def calibrate(
 
 def evaluation_split(bundle, test_size: int | None) -> Dataset:
     """The test split, or a stratified subset of ``test_size`` examples of it (always the same)."""
-    from kdscope.data.splits import stratified_sample
-
     test = bundle.test
     if test_size is None or test_size >= len(test):
         return test
@@ -103,8 +95,6 @@ def evaluate_row(
     evaluation: dict[str, Any],
 ) -> dict[str, Any]:
     """Agreement and KRS of one student against its teacher on the test split, as tidy columns."""
-    from kdscope.metrics import evaluate
-
     bundle = _bundle(json.dumps(data, sort_keys=True))
     student = _model(student_dir)
     result = evaluate(

@@ -12,7 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from kdscope.api import distill
 from kdscope.features import FeatureTap
+from kdscope.metrics import accuracy
+from kdscope.train import save_atomic
 
 
 def bn_statistics_loss(inputs: list[Tensor], layers: list[nn.Module]) -> Tensor:
@@ -181,10 +184,6 @@ def data_free(
     ``out_dir/summary.json``. ``test_set`` (real data, never used for training) gives the test
     accuracies of student and teacher.
     """
-    from kdscope.api import distill
-    from kdscope.data import collate
-    from kdscope.train import accuracy, save_atomic
-
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     images, targets = deep_inversion(teacher, num_images, image_shape, **(inversion or {}))
@@ -206,8 +205,8 @@ def data_free(
     test_acc = teacher_acc = None
     if test_set is not None:
         device = next(student.parameters()).device
-        test_acc = accuracy(student, test_set, 512, device, collate)
-        teacher_acc = accuracy(teacher.to(device), test_set, 512, device, collate)
+        test_acc = accuracy(student, test_set, 512, device)
+        teacher_acc = accuracy(teacher.to(device), test_set, 512, device)
     result = DataFreeResult(
         root=root,
         num_images=num_images,

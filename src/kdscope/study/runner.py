@@ -1,0 +1,168 @@
+"""Running a study: train every planned run through :func:`kdscope.api.run` (skipping finished
+runs, resuming interrupted ones, recording failures), evaluate each row and write the tidy table
+``results.{jsonl,csv}``; :func:`~kdscope.study.report.study_report` turns it into ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from kdscope.analysis import tidy
+from kdscope.config import ConfigError
+from kdscope.study.config import StudyConfig
+from kdscope.study.executors import Executor, LocalExecutor
+from kdscope.study.plan import Plan, PlannedRow, PlannedRun, check_plan, expand
+from kdscope.study.tasks import calibrate, evaluate_row, train
+
+
+@dataclass
+class StudyResult:
+    study_dir: Path
+    rows: list[dict[str, Any]]
+    trained: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def run_status(run_dir: Path) -> Literal["finished", "interrupted", "new"]:
+    """``finished`` (summary.json written), ``interrupted`` (only checkpoints/last.pt), ``new``."""
+    if (run_dir / "summary.json").exists():
+        return "finished"
+    return "interrupted" if (run_dir / "checkpoints" / "last.pt").exists() else "new"
+
+
+def run_study(
+    cfg: StudyConfig, executor: Executor | None = None, log: Callable[[str], None] = print
+) -> StudyResult:
+    """Train, evaluate and tabulate the study; rerunning it skips what is finished.
+
+    Raises :class:`~kdscope.config.ConfigError` listing every bad name before anything trains.
+    A run that fails is recorded (``failures.jsonl`` and its rows' ``status``/``error``) and the
+    runs that need it are skipped; the rest go on.
+    """
+    plan = expand(cfg)
+    problems = check_plan(plan)
+    if problems:
+        raise ConfigError("Invalid study:\n" + "\n".join(f"  {p}" for p in problems))
+    study_dir = cfg.study_dir
+    study_dir.mkdir(parents=True, exist_ok=True)
+    resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    (study_dir / "study.yaml").write_text(resolved)
+    (study_dir / "plan.json").write_text(json.dumps(
+        {"runs": {k: r.teacher for k, r in plan.runs.items()},
+         "rows": [{"id": r.id, **r.labels} for r in plan.rows]}, indent=1))  # fmt: skip
+    executor = executor or LocalExecutor()
+    result = StudyResult(study_dir, [])
+    # Runs without a teacher (teachers, controls, replicas) first, then those that distil.
+    for phase in ([r for r in plan.runs.values() if r.teacher is None],
+                  [r for r in plan.runs.values() if r.teacher is not None]):  # fmt: skip
+        _train_phase(phase, executor, result, log)
+    rows = _evaluate(cfg, plan, executor, result, log)
+    result.rows = rows
+    tidy.write_rows(study_dir / "results.jsonl", rows)
+    tidy.write_rows(study_dir / "results.csv", rows)
+    with (study_dir / "failures.jsonl").open("w") as f:
+        f.writelines(json.dumps({"run": k, "error": v}) + "\n" for k, v in result.failed.items())
+    log(f"{len(result.trained)} run(s) trained, {len(result.skipped)} already finished, "
+        f"{len(result.failed)} failed; table: {study_dir / 'results.csv'}")  # fmt: skip
+    return result
+
+
+def _train_phase(runs: list[PlannedRun], executor: Executor, result: StudyResult, log) -> None:
+    todo = []
+    for run in runs:
+        if run.teacher in result.failed:
+            result.failed[run.id] = f"teacher run {run.teacher!r} failed"
+            continue
+        status = run_status(run.config.run_dir)
+        if status == "finished":
+            result.skipped.append(run.id)
+            continue
+        todo.append((run, status == "interrupted"))
+    args = [(run.config.model_dump(mode="json"), resume, _teacher_acc(run)) for run, resume in todo]
+    for done, (i, outcome) in enumerate(executor.map(train, args), 1):
+        run, resume = todo[i]
+        if outcome.ok:
+            result.trained.append(run.id)
+            log(f"[{done}/{len(todo)}] {run.id}: test accuracy {outcome.value['test_acc']:.4f} "
+                f"({outcome.value['seconds']:.0f} s{', resumed' if resume else ''})")  # fmt: skip
+        else:
+            result.failed[run.id] = outcome.error
+            log(f"[{done}/{len(todo)}] {run.id}: FAILED {outcome.error}")
+
+
+def _teacher_acc(run: PlannedRun) -> float | None:
+    """The test accuracy the teacher's run recorded (same study, so the same test split)."""
+    if run.config.teacher is None:
+        return None
+    summary = Path(run.config.teacher.checkpoint) / "summary.json"
+    return json.loads(summary.read_text())["test_acc"]
+
+
+def _evaluate(cfg, plan: Plan, executor: Executor, result: StudyResult, log) -> list[dict]:
+    runs_dir = cfg.study_dir / "runs"
+    data = cfg.data.model_dump(mode="json")
+    evaluation = cfg.evaluation.model_dump(mode="json")
+    ok = [r for r in plan.rows if r.run not in result.failed and r.teacher_run not in result.failed]
+    by_teacher: dict[str, list[PlannedRow]] = {}
+    for r in ok:
+        by_teacher.setdefault(r.teacher_run, []).append(r)
+    # One calibration constant C per teacher, shared by every student compared with it.
+    teachers = list(by_teacher)
+    args = [(data, str(runs_dir / t), [str(runs_dir / r.run) for r in by_teacher[t]], evaluation)
+            for t in teachers]  # fmt: skip
+    c = {}
+    for i, outcome in executor.map(calibrate, args):
+        if outcome.ok:
+            c[teachers[i]] = outcome.value
+        else:
+            for r in by_teacher[teachers[i]]:
+                result.failed.setdefault(r.id, f"calibration failed: {outcome.error}")
+    cache_dir = cfg.study_dir / "evals"
+    cache_dir.mkdir(exist_ok=True)
+    measured: dict[str, dict] = {}
+    todo = []
+    for r in ok:
+        if r.teacher_run not in c:
+            continue
+        cached = cache_dir / f"{r.id}.json"
+        entry = json.loads(cached.read_text()) if cached.exists() else {}
+        # Reused only for the same C and the same trained student.
+        if entry.get("c") == c[r.teacher_run] and entry.get("trained") == _mtime(runs_dir / r.run):
+            measured[r.id] = entry["measures"]
+        else:
+            todo.append(r)
+    args = [(data, str(runs_dir / r.teacher_run), str(runs_dir / r.run), c[r.teacher_run],
+             evaluation) for r in todo]  # fmt: skip
+    start = time.perf_counter()
+    for i, outcome in executor.map(evaluate_row, args):
+        r = todo[i]
+        if outcome.ok:
+            measured[r.id] = outcome.value
+            entry = {"c": c[r.teacher_run], "trained": _mtime(runs_dir / r.run),
+                     "measures": outcome.value}  # fmt: skip
+            (cache_dir / f"{r.id}.json").write_text(json.dumps(entry))
+        else:
+            result.failed.setdefault(r.id, f"evaluation failed: {outcome.error}")
+    if todo:
+        log(f"evaluated {len(todo)} row(s) in {time.perf_counter() - start:.0f} s")
+    columns = dict.fromkeys(k for m in measured.values() for k in m)
+    rows = []
+    for r in plan.rows:
+        failed = result.failed
+        error = failed.get(r.run) or failed.get(r.teacher_run) or failed.get(r.id)
+        row = {**r.labels, "run": r.run, "teacher_run": r.teacher_run,
+               "status": "failed" if error else "ok", "error": error}  # fmt: skip
+        rows.append({**row, **dict.fromkeys(columns), **measured.get(r.id, {})})
+    return rows
+
+
+def _mtime(run_dir: Path) -> float:
+    return (run_dir / "summary.json").stat().st_mtime
