@@ -224,6 +224,28 @@ def test_fashion_mnist_missing_names_the_three_ways(tmp_path, no_debian):
     assert "download=True" in message
 
 
+def test_an_explicit_fashion_mnist_folder_must_be_complete_and_consistent(tmp_path):
+    """An incomplete data_dir never falls back to another copy (the Debian one is there when
+    this test runs in CI): what the user named is what is read, or an error names the gap."""
+    folder = tmp_path / "fm"
+    write_fashion(folder, np.random.default_rng(0))
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetNotFoundError, match="holds only part of Fashion-MNIST: "
+                       "t10k-labels-idx1-ubyte"):  # fmt: skip
+        load_data("fashion-mnist", data_dir=folder)
+    with pytest.raises(DatasetNotFoundError, match="not found"):
+        load_data("fashion-mnist", data_dir=tmp_path / "empty")
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.arange(7) % 10)  # 7 labels, 20 images
+    with pytest.raises(ValueError, match="test files do not match"):
+        load_data("fashion-mnist", data_dir=folder)
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.tile(np.arange(10), 2))
+    assert load_data("fashion-mnist", data_dir=folder).source == str(folder)
+    gz = folder / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:100])  # truncated in a download
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz cannot be read"):
+        load_data("fashion-mnist", data_dir=folder)
+
+
 def test_read_idx_rejects_other_files(tmp_path):
     path = tmp_path / "x.idx"
     path.write_bytes(b"\x89PNG\r\n")
@@ -239,10 +261,12 @@ def test_read_idx_rejects_other_files(tmp_path):
     not fashion_mnist.DEBIAN_DIR.is_dir(),
     reason="Debian package dataset-fashion-mnist not installed",
 )
-def test_fashion_mnist_from_debian_package(tmp_path):
+def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
     labels = read_idx(fashion_mnist.DEBIAN_DIR / "train-labels-idx1-ubyte.gz")
     assert labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
-    data = load_data("fashion-mnist", data_dir=tmp_path)
+    monkeypatch.setenv("KDSCOPE_DATA", str(tmp_path))  # nothing there: the search goes on
+    data = load_data("fashion-mnist")
+    assert data.source == str(fashion_mnist.DEBIAN_DIR)
     assert (len(data.train), len(data.val), len(data.test)) == (54000, 6000, 10000)
     assert list(per_class(data.train.labels) + per_class(data.val.labels)) == [6000] * 10
     assert list(per_class(data.val.labels)) == [600] * 10

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich import get_console
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -58,11 +60,13 @@ class RunResult:
     fit: FitResult
     test_acc: float
     teacher_test_acc: float | None
+    tested: str = "best"  # the checkpoint tested: best (validation) or last
 
     def summary(self) -> dict[str, Any]:
         return {
             "run_dir": str(self.run_dir),
             "test_acc": self.test_acc,
+            "tested_checkpoint": self.tested,
             "teacher_test_acc": self.teacher_test_acc,
             "best_val_acc": self.fit.best_val_acc,
             "final_val_acc": self.fit.final_val_acc,
@@ -78,42 +82,65 @@ def run(
     resume: bool = False,
     progress: bool = True,
     teacher_test_acc: float | None = None,
+    trust: bool = False,
 ) -> RunResult:
-    """Train the run ``cfg`` describes into ``cfg.out_dir / cfg.name`` and test its best checkpoint.
+    """Train the run ``cfg`` describes into ``cfg.out_dir / cfg.name`` and test its best checkpoint
+    (its last, without a validation set).
 
-    Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoints/{last,best}.pt`` and ``summary.json``.
-    Refuses to overwrite a run directory that holds checkpoints unless ``resume``. The teacher's
-    test accuracy is measured on the test split unless its caller, which trained the teacher on
-    the same data (a study, a pipeline), passes it as ``teacher_test_acc``.
+    Writes ``config.yaml``, ``metrics.jsonl``, ``checkpoints/{last,best}.pt`` and ``summary.json``,
+    holding the directory's lock throughout. Refuses a directory that already holds a run unless
+    ``resume``, and a resume whose config changes the result. The teacher's test accuracy is
+    measured on the test split unless its caller, which trained the teacher on the same data (a
+    study, a pipeline), passes it as ``teacher_test_acc``. ``trust``: load checkpoints that hold
+    more than tensors (see :func:`kdscope.train.read_checkpoint`).
     """
     problems = check_config(cfg)
     if problems:
         raise ConfigError("Invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
-    run_dir = cfg.run_dir
-    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
+    _check_out_dir(cfg.out_dir)
+    run_dir = RunDirectory(cfg.run_dir, cfg.model_dump(mode="json"))
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 alone holds the lock
+    if main:
+        run_dir.lock()
+    try:
+        return _run(cfg, run_dir, resume, progress, teacher_test_acc, trust)
+    finally:
+        run_dir.unlock()
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(
+                f"out_dir {str(out_dir)!r} cannot hold runs: {str(folder)!r} is a file"
+            )
+
+
+def _run(cfg, run_dir: RunDirectory, resume, progress, teacher_test_acc, trust) -> RunResult:
+    if not resume and run_dir.holds_run():
         raise ConfigError(
-            f"Run directory {str(run_dir)!r} already holds a run; pass --resume to continue it or "
-            "choose another name (--set name=...)"
+            f"Run directory {str(run_dir.path)!r} already holds a run; pass --resume to continue "
+            "it or choose another name (--set name=...)"
         )
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     data = load_data(cfg.data)
+    if progress and data.source:
+        get_console().print(f"data: {data.name} from {data.source}", soft_wrap=True)
     student = create_model(
         cfg.student.name, data.num_classes, data.in_channels, **cfg.student.kwargs
     )
     if cfg.student.checkpoint:
         load_weights(
             student,
-            read_checkpoint(resolve_checkpoint(cfg.student.checkpoint))["model"],
+            read_checkpoint(resolve_checkpoint(cfg.student.checkpoint), trust)["model"],
             str(cfg.student.checkpoint),
         )
     method = create_method(cfg.method.name, **cfg.method.params)
-    teacher = _load_teacher(cfg, method, data.num_classes, data.in_channels)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    teacher = _load_teacher(cfg, method, data.num_classes, data.in_channels, trust)
     if teacher is not None:
-        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
         spec = describe(teacher).spec
-        (run_dir / "checkpoints" / "teacher.json").write_text(
+        (run_dir.checkpoints / "teacher.json").write_text(
             json.dumps(
                 {"checkpoint": str(cfg.teacher.checkpoint), "spec": spec.to_dict()}, indent=2
             )
@@ -129,25 +156,24 @@ def run(
         optim=cfg.optim,
         schedule=cfg.schedule,
         train=cfg.train,
-        run_dir=RunDirectory(run_dir, cfg.model_dump(mode="json")),
+        run_dir=run_dir,
         progress=progress,
     )
     fit = trainer.fit(resume=resume)
-    best = (
-        load_model(run_dir, "best") if (run_dir / "checkpoints" / "best.pt").exists() else student
-    )
+    which = "best" if (run_dir.checkpoints / "best.pt").exists() else "last"
+    best = load_model(run_dir.path, which)
     device = trainer.device
     test_acc = accuracy(best.to(device), data.test, cfg.data.eval_batch_size, device)
     if teacher is not None and teacher_test_acc is None:
         teacher_test_acc = accuracy(teacher, data.test, cfg.data.eval_batch_size, device)
-    result = RunResult(run_dir, fit, test_acc, teacher_test_acc)
+    result = RunResult(run_dir.path, fit, test_acc, teacher_test_acc, which)
     if trainer.dist.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(result.summary(), indent=2))
+        (run_dir.path / "summary.json").write_text(json.dumps(result.summary(), indent=2))
     return result
 
 
 def _load_teacher(
-    cfg: RunConfig, method: Method, num_classes: int, in_channels: int
+    cfg: RunConfig, method: Method, num_classes: int, in_channels: int, trust: bool
 ) -> nn.Module | None:
     if cfg.teacher is None:
         return None
@@ -156,7 +182,7 @@ def _load_teacher(
             "teacher.checkpoint is required: a teacher must be trained first "
             "(kdscope train ...) and referenced by its run directory or .pt file"
         )
-    teacher = load_model(cfg.teacher.checkpoint)
+    teacher = load_model(cfg.teacher.checkpoint, trust=trust)
     info = describe(teacher)
     if (method.same_label_space and info.num_classes != num_classes) or (
         info.in_channels != in_channels

@@ -1,13 +1,20 @@
-"""``kdscope`` command line: thin wrappers that parse, build a config and call the library."""
+"""``kdscope`` command line: thin wrappers that parse, build a config and call the library.
+
+Every command reports a failure as one sentence and exits 2 (3 for a non-finite loss, 130 on
+Ctrl-C); ``kdscope --debug ...`` or ``KDSCOPE_DEBUG=1`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
+import functools
 import inspect
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -18,8 +25,7 @@ from kdscope.evaluation import evaluate_runs, explain_runs
 from kdscope.explain.relevance import RELEVANCE_COLUMNS, relevance_rows
 from kdscope.methods import METHODS, method_info
 from kdscope.models import describe, zoo_table
-from kdscope.registry import UnknownNameError
-from kdscope.train import CheckpointError, NonFiniteLossError, load_model
+from kdscope.train import NonFiniteLossError, load_model
 
 app = typer.Typer(
     help="kdscope: distill neural networks and measure what knowledge moved.",
@@ -28,9 +34,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+_debug = {"on": False}
 
 ConfigArg = Annotated[Path | None, typer.Argument(help="YAML run config (see configs/).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: key.sub=value.")]
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-checkpoints",
+        help="Load checkpoints that hold more than tensors (unpickling can run code: only for "
+        "files from a source you trust).",
+    ),
+]
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+) -> None:
+    _debug["on"] = debug or os.environ.get("KDSCOPE_DEBUG", "") not in ("", "0")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -38,21 +60,35 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _run_config(config, overrides, shortcuts, resume, need_teacher: bool) -> None:
+def command(fn):
+    """Register ``fn`` as a command whose errors are reported as one sentence."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as err:
+            if _debug["on"]:
+                raise
+            code = 3 if isinstance(err, NonFiniteLossError) else 2
+            known = isinstance(err, (ValueError, TypeError, OSError, RuntimeError, ImportError))
+            text = str(err) if known and str(err) else f"{type(err).__name__}: {err}"
+            _fail(f"{text} (--debug shows the traceback)" if not known else text, code)
+
+    return app.command()(wrapper)
+
+
+def _run_config(config, overrides, shortcuts, resume, need_teacher: bool, trust: bool) -> None:
     extra = [f"{k}={v}" for k, v in shortcuts.items() if v is not None] + list(overrides or [])
+    cfg = load_config(config, extra) if config else build_config({}, extra)
+    if need_teacher and cfg.teacher is None:
+        raise ConfigError("distill needs a teacher: set teacher.checkpoint (or --teacher RUN_DIR)")
+    if not need_teacher and cfg.teacher is not None and cfg.method.name == "none":
+        console.print("note: the config names a teacher but method 'none' does not use it")
     try:
-        cfg = load_config(config, extra) if config else build_config({}, extra)
-        if need_teacher and cfg.teacher is None:
-            raise ConfigError(
-                "distill needs a teacher: set teacher.checkpoint (or --teacher RUN_DIR)"
-            )
-        if not need_teacher and cfg.teacher is not None and cfg.method.name == "none":
-            console.print("note: the config names a teacher but method 'none' does not use it")
-        result = run(cfg, resume=resume)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
-        _fail(str(err))
-    except NonFiniteLossError as err:
-        _fail(str(err), code=3)
+        result = run(cfg, resume=resume, trust=trust)
     except KeyboardInterrupt:
         console.print("interrupted; the last checkpoint is saved, rerun with --resume to continue")
         raise typer.Exit(130) from None
@@ -61,7 +97,7 @@ def _run_config(config, overrides, shortcuts, resume, need_teacher: bool) -> Non
     console.print(f"test accuracy {s['test_acc']:.4f}{teacher}; run written to {s['run_dir']}")
 
 
-@app.command()
+@command
 def train(
     config: ConfigArg = None,
     set_: SetOpt = None,
@@ -71,6 +107,7 @@ def train(
     name: Annotated[str | None, typer.Option(help="Run name (directory under --out).")] = None,
     out: Annotated[Path | None, typer.Option(help="Directory of runs.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from checkpoints/last.pt.")] = False,
+    trust: TrustOpt = False,
 ) -> None:
     """Train a model on labels alone (a teacher, or a baseline student)."""
     shortcuts = {
@@ -80,10 +117,10 @@ def train(
         "name": name,
         "out_dir": out,
     }
-    _run_config(config, set_, shortcuts, resume, need_teacher=False)
+    _run_config(config, set_, shortcuts, resume, need_teacher=False, trust=trust)
 
 
-@app.command()
+@command
 def distill(
     config: ConfigArg = None,
     set_: SetOpt = None,
@@ -95,6 +132,7 @@ def distill(
     name: Annotated[str | None, typer.Option(help="Run name (directory under --out).")] = None,
     out: Annotated[Path | None, typer.Option(help="Directory of runs.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from checkpoints/last.pt.")] = False,
+    trust: TrustOpt = False,
 ) -> None:
     """Distill a trained teacher into a student."""
     shortcuts = {
@@ -107,14 +145,11 @@ def distill(
         "out_dir": out,
     }
     if teacher is not None:
-        try:
-            shortcuts["teacher.name"] = describe(load_model(teacher)).spec.name
-        except CheckpointError as err:
-            _fail(str(err))
-    _run_config(config, set_, shortcuts, resume, need_teacher=True)
+        shortcuts["teacher.name"] = describe(load_model(teacher, trust=trust)).spec.name
+    _run_config(config, set_, shortcuts, resume, need_teacher=True, trust=trust)
 
 
-@app.command()
+@command
 def evaluate(
     teacher: Annotated[Path, typer.Option(help="Teacher run directory or .pt.")],
     student: Annotated[Path, typer.Option(help="Student run directory or .pt.")],
@@ -129,27 +164,26 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option(help="JSON output (default: STUDENT/eval.json).")
     ] = None,
+    trust: TrustOpt = False,
 ) -> None:
     """Measure what the student retained from its teacher (agreement, KRS, FSS, RS)."""
     if split not in ("test", "val"):
         _fail(f"--split must be 'test' or 'val', got {split!r}")
-    try:
-        result, path = evaluate_runs(
-            teacher,
-            student,
-            base,
-            [m.strip() for m in metrics.split(",") if m.strip()],
-            data=data,
-            split=split,
-            out=out,
-        )
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+    result, path = evaluate_runs(
+        teacher,
+        student,
+        base,
+        [m.strip() for m in metrics.split(",") if m.strip()],
+        data=data,
+        split=split,
+        out=out,
+        trust=trust,
+    )
     console.print(result.to_table(), highlight=False, soft_wrap=True)
     console.print(f"written to {path}")
 
 
-@app.command()
+@command
 def explain(
     student: Annotated[Path, typer.Option(help="Student run directory or .pt.")],
     base: Annotated[Path, typer.Option(help="Base run (same architecture, trained without KD).")],
@@ -164,15 +198,13 @@ def explain(
         str | None, typer.Option(help="Dataset name (default: the student run's dataset).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory (default: STUDENT).")] = None,
+    trust: TrustOpt = False,
 ) -> None:
     """Grad-CAM and UniCAM figures and perturbed FSS/RS: what the student gained and dropped."""
     names = [x.strip() for x in layers.split(",")] if layers else None
-    try:
-        result, out_dir = explain_runs(
-            student, base, teacher, names, num_images, data=data, out=out
-        )
-    except (CheckpointError, FileNotFoundError, ValueError, TypeError) as err:
-        _fail(str(err))
+    result, out_dir = explain_runs(
+        student, base, teacher, names, num_images, data=data, out=out, trust=trust
+    )
     table = Table("layer", *RELEVANCE_COLUMNS, title="relevance on ROAD-perturbed inputs")
     for row in relevance_rows(result["base"]):
         cells = (row[k] for k in RELEVANCE_COLUMNS)
@@ -181,11 +213,11 @@ def explain(
     console.print(f"figures and relevance.json written to {out_dir}")
 
 
-@app.command()
+@command
 def models(
-    num_classes: Annotated[int, typer.Option(help="Classes of the classifier.")] = 10,
-    in_channels: Annotated[int, typer.Option(help="Input channels.")] = 3,
-    input_size: Annotated[int, typer.Option(help="Input height = width.")] = 32,
+    num_classes: Annotated[int, typer.Option(min=2, help="Classes of the classifier.")] = 10,
+    in_channels: Annotated[int, typer.Option(min=1, help="Input channels.")] = 3,
+    input_size: Annotated[int, typer.Option(min=1, help="Input height = width.")] = 32,
 ) -> None:
     """List the model zoo with parameters and multiply-adds (MACs) at the given input size."""
     table = Table("model", "params (M)", "MMACs", "feature layers (C x H x W)")
@@ -196,16 +228,13 @@ def models(
     console.print("Any torchvision classifier is also available as tv:<name>, e.g. tv:resnet18.")
 
 
-@app.command()
+@command
 def methods(
     name: Annotated[str | None, typer.Argument(help="Show one method's documentation.")] = None,
 ) -> None:
     """List distillation methods with family, paper and defaults (or one method's docs)."""
     if name is not None:
-        try:
-            cls = METHODS.get(name)
-        except UnknownNameError as err:
-            _fail(str(err))
+        cls = METHODS.get(name)
         info = method_info(name)
         console.print(f"[bold]{name}[/bold] ({info['family']}) - {info['paper']}")
         console.print(inspect.cleandoc(cls.__doc__ or ""))
@@ -223,7 +252,7 @@ def methods(
     console.print(table)
 
 
-@app.command()
+@command
 def demo(
     out: Annotated[Path, typer.Option(help="Directory of runs.")] = Path("runs"),
     epochs: Annotated[int, typer.Option(help="Epochs per model.")] = 15,
@@ -235,7 +264,7 @@ def demo(
     run_demo(out / "demo", epochs=epochs, console=console)
 
 
-@app.command()
+@command
 def study(
     config: Annotated[Path, typer.Argument(help="YAML study config (see configs/studies/).")],
     set_: SetOpt = None,
@@ -246,32 +275,27 @@ def study(
     # here, as in report: the study's analyses (matplotlib, scipy) take seconds to import
     from kdscope.study import load_study, make_executor, run_study, study_report
 
+    cfg = load_study(config, set_)
+    if executor == "ray" and workers != 1:
+        raise ConfigError("--workers is for the local executor; Ray schedules by its CPUs")
     try:
-        cfg = load_study(config, set_)
-        if executor == "ray" and workers != 1:
-            raise ConfigError("--workers is for the local executor; Ray schedules by its CPUs")
         with make_executor(executor, workers) as runner:
             result = run_study(cfg, runner, log=lambda m: console.print(m, markup=False))
-        path = study_report(result.study_dir)
-    except (ConfigError, ImportError, ValueError) as err:
-        _fail(str(err))
     except KeyboardInterrupt:
         console.print("interrupted; rerun the same command to resume (finished runs are kept)")
         raise typer.Exit(130) from None
+    path = study_report(result.study_dir)
     console.print(f"report written to {path}", highlight=False)
 
 
-@app.command()
+@command
 def report(
     study_dir: Annotated[Path, typer.Argument(help="A study directory (runs/studies/<name>).")],
 ) -> None:
     """Re-read a study's table, run its analyses and write STUDY_DIR/report.html."""
     from kdscope.study import study_report
 
-    try:
-        path = study_report(study_dir)
-    except (ConfigError, ValueError) as err:
-        _fail(str(err))
+    path = study_report(study_dir)
     console.print(f"report written to {path}", highlight=False)
 
 

@@ -4,14 +4,39 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names every bad field and what is accepted."""
+
+
+def check_name(name: str) -> str:
+    """A run or study name is one folder: no path separators, no ``..``, not empty."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or ".." in name:
+        raise ValueError(
+            f"{name!r} is not a folder name: names must not be empty or contain '/', '\\' or "
+            "'..' (they would write outside out_dir)"
+        )
+    return name
+
+
+RunName = Annotated[str, AfterValidator(check_name)]
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML ``text`` parsed safely; a syntax error is a ConfigError naming ``source`` and the
+    line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{source} is not valid YAML{line}: {problem}") from None
 
 
 class _Strict(BaseModel):
@@ -75,7 +100,7 @@ class TrainConfig(_Strict):
 class RunConfig(_Strict):
     """Everything one training run needs; ``runs/<name>/config.yaml`` holds it resolved."""
 
-    name: str = "run"
+    name: RunName = "run"
     out_dir: Path = Path("runs")
     data: DataConfig = Field(default_factory=DataConfig)
     student: ModelConfig
@@ -98,7 +123,7 @@ def format_validation_error(err: ValidationError) -> str:
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(root)"
         got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
-        lines.append(f"  {field}: {e['msg']}{got}")
+        lines.append(f"  {field}: {e['msg'].removeprefix('Value error, ')}{got}")
     return "Invalid configuration:\n" + "\n".join(lines)
 
 
@@ -116,7 +141,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = parse_yaml(path.read_text(), f"Config file {str(path)!r}") or {}
     if not isinstance(data, dict):
         raise ConfigError(
             f"Config file {str(path)!r} must hold a mapping, got {type(data).__name__}"
@@ -138,5 +163,5 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"Override {item!r}: {part!r} is not a section")
             node = child
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = parse_yaml(raw, f"The value of override {item!r}")
     return data

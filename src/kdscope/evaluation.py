@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+from torch import nn
 
 from kdscope.config import DataConfig
 from kdscope.data import load_data
 from kdscope.explain import explain_student
 from kdscope.metrics import evaluate
+from kdscope.models import describe
 from kdscope.train.checkpoint import load_model, read_checkpoint, resolve_checkpoint
 
 
-def run_data_config(run: Path) -> DataConfig | None:
+def run_data_config(run: Path, trust: bool = False) -> DataConfig | None:
     """The data section a run was trained with (from its checkpoint), if it recorded one."""
-    config = read_checkpoint(resolve_checkpoint(run)).get("config") or {}
+    config = read_checkpoint(resolve_checkpoint(run), trust).get("config") or {}
     return DataConfig.model_validate(config["data"]) if "data" in config else None
 
 
-def _bundle(student: Path, data: str | None):
-    recorded = run_data_config(student)
+def _bundle(student: Path, data: str | None, trust: bool = False):
+    recorded = run_data_config(student, trust)
     if recorded is None and data is None:
         raise ValueError(f"{student} records no dataset: pass --data NAME")
     cfg = recorded or DataConfig()
@@ -36,27 +42,75 @@ def evaluate_runs(
     data: str | None = None,
     split: str = "test",
     out: Path | None = None,
+    trust: bool = False,
 ):
     """Load the three models, evaluate on ``split`` (calibrating KRS on the validation split) and
-    write the result as JSON to ``out`` (default: ``eval.json`` in the student's run directory).
+    merge the result into the JSON at ``out`` (default: ``eval.json`` in the student's run
+    directory): the metrics computed now replace their earlier values, the others are kept, and
+    ``inputs`` records per metric what produced it.
 
     Returns ``(EvaluationResult, path written)``.
     """
-    bundle = _bundle(student, data)
-    base_model = load_model(base) if base is not None else None
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+    bundle = _bundle(student, data, trust)
+    models = {"teacher": teacher, "student": student, "base": base}
+    loaded = {role: load_model(p, trust=trust) for role, p in models.items() if p is not None}
+    _check_inputs(loaded, bundle)
     metrics = metrics or ["agreement", "krs"]
     result = evaluate(
-        load_model(teacher),
-        load_model(student),
+        loaded["teacher"],
+        loaded["student"],
         bundle.test if split == "test" else bundle.val,
-        base=base_model,
+        base=loaded.get("base"),
         metrics=metrics,
         calibration=bundle.val if split == "test" else None,
         class_names=bundle.class_names if "rs" in metrics else None,
     )
     path = out or (student if Path(student).is_dir() else Path(student).parent) / "eval.json"
-    result.save_json(path)
+    inputs = {role: str(p) for role, p in models.items() if p is not None}
+    merge_eval_json(path, result, inputs | {"data": bundle.name, "split": split})
     return result, path
+
+
+def merge_eval_json(path: Path, result, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Write ``result`` into the evaluation JSON at ``path`` without dropping what it did not
+    recompute: each computed metric's section is replaced and its ``inputs`` (models, data, split,
+    n, calibration, layers, estimators, time) recorded; other metrics stay as they were."""
+    path = Path(path)
+    old = json.loads(path.read_text()) if path.exists() else {}
+    new = result.to_dict()
+    merged = {**old, **{k: new[k] for k in ("n", "task", "calibration", "layers", "estimators")}}
+    provenance = {
+        **inputs,
+        "n": new["n"],
+        "calibration": new["calibration"],
+        "layers": new["layers"],
+        "estimators": new["estimators"],
+        "computed": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    merged["inputs"] = dict(old.get("inputs") or {})
+    for metric in new["metrics"]:
+        merged[metric] = new[metric]
+        merged["inputs"][metric] = provenance
+    merged["metrics"] = sorted(set(old.get("metrics") or []) | set(new["metrics"]))
+    merged["cka_skipped_examples"] = new["cka_skipped_examples"]
+    path.write_text(json.dumps(merged, indent=2))
+    return merged
+
+
+def _check_inputs(models: dict[str, nn.Module], bundle) -> None:
+    """Refuse models that cannot read the data or be compared with the student."""
+    for role, model in models.items():
+        channels = describe(model).in_channels
+        if channels is not None and channels != bundle.in_channels:
+            raise ValueError(
+                f"the {role} takes {channels} input channel(s) but data {bundle.name!r} has "
+                f"{bundle.in_channels}"
+            )
+    classes = {role: describe(m).num_classes for role, m in models.items()}
+    if len(set(classes.values())) > 1:
+        raise ValueError(f"the models predict different numbers of classes: {classes}")
 
 
 def explain_runs(
@@ -68,16 +122,27 @@ def explain_runs(
     *,
     data: str | None = None,
     out: Path | None = None,
+    trust: bool = False,
 ):
     """Explain a student run against its base (and teacher) run; figures go to ``out`` (default:
-    the student's run directory). Returns ``(relevance dict, output directory)``."""
-    bundle = _bundle(student, data)
+    the student's run directory). The base must have the student's architecture (UniCAM compares
+    the same layers of the two). Returns ``(relevance dict, output directory)``."""
+    bundle = _bundle(student, data, trust)
+    models = {"student": student, "base": base, "teacher": teacher}
+    loaded = {role: load_model(p, trust=trust) for role, p in models.items() if p is not None}
+    _check_inputs(loaded, bundle)
+    s_spec, b_spec = describe(loaded["student"]).spec, describe(loaded["base"]).spec
+    if s_spec and b_spec and (s_spec.name, s_spec.kwargs) != (b_spec.name, b_spec.kwargs):
+        raise ValueError(
+            f"the base must have the student's architecture: the student is {s_spec.name!r}, the "
+            f"base {b_spec.name!r} (train a base of the student's model on labels alone)"
+        )
     out_dir = out or (student if Path(student).is_dir() else Path(student).parent)
     result = explain_student(
-        load_model(student),
-        load_model(base),
+        loaded["student"],
+        loaded["base"],
         bundle,
-        teacher=load_model(teacher) if teacher is not None else None,
+        teacher=loaded.get("teacher"),
         layers=layers,
         num_images=num_images,
         out_dir=out_dir,

@@ -8,6 +8,7 @@
 
 from kdscope.data import digits, fashion_mnist, vision  # noqa: F401  (register the datasets)
 from kdscope.data.bundle import BatchAugment, DataBundle
+from kdscope.data.labels import check_labels
 from kdscope.data.memory import InMemoryDataset, collate
 from kdscope.data.registry import (
     DATASETS,
@@ -31,6 +32,7 @@ __all__ = [
     "FolderDataset",
     "InMemoryDataset",
     "carve_splits",
+    "check_labels",
     "collate",
     "get_augment",
     "list_datasets",

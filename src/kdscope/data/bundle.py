@@ -33,3 +33,4 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: BatchAugment | None = None
+    source: str | None = None  # where the files were read from, when they were

@@ -5,13 +5,19 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from kdscope.data.bundle import DataBundle
 from kdscope.data.memory import memory_bundle
-from kdscope.data.registry import DEFAULT_DATA_DIR, DatasetNotFoundError, register_dataset
+from kdscope.data.registry import (
+    DEFAULT_DATA_DIR,
+    DatasetNotFoundError,
+    dataset_dir,
+    register_dataset,
+)
 
 CLASS_NAMES = [
     "T-shirt/top",
@@ -46,8 +52,11 @@ def read_idx(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as err:  # a truncated or damaged .gz
+        raise ValueError(f"{path} cannot be read (truncated or damaged?): {err}") from None
     if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
     ndim = data[3]
@@ -70,16 +79,22 @@ def load_fashion_mnist(
 ) -> DataBundle:
     """60000 train and 10000 test grey 28x28 images of clothing in 10 classes.
 
-    The IDX files (``.gz`` or unpacked) are looked for in ``data_dir`` (default
-    ``~/.cache/kdscope/datasets``), in torchvision's layout
-    ``data_dir/FashionMNIST/raw``, then in ``/usr/share/datasets/fashion-mnist`` (Debian package
-    ``dataset-fashion-mnist``); with ``download=True`` torchvision fetches them into ``data_dir``.
+    The IDX files (``.gz`` or unpacked) are looked for in ``data_dir`` (also in torchvision's
+    layout ``data_dir/FashionMNIST/raw``), which must then hold all four; without one in
+    ``$KDSCOPE_DATA/fashion-mnist``, ``~/.cache/kdscope/datasets`` and
+    ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``). With
+    ``download=True`` torchvision fetches them. The bundle's ``source`` names the folder used.
     """
     files = _find_files(data_dir, download)
     splits = {}
     for split, (images_name, labels_name) in FILES.items():
-        images = read_idx(files[images_name])
-        splits[split] = (images[:, None], read_idx(files[labels_name]).astype(np.int64))
+        images, labels = read_idx(files[images_name]), read_idx(files[labels_name])
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(
+                f"Fashion-MNIST {split} files do not match: {files[images_name]} holds images of "
+                f"shape {images.shape}, {files[labels_name]} labels of shape {labels.shape}"
+            )
+        splits[split] = (images[:, None], labels.astype(np.int64))
     return memory_bundle(
         "fashion-mnist",
         train=splits["train"],
@@ -91,22 +106,35 @@ def load_fashion_mnist(
         val_fraction=val_fraction,
         seed=seed,
         train_size=train_size,
+        source=str(files[FILES["train"][0]].parent),
     )
 
 
 def _find_files(data_dir: Path | None, download: bool) -> dict[str, Path]:
-    data_dir = data_dir if data_dir is not None else DEFAULT_DATA_DIR
+    """The four IDX files. An explicit ``data_dir`` must hold all four (directly or in
+    torchvision's ``FashionMNIST/raw``): an incomplete one is an error, never a silent fall-back to
+    another copy. Without one, ``$KDSCOPE_DATA/fashion-mnist``, the cache directory and the Debian
+    package's folder are searched in turn."""
     names = [name for pair in FILES.values() for name in pair]
-    candidates = [data_dir, data_dir / "FashionMNIST" / "raw", DEBIAN_DIR]
+    root = dataset_dir("fashion-mnist", data_dir)
+    candidates = [root, root / "FashionMNIST" / "raw"]
+    if data_dir is None:
+        candidates += [DEFAULT_DATA_DIR, DEBIAN_DIR]
     for folder in candidates:
         found = {name: _locate(folder / name) for name in names}
         if all(found.values()):
             return found
+        if data_dir is not None and any(found.values()) and not download:
+            missing = [n for n, p in found.items() if p is None]
+            raise DatasetNotFoundError(
+                f"data_dir {str(data_dir)!r} holds only part of Fashion-MNIST: "
+                f"{', '.join(missing)} (.gz or unpacked) missing from {folder}"
+            )
     if download:
         from torchvision.datasets import FashionMNIST
 
-        FashionMNIST(root=str(data_dir), download=True)
-        return {name: _locate(data_dir / "FashionMNIST" / "raw" / name) for name in names}
+        FashionMNIST(root=str(root), download=True)
+        return {name: _locate(root / "FashionMNIST" / "raw" / name) for name in names}
     raise DatasetNotFoundError(
         f"Fashion-MNIST not found: looked for {', '.join(n + '.gz' for n in names)} in "
         f"{', '.join(map(str, candidates))}. Provide it in one of three ways: put the four IDX "

@@ -105,6 +105,7 @@ def memory_bundle(
     val_fraction: float,
     seed: int,
     train_size: int | None,
+    source: str | None = None,
 ) -> DataBundle:
     """Build a DataBundle from official train and test arrays (uint8 images (N, C, H, W), labels).
 
@@ -137,4 +138,5 @@ def memory_bundle(
         class_names=list(class_names),
         mean=tuple(mean),
         std=tuple(std),
+        source=source,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,15 @@ def load_data(cfg: DataConfig | str, **fields: Any) -> DataBundle:
         cfg = cfg.model_copy(update=fields)
     factory = DATASETS.get(cfg.name)
     augment_fn = get_augment(cfg.augment)
+    params = inspect.signature(factory).parameters
+    accepted = set(params) - set(DataConfig.model_fields)
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(cfg.options) - accepted)
+    if unknown and not open_ended:
+        raise ValueError(
+            f"dataset {cfg.name!r} has no option {', '.join(map(repr, unknown))}; its options: "
+            f"{', '.join(sorted(accepted)) or 'none'}"
+        )
     bundle = factory(
         data_dir=cfg.data_dir.expanduser() if cfg.data_dir is not None else None,
         download=cfg.download,

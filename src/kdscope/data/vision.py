@@ -156,6 +156,16 @@ FOLDER_TEST_SEED = 0
 FOLDER_STATS_SAMPLE = 1000
 
 
+def read_image(path: str):
+    """The image at ``path`` as RGB, or an error naming the file."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"image {path} cannot be read: {err}") from None
+
+
 class FolderDataset(Dataset):
     """Image files read and transformed one at a time; items are ``(image, label, index)``."""
 
@@ -171,10 +181,8 @@ class FolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
-        from torchvision.datasets.folder import default_loader
-
         path, label = self.samples[i]
-        return self.transform(default_loader(path)), label, i % len(self)
+        return self.transform(read_image(path)), label, i % len(self)
 
 
 @register_dataset("imagefolder")
@@ -261,11 +269,10 @@ def _samples_like(reference: ImageFolder, folder: Path) -> list[tuple[str, int]]
 def _estimate_stats(
     samples: list[tuple[str, int]], resize: T.Compose
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from torchvision.datasets.folder import default_loader
 
     labels = [label for _, label in samples]
     chosen = stratified_sample(labels, min(len(samples), FOLDER_STATS_SAMPLE), seed=0)
-    images = (resize(default_loader(samples[i][0])) for i in chosen)
+    images = (resize(read_image(samples[i][0])) for i in chosen)
     mean, std = channel_stats(img[None] for img in images)
     # A constant channel (say blue in pure-red images) has std 0: leave it unscaled.
     return mean, tuple(s if s > 0 else 1.0 for s in std)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdscope.data import collate
+from kdscope.data import check_labels, collate
 from kdscope.models import describe
 
 
@@ -28,7 +28,7 @@ def accuracy(
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
-    class_dim = describe(model).class_dim
+    info = describe(model)
     was_training = model.training
     model.eval()
     correct = total = 0
@@ -38,8 +38,9 @@ def accuracy(
         dataset, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
     )
     for x, y, *_ in loader:
+        check_labels(y, info.num_classes, "the evaluated dataset")
         with torch.autocast(device.type, enabled=amp):
-            pred = model(x.to(device)).argmax(class_dim).cpu()
+            pred = model(x.to(device)).argmax(info.class_dim).cpu()
         correct += (pred == y).sum().item()
         total += y.numel()
     model.train(was_training)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -32,10 +33,17 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: An
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    if name.startswith("tv:"):
-        model = create_torchvision_model(name[3:], num_classes, in_channels, **kwargs)
-    else:
-        model = MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    factory = (
+        functools.partial(create_torchvision_model, name[3:])
+        if name.startswith("tv:")
+        else MODELS.get(name)
+    )
+    try:
+        model = factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    except TypeError as err:
+        if "argument" not in str(err):
+            raise
+        raise ValueError(f"model {name!r} cannot be built with {kwargs}: {err}") from None
     info = describe(model)
     if not info.stages:
         raise TypeError(f"model {name!r} declares no stages in its ModelInfo")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from kdscope.config import (
@@ -14,11 +13,13 @@ from kdscope.config import (
     DataConfig,
     MethodConfig,
     OptimConfig,
+    RunName,
     ScheduleConfig,
     TrainConfig,
     _Strict,
     apply_overrides,
     format_validation_error,
+    parse_yaml,
 )
 
 SWEPT = ("alpha", "temperature")
@@ -74,7 +75,7 @@ class StudyConfig(_Strict):
             ``krs`` (KRS validation).
     """
 
-    name: str
+    name: RunName
     out_dir: Path = Path("runs/studies")
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -117,7 +118,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Study config {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = parse_yaml(path.read_text(), f"Study config {str(path)!r}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"Study config {str(path)!r} must hold a mapping")
     try:

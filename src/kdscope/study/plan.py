@@ -12,7 +12,9 @@ on the full setting) and ``teacher_replica`` (the teacher architecture retrained
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +23,7 @@ from kdscope.api import check_config
 from kdscope.config import RunConfig
 from kdscope.methods import METHODS, method_info
 from kdscope.study.config import SWEPT, StudyConfig
+from kdscope.train.run_dir import RESUMABLE
 
 REPLICA_SEED_OFFSET = 1000
 # Methods whose loss random_control reproduces with the teacher's distribution replaced by noise.
@@ -29,11 +32,41 @@ RANDOM_CONTROLLED = ("kd",)
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run directory: ``runs/<id>``; ``teacher`` is the id of the run it distils from."""
+    """One run directory: ``runs/<id>``; ``teacher`` is the id of the run it distils from;
+    ``fingerprint`` identifies everything that determines its result (its config, its teacher's
+    fingerprint), so a cell whose settings changed is recognised and retrained."""
 
     id: str
     config: RunConfig
     teacher: str | None = None
+    fingerprint: str = ""
+
+
+# Fields that do not change a run's result: where it runs and how fast.
+IDENTITY_IGNORED = RESUMABLE - {"train.epochs"}
+
+
+def fingerprint(config: dict[str, Any], teacher_fingerprint: str | None) -> str:
+    """A short hash of a run config without :data:`IDENTITY_IGNORED`, its teacher's checkpoint
+    replaced by the teacher run's fingerprint (a moved study keeps its identities)."""
+    flat = {
+        k: v
+        for k, v in _flatten(config).items()
+        if k not in IDENTITY_IGNORED and k != "teacher.checkpoint"
+    }
+    flat["teacher.fingerprint"] = teacher_fingerprint
+    text = json.dumps(flat, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out |= _flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 @dataclass(frozen=True)
@@ -101,10 +134,14 @@ def expand(cfg: StudyConfig) -> Plan:
                 "student": {"name": student},
                 "method": {"name": method, "params": params or {}},
             }
+            t_print = None
             if teacher is not None:
                 arch = plan.runs[teacher].config.student.name
                 data["teacher"] = {"name": arch, "checkpoint": str(runs_dir / teacher)}
-            plan.runs[run_id] = PlannedRun(run_id, RunConfig.model_validate(data), teacher)
+                t_print = plan.runs[teacher].fingerprint
+            config = RunConfig.model_validate(data)
+            print_ = fingerprint(config.model_dump(mode="json"), t_print)
+            plan.runs[run_id] = PlannedRun(run_id, config, teacher, print_)
         return run_id
 
     def teacher_run(arch: str, seed: int, replica: bool = False) -> str:

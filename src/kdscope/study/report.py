@@ -39,6 +39,12 @@ def study_report(study_dir: str | Path) -> Path:
         f"Grid: {len(ok)} of {len(planned)} planned rows measured "
         f"({cfg.data.name}, seeds {', '.join(map(str, cfg.seeds))})."
     )
+    runs_used = {(r["run"], r.get("fingerprint")) for r in ok}
+    status.findings.append(
+        f"Runs used: {len(runs_used)} run directories under runs/; each row of results.csv names "
+        "its run and the fingerprint of the settings it was trained with (a run trained under "
+        "other settings is kept aside as runs/<run>@<fingerprint>, never mixed in)."
+    )
     missing: dict[tuple, list] = {}
     for p in planned:
         row = found.get(p["id"])

@@ -18,8 +18,17 @@ from kdscope.analysis import tidy
 from kdscope.config import ConfigError
 from kdscope.study.config import StudyConfig
 from kdscope.study.executors import Executor, LocalExecutor
-from kdscope.study.plan import Plan, PlannedRow, PlannedRun, check_plan, expand
+from kdscope.study.plan import (
+    IDENTITY_IGNORED,
+    Plan,
+    PlannedRow,
+    PlannedRun,
+    check_plan,
+    expand,
+    fingerprint,
+)
 from kdscope.study.tasks import calibrate, evaluate_row, train
+from kdscope.train.run_dir import config_changes
 
 
 @dataclass
@@ -29,6 +38,7 @@ class StudyResult:
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 def run_status(run_dir: Path) -> Literal["finished", "interrupted", "new"]:
@@ -56,7 +66,8 @@ def run_study(
     resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     (study_dir / "study.yaml").write_text(resolved)
     (study_dir / "plan.json").write_text(json.dumps(
-        {"runs": {k: r.teacher for k, r in plan.runs.items()},
+        {"runs": {k: {"teacher": r.teacher, "fingerprint": r.fingerprint}
+                  for k, r in plan.runs.items()},
          "rows": [{"id": r.id, **r.labels} for r in plan.rows]}, indent=1))  # fmt: skip
     executor = executor or LocalExecutor()
     result = StudyResult(study_dir, [])
@@ -75,17 +86,61 @@ def run_study(
     return result
 
 
+IDENTITY = "identity.json"
+
+
+def _identity(run_dir: Path, teacher_fingerprint: str | None) -> tuple[str | None, dict]:
+    """The fingerprint and config a run directory was trained under (from ``identity.json``, or
+    for a run written before it existed, from its ``config.yaml``)."""
+    if (run_dir / IDENTITY).exists():
+        stored = json.loads((run_dir / IDENTITY).read_text())
+        return stored["fingerprint"], stored["config"]
+    if (run_dir / "config.yaml").exists():
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        return fingerprint(config, teacher_fingerprint), config
+    return None, {}
+
+
+def _retire_if_changed(run: PlannedRun, teacher_print: str | None, log) -> None:
+    """A run directory trained under other settings is moved aside, kept under its old identity
+    (``<id>@<old fingerprint>``), so that the cell is retrained and no result is mixed."""
+    run_dir = run.config.run_dir
+    if not run_dir.exists():
+        return
+    old, config = _identity(run_dir, teacher_print)
+    if old == run.fingerprint:
+        return
+    changed = [
+        name
+        for name in config_changes(config, run.config.model_dump(mode="json"))
+        if name not in IDENTITY_IGNORED
+    ]
+    kept = run_dir.with_name(f"{run.id}@{old or 'unknown'}")
+    n = 1
+    while kept.exists():
+        kept, n = run_dir.with_name(f"{run.id}@{old or 'unknown'}.{n}"), n + 1
+    run_dir.rename(kept)
+    what = ", ".join(changed) or "its teacher"
+    log(f"{run.id}: settings changed ({what}); the old run is kept as {kept.name}, retraining")
+
+
 def _train_phase(runs: list[PlannedRun], executor: Executor, result: StudyResult, log) -> None:
     todo = []
     for run in runs:
         if run.teacher in result.failed:
             result.failed[run.id] = f"teacher run {run.teacher!r} failed"
             continue
+        teacher_print = result.fingerprints.get(run.teacher)
+        _retire_if_changed(run, teacher_print, log)
+        result.fingerprints[run.id] = run.fingerprint
         status = run_status(run.config.run_dir)
         if status == "finished":
             result.skipped.append(run.id)
             continue
         todo.append((run, status == "interrupted"))
+        run.config.run_dir.mkdir(parents=True, exist_ok=True)
+        identity = {"fingerprint": run.fingerprint, "config": run.config.model_dump(mode="json")}
+        (run.config.run_dir / IDENTITY).write_text(json.dumps(identity, indent=1))
     args = [(run.config.model_dump(mode="json"), resume, _teacher_acc(run)) for run, resume in todo]
     for done, (i, outcome) in enumerate(executor.map(train, args), 1):
         run, resume = todo[i]
@@ -135,7 +190,12 @@ def _evaluate(cfg, plan: Plan, executor: Executor, result: StudyResult, log) -> 
         cached = cache_dir / f"{r.id}.json"
         entry = json.loads(cached.read_text()) if cached.exists() else {}
         # Reused only for the same C and the same trained student.
-        if entry.get("c") == c[r.teacher_run] and entry.get("trained") == _mtime(runs_dir / r.run):
+        same = (entry.get("c"), entry.get("trained"), entry.get("fingerprint")) == (
+            c[r.teacher_run],
+            _mtime(runs_dir / r.run),
+            plan.runs[r.run].fingerprint,
+        )
+        if same:
             measured[r.id] = entry["measures"]
         else:
             todo.append(r)
@@ -147,6 +207,7 @@ def _evaluate(cfg, plan: Plan, executor: Executor, result: StudyResult, log) -> 
         if outcome.ok:
             measured[r.id] = outcome.value
             entry = {"c": c[r.teacher_run], "trained": _mtime(runs_dir / r.run),
+                     "fingerprint": plan.runs[r.run].fingerprint,
                      "measures": outcome.value}  # fmt: skip
             (cache_dir / f"{r.id}.json").write_text(json.dumps(entry))
         else:
@@ -159,6 +220,7 @@ def _evaluate(cfg, plan: Plan, executor: Executor, result: StudyResult, log) -> 
         failed = result.failed
         error = failed.get(r.run) or failed.get(r.teacher_run) or failed.get(r.id)
         row = {**r.labels, "run": r.run, "teacher_run": r.teacher_run,
+               "fingerprint": plan.runs[r.run].fingerprint,
                "status": "failed" if error else "ok", "error": error}  # fmt: skip
         rows.append({**row, **dict.fromkeys(columns), **measured.get(r.id, {})})
     return rows

@@ -55,8 +55,7 @@ class LossAccumulator:
             value = rows[bad_row, bad_col].item()
             raise NonFiniteLossError(
                 f"loss term {names[bad_col]!r} became {value} at epoch {epoch + 1}, "
-                f"step {first_step}; training stopped, the last good checkpoint is "
-                "checkpoints/last.pt (try a lower learning rate or this method's weight)"
+                f"step {first_step}; training stopped"
             )
         for j, name in enumerate(names):
             col = rows[:, j].double()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import pickle
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -37,17 +40,59 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         raise
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU; corrupt or foreign files raise ``CheckpointError``."""
+FORMAT = "kdscope-checkpoint-2"
+
+
+def write_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    """Write a checkpoint atomically as the bytes of ``torch.save(payload)`` with their SHA-256,
+    so that a file damaged on disk or in transfer is refused instead of trained on."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    save_atomic(
+        {"format": FORMAT, "sha256": hashlib.sha256(data).hexdigest(), "payload": data}, path
+    )
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """Load a kdscope checkpoint dict on the CPU, checking its SHA-256.
+
+    Loading never runs code from the file: only tensors and plain containers are accepted
+    (``torch.load(weights_only=True)``). A file that holds anything else (an older kdscope
+    checkpoint, another tool's pickle) is refused unless ``trust`` is given, which unpickles it
+    in full: pass it only for files whose origin you trust. Missing, corrupt or foreign files raise
+    :class:`CheckpointError`.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {str(path)!r} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        outer = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} holds objects other than tensors and plain data, which "
+            "kdscope does not load without being told to trust the file (trust=True, or "
+            f"--trust-checkpoints): {str(err).splitlines()[0]}"
+        ) from None
     except Exception as err:
         raise CheckpointError(
             f"Checkpoint {str(path)!r} is corrupt or not a torch file: {err}"
-        ) from err
+        ) from None
+    if isinstance(outer, dict) and outer.get("format") == FORMAT:
+        data = outer.get("payload", b"")
+        if hashlib.sha256(data).hexdigest() != outer.get("sha256"):
+            raise CheckpointError(
+                f"Checkpoint {str(path)!r} is corrupt: its contents do not match the checksum "
+                "written with them"
+            )
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    elif trust:
+        ckpt = outer
+    else:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} was not written by this version of kdscope (no checksum); "
+            "pass trust=True (--trust-checkpoints) to load it if you trust its origin"
+        )
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(
             f"Checkpoint {str(path)!r} was not written by kdscope (no 'model' entry)"
@@ -63,9 +108,10 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     return path
 
 
-def load_model(path: str | Path, which: str = "best") -> nn.Module:
-    """Rebuild a zoo model from a kdscope checkpoint or run directory, in eval mode on the CPU."""
-    ckpt = read_checkpoint(resolve_checkpoint(path, which))
+def load_model(path: str | Path, which: str = "best", trust: bool = False) -> nn.Module:
+    """Rebuild a zoo model from a kdscope checkpoint or run directory, in eval mode on the CPU
+    (``trust``: see :func:`read_checkpoint`)."""
+    ckpt = read_checkpoint(resolve_checkpoint(path, which), trust)
     spec = ckpt.get("model_spec")
     if not spec:
         raise CheckpointError(
@@ -100,14 +146,18 @@ def save_training_state(
     payload["method_name"] = method.name or type(method).__name__
     payload["config"] = config
     loop = replace(state, rng=rng_state()).to_dict()
-    save_atomic({**payload, **loop}, path)
+    write_checkpoint({**payload, **loop}, path)
 
 
-def restore_training_state(path: Path, parts: dict[str, Any]) -> dict[str, Any]:
-    """Load :func:`save_training_state`'s checkpoint into ``parts`` and restore the RNG states;
-    returns the checkpoint (``LoopState.from_dict`` reads the loop's state from it). A checkpoint
-    of another model or run raises ``CheckpointError``."""
-    ckpt = read_checkpoint(path)
+def restore_training_state(
+    checkpoint: str | Path | dict[str, Any], parts: dict[str, Any]
+) -> dict[str, Any]:
+    """Load :func:`save_training_state`'s checkpoint (a path, or the dict
+    :func:`read_checkpoint` returned) into ``parts`` and restore the RNG states; returns the
+    checkpoint (``LoopState.from_dict`` reads the loop's state from it). A checkpoint of another
+    model or run raises ``CheckpointError``."""
+    path = checkpoint if not isinstance(checkpoint, dict) else "the checkpoint"
+    ckpt = read_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     spec = describe(parts["model"]).spec
     saved = ckpt.get("model_spec")
     if saved and spec and saved != spec.to_dict():

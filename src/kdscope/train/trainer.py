@@ -16,10 +16,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdscope import distributed as ddp
 from kdscope.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
-from kdscope.data import collate
+from kdscope.data import check_labels, collate
 from kdscope.methods import Method, create_method
 from kdscope.metrics import accuracy
-from kdscope.train.accounting import LossAccumulator, epoch_line
+from kdscope.train.accounting import LossAccumulator, NonFiniteLossError, epoch_line
 from kdscope.train.cache import TeacherCache, cache_mode
 from kdscope.train.interrupt import StopBetweenSteps
 from kdscope.train.optim import build_optimizer, lr_factor, set_lr
@@ -89,7 +89,9 @@ class Trainer:
             label_smoothing=self.cfg.label_smoothing,
         )
         self.student, self.teacher, self.method = student, self.step.teacher, method
-        self.train_set, self.val_set = train_set, val_set
+        self.train_set = train_set
+        # An empty validation split selects nothing: the run then keeps its last epoch.
+        self.val_set = val_set if val_set is not None and len(val_set) > 0 else None
         self.augment = augment
         if run_dir is not None and not isinstance(run_dir, RunDirectory):
             run_dir = RunDirectory(run_dir)
@@ -173,6 +175,20 @@ class Trainer:
     def _fit(self, resume: bool) -> FitResult:
         seed_everything(self.cfg.seed, self.cfg.deterministic)
         self._setup()
+        owns_lock = self.run is not None and self.dist.is_main and self.run.lock()
+        try:
+            return self._train(resume)
+        finally:
+            if owns_lock:
+                self.run.unlock()
+
+    def _train(self, resume: bool) -> FitResult:
+        # Read (and check against this run's config) before any costly set-up.
+        ckpt = self.run.read_last() if resume and self.run is not None else None
+        if resume and ckpt is None:
+            self._log("no checkpoint to resume from; starting fresh")
+        if self.val_set is None:
+            self._log("no validation set: the last epoch is the run's result (no best epoch)")
         self.cache_mode = cache_mode(
             self.cfg.cache,
             needed=self.teacher is not None and self.method.needs.teacher_outputs,
@@ -183,7 +199,11 @@ class Trainer:
             result = FitResult(None, None, self._teacher_val_acc(), self.cfg.epochs)
             result.cache, result.cache_fill_s = self.cache_mode, fill_s
             # Last of the set-up: a resume restores every RNG stream, which nothing above draws on.
-            state = self._resume() if resume else LoopState()
+            state = RunDirectory.resume(ckpt, self._parts()) if ckpt else LoopState()
+            if ckpt:
+                self._log(
+                    f"resuming from {self.run.last}: epoch {state.epoch + 1}, step {state.step}"
+                )
             if self.run is not None and self.dist.is_main:
                 self.run.start(state)
             with self.step.taps():
@@ -193,18 +213,24 @@ class Trainer:
                 except KeyboardInterrupt:
                     self._interrupted(state)
                     raise
+                except NonFiniteLossError as err:
+                    raise NonFiniteLossError(f"{err}; {self._last_good()}") from None
         result.best_val_acc = state.best_val_acc
         result.final_val_acc = state.history[-1]["val_acc"] if state.history else None
         result.history = state.history
+        result.epochs = state.epoch
         return result
 
-    def _resume(self) -> LoopState:
-        state = self.run.resume(self._parts()) if self.run is not None else None
-        if state is None:
-            self._log("no checkpoint to resume from; starting fresh")
-            return LoopState()
-        self._log(f"resuming from {self.run.last}: epoch {state.epoch + 1}, step {state.step}")
-        return state
+    def _last_good(self) -> str:
+        if self.run is not None and self.run.last.exists():
+            return (
+                f"the last good checkpoint is {self.run.last} (a lower learning rate or a "
+                "smaller weight of that term may help)"
+            )
+        return (
+            "no checkpoint was written before it (a lower learning rate or a smaller weight "
+            "of that term may help)"
+        )
 
     def _epoch(self, state: LoopState, progress, teacher_val_acc: float | None) -> None:
         record = self._train_epoch(state, progress)
@@ -243,6 +269,7 @@ class Trainer:
             generator=torch.Generator(),  # creating the iterator must not draw the global RNG
         )
         acc = LossAccumulator.from_state(state.accumulators)
+        seen_before = acc.count
         task = progress.add_task(
             f"epoch {epoch + 1}/{self.cfg.epochs}", total=len(sampler) + start, completed=start
         )
@@ -267,11 +294,15 @@ class Trainer:
             "epoch": epoch + 1,
             "lr": lr,
             **acc.means(),
-            "images_per_s": acc.count / elapsed * self.dist.world if elapsed > 0 else None,
+            # This session's images only: a resumed epoch's restored count was timed before.
+            "images_per_s": (acc.count - seen_before) / elapsed * self.dist.world
+            if elapsed > 0
+            else None,
             "epoch_time_s": elapsed,
         }
 
     def _train_step(self, x, y, idx, epoch: int, step: int) -> dict[str, Tensor]:
+        check_labels(y, self.step.num_classes, "the training set")
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         if self.augment is not None:
@@ -328,4 +359,10 @@ class Trainer:
 def _pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"train.device={name!r} is not a device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but no CUDA GPU is available; use auto or cpu")
+    return device
