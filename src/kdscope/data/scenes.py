@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,9 @@ class Scenes:
 
     def visible_objects(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+
+_FIELDS = [f.name for f in fields(Scenes)]
 
 
 def generate_scenes(
@@ -193,8 +196,7 @@ def cached_scenes(
         _write(folder, generated, options)
     with np.load(path) as stored:
         scenes = {
-            split: Scenes(*(stored[f"{split}_{f}"] for f in Scenes.__dataclass_fields__))
-            for split in ("train", "test")
+            split: Scenes(*(stored[f"{split}_{f}"] for f in _FIELDS)) for split in ("train", "test")
         }
     return scenes, folder
 
@@ -204,11 +206,7 @@ def _write(folder: Path, scenes: dict[str, Scenes], options: dict) -> None:
     # generates it (DDP ranks) sees either nothing or the finished files.
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
-    arrays = {
-        f"{split}_{f}": getattr(s, f)
-        for split, s in scenes.items()
-        for f in Scenes.__dataclass_fields__
-    }
+    arrays = {f"{split}_{f}": getattr(s, f) for split, s in scenes.items() for f in _FIELDS}
     np.savez_compressed(tmp / "scenes.npz", **arrays)
     (tmp / "options.json").write_text(json.dumps(options, indent=2, sort_keys=True))
     try:
