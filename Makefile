@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdscope-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist
+# The workspace's shared data (FSDD, SST-2, Tiny Shakespeare); tests skip what is absent.
+KDSCOPE_DATA ?= $(CURDIR)/../shared/data
+export KDSCOPE_DATA
 
 .PHONY: setup demo test lint format data browser
 
@@ -14,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS) || $(BIN)/pip install -q torch torchvision
-	$(BIN)/pip install -q -e '.[dev,text]'
+	$(BIN)/pip install -q -e '.[dev,text,audio,dense]'
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian when apt is available and we are root; tests skip what is absent.

@@ -17,7 +17,7 @@ from kdscope.models import (
 )
 from kdscope.registry import UnknownNameError
 
-ZOO = list_models()
+ZOO = list_models(task="classification", inputs="image")
 # The downsampling nets whose stage outputs ReLU(pre-activation) exactly.
 RELU_OF_PREACT = ["resnet8", "resnet8x4", "vgg8", "alexnet_small", "mlp"]
 

@@ -50,7 +50,7 @@ def test_fcn_output_and_contract():
     info = describe(model)
     assert info.output == "pixels" and info.num_classes == CLASSES and info.in_channels == 1
     assert info.stages == ("backbone.layer1", "backbone.layer2", "backbone.layer3")
-    assert model.feature_layers == list(info.stages) and info.class_dim == 1
+    assert info.class_dim == 1
     x = torch.randn(2, 1, 64, 64)
     with FeatureTap(model, [*info.stages, *info.preact], detach=True) as tap, torch.no_grad():
         out = model(x)
@@ -69,7 +69,7 @@ def test_fcn_skips_sum_upsampled_scores():
     x = torch.randn(2, 3, 32, 32)
 
     def by_hand() -> torch.Tensor:
-        with FeatureTap(model, model.feature_layers, detach=True) as tap, torch.no_grad():
+        with FeatureTap(model, describe(model).stages, detach=True) as tap, torch.no_grad():
             out = model(x)
         f1, f2, f3 = tap.ordered()
         up = lambda t, f: F.interpolate(t, size=f.shape[-2:], mode="bilinear")  # noqa: E731

@@ -6,7 +6,16 @@
 (1294, 144, 359)
 """
 
-from kdscope.data import digits, fashion_mnist, vision  # noqa: F401  (register the datasets)
+from kdscope.data import (  # noqa: F401  (register the datasets and augmentations)
+    audio,
+    audio_augment,
+    dense_formats,
+    digits,
+    fashion_mnist,
+    scenes,
+    sst2,
+    vision,
+)
 from kdscope.data.bundle import BatchAugment, DataBundle
 from kdscope.data.labels import check_labels
 from kdscope.data.memory import InMemoryDataset, collate

@@ -34,3 +34,5 @@ class DataBundle:
     std: tuple[float, ...]
     augment: BatchAugment | None = None
     source: str | None = None  # where the files were read from, when they were
+    task: str = "classification"  # or "segmentation", "detection", "language-modelling"
+    inputs: str = "image"  # what an example is: "image" (C, H, W), "waveform" (C, L), "tokens" (T,)

@@ -85,7 +85,7 @@ def load_fashion_mnist(
     ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``). With
     ``download=True`` torchvision fetches them. The bundle's ``source`` names the folder used.
     """
-    files = _find_files(data_dir, download)
+    files = find_files(data_dir, download)
     splits = {}
     for split, (images_name, labels_name) in FILES.items():
         images, labels = read_idx(files[images_name]), read_idx(files[labels_name])
@@ -110,7 +110,7 @@ def load_fashion_mnist(
     )
 
 
-def _find_files(data_dir: Path | None, download: bool) -> dict[str, Path]:
+def find_files(data_dir: Path | None, download: bool) -> dict[str, Path]:
     """The four IDX files. An explicit ``data_dir`` must hold all four (directly or in
     torchvision's ``FashionMNIST/raw``): an incomplete one is an error, never a silent fall-back to
     another copy. Without one, ``$KDSCOPE_DATA/fashion-mnist``, the cache directory and the Debian

@@ -38,7 +38,7 @@ from kdscope.data.dense import (
     check_task,
     flatten_boxes,
 )
-from kdscope.data.fashion_mnist import CLASS_NAMES, FILES, _find_files, read_idx
+from kdscope.data.fashion_mnist import CLASS_NAMES, FILES, find_files, read_idx
 from kdscope.data.registry import DEFAULT_DATA_DIR, register_dataset
 from kdscope.data.splits import carve_splits
 
@@ -264,7 +264,7 @@ def load_fmnist_scenes(
     """
     check_task(task)
     options = scene_options(canvas, objects, scale, num_train, num_test, scene_seed)
-    files = _find_files(data_dir, download)
+    files = find_files(data_dir, download)
     source = {
         split: (read_idx(files[images]), read_idx(files[labels]).astype(np.int64))
         for split, (images, labels) in FILES.items()

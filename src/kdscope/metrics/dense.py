@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from kdscope.metrics.agreement import kl_per_example
-from kdscope.metrics.retention import OutputAgreement, _aoa_terms, segmentation_agreement
+from kdscope.metrics.retention import OutputAgreement, aoa_terms, segmentation_agreement
 
 Detections = Sequence[dict[str, Tensor]]
 
@@ -194,7 +194,7 @@ class DetectionOutputAgreement(OutputAgreement):
         self.max_kl = max(self.max_kl, kl.max().item()) if kl.numel() else self.max_kl
         self._sum_kl += kl.sum().item()
         if self.c is not None:
-            self._sum_terms += _aoa_terms(kl, self.c).sum().item()
+            self._sum_terms += aoa_terms(kl, self.c).sum().item()
 
 
 @dataclass

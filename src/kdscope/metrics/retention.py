@@ -43,7 +43,7 @@ def calibration_constant(teacher_logits: Tensor, student_logits: Tensor) -> floa
     return kl_per_example(teacher_logits, student_logits).max().item()
 
 
-def _aoa_terms(kl: Tensor, c: float) -> Tensor:
+def aoa_terms(kl: Tensor, c: float) -> Tensor:
     if c < 0:
         raise ValueError(f"the calibration constant C must be >= 0, got {c}")
     if c == 0:
@@ -73,7 +73,7 @@ class OutputAgreement:
         self.max_kl = max(self.max_kl, kl.max().item()) if kl.numel() else self.max_kl
         self._sum_kl += kl.sum().item()
         if self.c is not None:
-            self._sum_terms += _aoa_terms(kl, self.c).sum().item()
+            self._sum_terms += aoa_terms(kl, self.c).sum().item()
 
     def compute(self, c: float | None = None) -> float:
         """AOA; ``c`` replaces an unset C by a shared one (the largest over several students)."""
@@ -89,7 +89,7 @@ class OutputAgreement:
 
 def output_agreement(teacher_logits: Tensor, student_logits: Tensor, c: float) -> float:
     """AOA = mean over x of clip(1 - KL(p_T(x) || p_S(x)) / C, 0, 1)."""
-    return _aoa_terms(kl_per_example(teacher_logits, student_logits), c).mean().item()
+    return aoa_terms(kl_per_example(teacher_logits, student_logits), c).mean().item()
 
 
 def segmentation_agreement(

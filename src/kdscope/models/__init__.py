@@ -1,12 +1,23 @@
 """Model zoo: CIFAR ResNets, WRNs, VGGs, MobileNetV2, small nets; torchvision as ``tv:<name>``."""
 
-from kdscope.models import mobilenetv2, resnet, small, vgg, wrn  # noqa: F401  (registers the zoo)
+from kdscope.models import (  # noqa: F401  (registers the zoo)
+    audio,
+    detection,
+    mobilenetv2,
+    resnet,
+    segmentation,
+    small,
+    text,
+    vgg,
+    wrn,
+)
 from kdscope.models.info import BuildSpec, ModelInfo, classifier_of, describe, set_info
-from kdscope.models.registry import MODELS, create_model, list_models, register_model
+from kdscope.models.registry import MODEL_FITS, MODELS, create_model, list_models, register_model
 from kdscope.models.summary import model_summary, zoo_table
 
 __all__ = [
     "MODELS",
+    "MODEL_FITS",
     "BuildSpec",
     "ModelInfo",
     "classifier_of",

@@ -55,9 +55,6 @@ class M5(nn.Module):
             classifier="classifier",
             pooled_map="block4",
         )
-        self.feature_layers = list(stages)
-        self.preact_layers = list(self.kdscope_info.preact)
-        self.classifier_layer = "classifier"
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3:
@@ -66,7 +63,7 @@ class M5(nn.Module):
         return self.classifier(self.avgpool(x).flatten(1))
 
 
-@register_model("m5")
+@register_model("m5", inputs=("waveform",))
 def m5(num_classes: int, in_channels: int = 1, **kwargs) -> M5:
     """M5 on raw waveforms (B, in_channels, samples), e.g. ``fsdd`` with ``input="waveform"``."""
     return M5(num_classes, in_channels, **kwargs)

@@ -28,12 +28,6 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from torch import Tensor, nn
-from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.models.detection import FCOS
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.fcos import FCOSHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from kdscope.models.info import ModelInfo
 from kdscope.models.registry import register_model
@@ -55,16 +49,22 @@ FPN_CHANNELS = 64
 HEAD_CONVS = 2
 
 
-class _AsIs(GeneralizedRCNNTransform):
+def _as_is_transform(in_channels: int) -> nn.Module:
     """torchvision's detection transform without its normalisation and resizing: kdscope's data
     is normalised already, and the scenes are the size the model is built for. Images are still
     batched (padded to a common size) and boxes mapped back, which here are identities."""
+    # torchvision is imported where detectors are built: it takes seconds to import.
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-    def normalize(self, image: Tensor) -> Tensor:
-        return image
+    class AsIs(GeneralizedRCNNTransform):
+        def normalize(self, image: Tensor) -> Tensor:
+            return image
 
-    def resize(self, image: Tensor, target=None):
-        return image, target
+        def resize(self, image: Tensor, target=None):
+            return image, target
+
+    # min/max size and statistics are unused; size_divisible 1 adds no padding.
+    return AsIs(1, 1, [0.0] * in_channels, [1.0] * in_channels, 1)
 
 
 class ResNetFPN(nn.Module):
@@ -73,6 +73,9 @@ class ResNetFPN(nn.Module):
     cannot be used as is: it always adds a max-pooled extra level)."""
 
     def __init__(self, resnet: CifarResNet):
+        from torchvision.models._utils import IntermediateLayerGetter
+        from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
+
         super().__init__()
         self.body = IntermediateLayerGetter(resnet, {s: s for s in STAGES})
         widths = [resnet.get_submodule(s)[-1].conv2.out_channels for s in FPN_FROM]
@@ -103,6 +106,10 @@ class FCOSDetector(nn.Module):
     class_logits_layer = "detector.head.classification_head"
 
     def __init__(self, resnet: CifarResNet, num_classes: int):
+        from torchvision.models.detection import FCOS
+        from torchvision.models.detection.anchor_utils import AnchorGenerator
+        from torchvision.models.detection.fcos import FCOSHead
+
         super().__init__()
         backbone = ResNetFPN(resnet)
         anchors = AnchorGenerator(
@@ -113,8 +120,7 @@ class FCOSDetector(nn.Module):
             backbone, num_classes, anchor_generator=anchors, head=head, score_thresh=0.05
         )
         in_channels = resnet.conv1.in_channels
-        # min/max size and statistics are unused by _AsIs; size_divisible 1 adds no padding.
-        self.detector.transform = _AsIs(1, 1, [0.0] * in_channels, [1.0] * in_channels, 1)
+        self.detector.transform = _as_is_transform(in_channels)
         stages = tuple(f"detector.backbone.body.{s}" for s in STAGES)
         blocks = len(resnet.layer1)
         self.kdscope_info = ModelInfo(
@@ -127,10 +133,6 @@ class FCOSDetector(nn.Module):
         self.fpn_levels = tuple(
             f"detector.backbone.fpn.layer_blocks.{i}" for i in range(len(FPN_FROM))
         )
-        # Read by create_model and the methods until they move to kdscope_info.
-        self.feature_layers = list(stages)
-        self.preact_layers = list(self.kdscope_info.preact)
-        self.classifier_layer = None
 
     def forward(self, x: Tensor, targets: list[dict[str, Tensor]] | None = None):
         if x.dim() != 4:
@@ -157,36 +159,36 @@ def _fcos(backbone, num_classes: int, in_channels: int, **kwargs) -> FCOSDetecto
     return FCOSDetector(backbone(num_classes=2, in_channels=in_channels, **kwargs), num_classes)
 
 
-@register_model("fcos_resnet8")
+@register_model("fcos_resnet8", task="detection")
 def fcos_resnet8(num_classes: int, in_channels: int = 3, **kwargs) -> FCOSDetector:
     return _fcos(resnet8, num_classes, in_channels, **kwargs)
 
 
-@register_model("fcos_resnet14")
+@register_model("fcos_resnet14", task="detection")
 def fcos_resnet14(num_classes: int, in_channels: int = 3, **kwargs) -> FCOSDetector:
     return _fcos(resnet14, num_classes, in_channels, **kwargs)
 
 
-@register_model("fcos_resnet20")
+@register_model("fcos_resnet20", task="detection")
 def fcos_resnet20(num_classes: int, in_channels: int = 3, **kwargs) -> FCOSDetector:
     return _fcos(resnet20, num_classes, in_channels, **kwargs)
 
 
-@register_model("fcos_resnet32")
+@register_model("fcos_resnet32", task="detection")
 def fcos_resnet32(num_classes: int, in_channels: int = 3, **kwargs) -> FCOSDetector:
     return _fcos(resnet32, num_classes, in_channels, **kwargs)
 
 
-@register_model("fcos_resnet56")
+@register_model("fcos_resnet56", task="detection")
 def fcos_resnet56(num_classes: int, in_channels: int = 3, **kwargs) -> FCOSDetector:
     return _fcos(resnet56, num_classes, in_channels, **kwargs)
 
 
-@register_model("fcos_resnet8x4")
+@register_model("fcos_resnet8x4", task="detection")
 def fcos_resnet8x4(num_classes: int, in_channels: int = 3, **kwargs) -> FCOSDetector:
     return _fcos(resnet8x4, num_classes, in_channels, **kwargs)
 
 
-@register_model("fcos_resnet32x4")
+@register_model("fcos_resnet32x4", task="detection")
 def fcos_resnet32x4(num_classes: int, in_channels: int = 3, **kwargs) -> FCOSDetector:
     return _fcos(resnet32x4, num_classes, in_channels, **kwargs)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.models._utils import IntermediateLayerGetter
 
 from kdscope.models.info import ModelInfo
 from kdscope.models.registry import register_model
@@ -41,6 +40,9 @@ class FCN(nn.Module):
     """
 
     def __init__(self, resnet: CifarResNet, num_classes: int):
+        # torchvision is imported where models are built: it takes seconds to import.
+        from torchvision.models._utils import IntermediateLayerGetter
+
         super().__init__()
         self.backbone = IntermediateLayerGetter(resnet, {s: s for s in STAGES})
         widths = [resnet.get_submodule(s)[-1].conv2.out_channels for s in STAGES]
@@ -59,9 +61,6 @@ class FCN(nn.Module):
             preact=tuple(f"{s}.{blocks - 1}.act:in" for s in stages),
         )
         # Read by create_model and the methods until they move to kdscope_info.
-        self.feature_layers = list(stages)
-        self.preact_layers = list(self.kdscope_info.preact)
-        self.classifier_layer = None
 
     def forward(self, x: Tensor) -> Tensor:
         features = list(self.backbone(x).values())
@@ -79,36 +78,36 @@ def _fcn(backbone, num_classes: int, in_channels: int, **kwargs) -> FCN:
     return FCN(backbone(num_classes=2, in_channels=in_channels, **kwargs), num_classes)
 
 
-@register_model("fcn_resnet8")
+@register_model("fcn_resnet8", task="segmentation")
 def fcn_resnet8(num_classes: int, in_channels: int = 3, **kwargs) -> FCN:
     return _fcn(resnet8, num_classes, in_channels, **kwargs)
 
 
-@register_model("fcn_resnet14")
+@register_model("fcn_resnet14", task="segmentation")
 def fcn_resnet14(num_classes: int, in_channels: int = 3, **kwargs) -> FCN:
     return _fcn(resnet14, num_classes, in_channels, **kwargs)
 
 
-@register_model("fcn_resnet20")
+@register_model("fcn_resnet20", task="segmentation")
 def fcn_resnet20(num_classes: int, in_channels: int = 3, **kwargs) -> FCN:
     return _fcn(resnet20, num_classes, in_channels, **kwargs)
 
 
-@register_model("fcn_resnet32")
+@register_model("fcn_resnet32", task="segmentation")
 def fcn_resnet32(num_classes: int, in_channels: int = 3, **kwargs) -> FCN:
     return _fcn(resnet32, num_classes, in_channels, **kwargs)
 
 
-@register_model("fcn_resnet56")
+@register_model("fcn_resnet56", task="segmentation")
 def fcn_resnet56(num_classes: int, in_channels: int = 3, **kwargs) -> FCN:
     return _fcn(resnet56, num_classes, in_channels, **kwargs)
 
 
-@register_model("fcn_resnet8x4")
+@register_model("fcn_resnet8x4", task="segmentation")
 def fcn_resnet8x4(num_classes: int, in_channels: int = 3, **kwargs) -> FCN:
     return _fcn(resnet8x4, num_classes, in_channels, **kwargs)
 
 
-@register_model("fcn_resnet32x4")
+@register_model("fcn_resnet32x4", task="segmentation")
 def fcn_resnet32x4(num_classes: int, in_channels: int = 3, **kwargs) -> FCN:
     return _fcn(resnet32x4, num_classes, in_channels, **kwargs)

@@ -54,5 +54,6 @@ def model_summary(
 
 
 def zoo_table(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> list[dict]:
-    """:func:`model_summary` of every zoo model, in name order."""
-    return [model_summary(n, num_classes, in_channels, input_size) for n in list_models()]
+    """:func:`model_summary` of every image classifier of the zoo, in name order."""
+    names = list_models(task="classification", inputs="image")
+    return [model_summary(n, num_classes, in_channels, input_size) for n in names]

@@ -20,15 +20,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from kdscope.data.tokens import MINILM_VOCAB_SIZE, masked_max, masked_mean, minilm_dir
-from kdscope.models.info import ModelInfo
+from kdscope.models.hf import check_pretrained_vocab
+from kdscope.models.info import ModelInfo, set_info
 from kdscope.models.registry import register_model
-
-
-def _declare(model: nn.Module, info: ModelInfo) -> None:
-    model.kdscope_info = info
-    model.feature_layers = list(info.stages)
-    model.preact_layers = []
-    model.classifier_layer = info.classifier
 
 
 def _check_vocab(in_channels: int, pad_id: int) -> None:
@@ -74,7 +68,7 @@ class BiLSTM(nn.Module):
             nn.Dropout(dropout), nn.Linear(2 * hidden_size, mlp_size), nn.ReLU()
         )
         self.classifier = nn.Linear(mlp_size, num_classes)
-        _declare(
+        set_info(
             self,
             ModelInfo(
                 num_classes=num_classes,
@@ -136,7 +130,7 @@ class TextCNN(nn.Module):
         self.convs = _ConvBank(embed_dim, widths, filters)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(filters * len(widths), num_classes)
-        _declare(
+        set_info(
             self,
             ModelInfo(
                 num_classes=num_classes,
@@ -202,12 +196,12 @@ class MiniLM(nn.Module):
         self.encoder = AutoModel.from_pretrained(str(folder), local_files_only=True)
         # BertModel skips a None pooler; its [CLS] pooler is not used and would get no gradient.
         self.encoder.pooler = None
-        _check_pretrained_vocab(self.encoder.config.vocab_size, in_channels, folder)
+        check_pretrained_vocab(self.encoder.config.vocab_size, in_channels, folder)
         self.pad_id = pad_id
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.encoder.config.hidden_size, num_classes)
         stages = tuple(f"encoder.encoder.layer.{i}" for i in range(len(self.encoder.encoder.layer)))
-        _declare(
+        set_info(
             self,
             ModelInfo(
                 num_classes=num_classes,
@@ -224,86 +218,19 @@ class MiniLM(nn.Module):
         return self.classifier(self.dropout(masked_mean(h, x, self.pad_id)))
 
 
-class HFClassifier(nn.Module):
-    """Any Hugging Face sequence-classification model read from a local folder (``hf:<path>``).
-
-    ``AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_classes,
-    local_files_only=True)``; a head of another size is re-initialised (transformers warns). The
-    output is the model's logits. Stages are the layers of the model's largest ``nn.ModuleList``
-    (the transformer blocks: ``model.bert.encoder.layer.<i>`` for BERT), each (B, T, D); the
-    classifier is its last ``nn.Linear``; ``pooled_map`` is None because such heads read the first
-    token, not a pooled map.
-    """
-
-    def __init__(self, path: str | Path, num_classes: int, in_channels: int, *, pad_id: int = 0):
-        super().__init__()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoModelForSequenceClassification
-
-        folder = Path(path).expanduser()
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"hf:{path} is not a Hugging Face model folder (no config.json in {folder})"
-            )
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            str(folder), num_labels=num_classes, local_files_only=True, ignore_mismatched_sizes=True
-        )
-        _check_pretrained_vocab(self.model.config.vocab_size, in_channels, folder)
-        self.pad_id = pad_id
-        _declare(
-            self,
-            ModelInfo(
-                num_classes=num_classes,
-                in_channels=in_channels,
-                stages=_block_names(self.model, "model"),
-                classifier=_last_linear(self.model, "model"),
-            ),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(input_ids=x, attention_mask=(x != self.pad_id).long()).logits
-
-
-def _check_pretrained_vocab(model_vocab: int, in_channels: int, folder: Path) -> None:
-    if model_vocab != in_channels:
-        raise ValueError(
-            f"the model in {folder} has a vocabulary of {model_vocab} tokens but in_channels (the "
-            f"run's tokenizer vocabulary) is {in_channels}; use that model's tokenizer for the "
-            f"data (sst2's tokenizer option)"
-        )
-
-
-def _block_names(model: nn.Module, prefix: str) -> tuple[str, ...]:
-    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
-    if not lists:
-        return ()
-    name, blocks = max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))
-    return tuple(f"{prefix}.{name}.{i}" for i in range(len(blocks)))
-
-
-def _last_linear(model: nn.Module, prefix: str) -> str | None:
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return f"{prefix}.{names[-1]}" if names else None
-
-
-@register_model("bilstm")
+@register_model("bilstm", inputs=("tokens",))
 def bilstm(num_classes: int, in_channels: int = MINILM_VOCAB_SIZE, **kwargs) -> BiLSTM:
     """BiLSTM student on token ids; ``in_channels`` is the vocabulary size."""
     return BiLSTM(num_classes, in_channels, **kwargs)
 
 
-@register_model("textcnn")
+@register_model("textcnn", inputs=("tokens",))
 def textcnn(num_classes: int, in_channels: int = MINILM_VOCAB_SIZE, **kwargs) -> TextCNN:
     """Kim's CNN-rand student on token ids; ``in_channels`` is the vocabulary size."""
     return TextCNN(num_classes, in_channels, **kwargs)
 
 
-@register_model("minilm")
+@register_model("minilm", inputs=("tokens",))
 def minilm(num_classes: int, in_channels: int = MINILM_VOCAB_SIZE, **kwargs) -> MiniLM:
     """all-MiniLM-L6-v2 teacher with a mean-pooling linear head, from the offline package."""
     return MiniLM(num_classes, in_channels, **kwargs)
-
-
-def create_hf_model(path: str, num_classes: int, in_channels: int, **kwargs) -> HFClassifier:
-    """The model named ``hf:<path>``: a local Hugging Face sequence-classification folder."""
-    return HFClassifier(path, num_classes, in_channels, **kwargs)
