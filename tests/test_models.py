@@ -174,7 +174,7 @@ def test_summary_of_a_model_keeps_its_mode():
 
 def test_zoo_table_summarises_every_zoo_model(monkeypatch):
     # Two models stand in for the zoo to keep the test fast; the row is the model's summary.
-    monkeypatch.setattr("kdscope.models.summary.list_models", lambda: ["mlp", "resnet8"])
+    monkeypatch.setattr("kdscope.models.summary.list_models", lambda **_: ["mlp", "resnet8"])
     table = zoo_table(num_classes=10, in_channels=1, input_size=8)
     assert [row["name"] for row in table] == ["mlp", "resnet8"]
     assert table[1] == model_summary("resnet8", num_classes=10, in_channels=1, input_size=8)

@@ -109,10 +109,10 @@ def test_fcos_contract_and_taps():
     assert info.output == "detections" and info.num_classes == CLASSES
     assert info.stages == tuple(f"detector.backbone.body.layer{i}" for i in (1, 2, 3))
     x = torch.randn(3, 1, 64, 64)
-    layers = [*info.stages, *model.fpn_levels, model.class_logits_layer]
+    layers = [*info.stages, *info.levels, model.class_logits_layer]
     with FeatureTap(model, layers, detach=True) as tap, torch.no_grad():
         detections = model(x)
-    assert [tuple(tap[f].shape) for f in model.fpn_levels] == [(3, 64, 32, 32), (3, 64, 16, 16)]
+    assert [tuple(tap[f].shape) for f in info.levels] == [(3, 64, 32, 32), (3, 64, 16, 16)]
     logits = tap[model.class_logits_layer]
     assert logits.shape == (3, 32 * 32 + 16 * 16, CLASSES)
     with torch.no_grad():

@@ -17,7 +17,7 @@ from kdscope.data import (  # noqa: F401  (register the datasets and augmentatio
     vision,
 )
 from kdscope.data.bundle import BatchAugment, DataBundle
-from kdscope.data.labels import check_labels
+from kdscope.data.labels import check_labels, to_device
 from kdscope.data.memory import InMemoryDataset, collate
 from kdscope.data.registry import (
     DATASETS,
@@ -50,4 +50,5 @@ __all__ = [
     "standard_augment",
     "stratified_sample",
     "stratified_split",
+    "to_device",
 ]

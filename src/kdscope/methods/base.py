@@ -62,6 +62,7 @@ class Outputs:
     inputs: Tensor | None = None
     epoch: int = 0
     step: int = 0
+    class_dim: int = 1  # where logits hold the classes: 1 for (B, C) and (B, C, H, W), -1 tokens
 
 
 @dataclass

@@ -20,11 +20,16 @@ from kdscope.methods.base import (
 from kdscope.methods.params import POSITIVE, UNIT, Interval, Options
 
 
-def kd_div(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), averaged over the batch (Hinton et al. 2015)."""
-    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
-    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+def kd_div(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, dim: int = 1
+) -> Tensor:
+    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) (Hinton et al. 2015), the class scores along
+    ``dim``, averaged over every other position: the examples of (B, C) logits, the B * T
+    predicted tokens of (B, T, V) ones (``dim=-1``), the pixels of (B, C, H, W) ones."""
+    log_p_s = F.log_softmax(student_logits / temperature, dim=dim)
+    log_p_t = F.log_softmax(teacher_logits / temperature, dim=dim)
+    positions = student_logits.numel() / student_logits.shape[dim]
+    kl = F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True) / positions
     return kl * temperature**2
 
 
@@ -59,7 +64,8 @@ class VanillaKD(Method):
         self.alpha = alpha
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:
-        return {"kd": self.alpha * kd_div(out.student_logits, out.teacher_logits, self.temperature)}
+        kd = kd_div(out.student_logits, out.teacher_logits, self.temperature, out.class_dim)
+        return {"kd": self.alpha * kd}
 
 
 def dkd_terms(
@@ -270,11 +276,12 @@ class MultiTeacherKD(Method):
         return {"kd": self.alpha * kl * self.temperature**2}
 
 
-def gaussian_like(logits: Tensor) -> Tensor:
-    """Gaussian logits with exactly the per-example mean and standard deviation of ``logits``."""
+def gaussian_like(logits: Tensor, dim: int = 1) -> Tensor:
+    """Gaussian logits with exactly the mean and standard deviation of ``logits`` over the class
+    dimension ``dim`` at each position (example, token or pixel)."""
     noise = torch.randn_like(logits)
-    noise = (noise - noise.mean(1, keepdim=True)) / noise.std(1, keepdim=True)
-    return logits.mean(1, keepdim=True) + logits.std(1, keepdim=True) * noise
+    noise = (noise - noise.mean(dim, keepdim=True)) / noise.std(dim, keepdim=True)
+    return logits.mean(dim, keepdim=True) + logits.std(dim, keepdim=True) * noise
 
 
 @register_method("random_control")
@@ -336,12 +343,13 @@ class RandomControlKD(Method):
         """The noise logits that replace the teacher's for this batch."""
         z_t = out.teacher_logits.float()
         if self.mode == "gaussian":
-            return gaussian_like(z_t)
+            return gaussian_like(z_t, out.class_dim)
         self.remember(out.indices, z_t)
         source = self.partner[out.indices]
         known = self.seen[source].unsqueeze(1)
         return torch.where(known, self.bank[source], z_t.roll(1, dims=0))
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:
-        kd = kd_div(out.student_logits.float(), self.target_logits(out), self.temperature)
+        target = self.target_logits(out)
+        kd = kd_div(out.student_logits.float(), target, self.temperature, out.class_dim)
         return {"kd": self.alpha * kd}

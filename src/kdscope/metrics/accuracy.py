@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kdscope.data import check_labels, collate
-from kdscope.models import describe
+from kdscope.models import describe, reader
 
 
 @torch.no_grad()
@@ -20,8 +20,8 @@ def accuracy(
 ) -> float:
     """Top-1 accuracy of ``model`` on ``dataset`` (its mode is restored afterwards).
 
-    The class scores are read along the dimension its :class:`~kdscope.models.ModelInfo` names
-    (per example, per token or per pixel); ``device`` defaults to the model's.
+    Predictions are read as the model's :class:`~kdscope.models.ModelInfo` output layout says
+    (per example, per token, or per labelled pixel); ``device`` defaults to the model's.
     """
     if len(dataset) == 0:
         raise ValueError("accuracy needs at least one example; the dataset is empty")
@@ -29,6 +29,7 @@ def accuracy(
         device = next(model.parameters()).device
     device = torch.device(device)
     info = describe(model)
+    read = reader(info)
     was_training = model.training
     model.eval()
     correct = total = 0
@@ -38,10 +39,13 @@ def accuracy(
         dataset, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
     )
     for x, y, *_ in loader:
-        check_labels(y, info.num_classes, "the evaluated dataset")
+        check_labels(y, info.num_classes, "the evaluated dataset", read.ignore_index)
         with torch.autocast(device.type, enabled=amp):
-            pred = model(x.to(device)).argmax(info.class_dim).cpu()
-        correct += (pred == y).sum().item()
-        total += y.numel()
+            logits = read.logits(model, x.to(device)).cpu()
+        right, counted = read.correct(logits, y)
+        correct += int(right)
+        total += counted
     model.train(was_training)
+    if total == 0:
+        raise ValueError(f"{type(model).__name__} makes no predictions that have an accuracy")
     return correct / total

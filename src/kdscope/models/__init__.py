@@ -12,12 +12,15 @@ from kdscope.models import (  # noqa: F401  (registers the zoo)
     wrn,
 )
 from kdscope.models.info import BuildSpec, ModelInfo, classifier_of, describe, set_info
+from kdscope.models.outputs import IGNORE_INDEX, OutputReader, reader
 from kdscope.models.registry import MODEL_FITS, MODELS, create_model, list_models, register_model
 from kdscope.models.summary import model_summary, zoo_table
 
 __all__ = [
     "MODELS",
     "MODEL_FITS",
+    "IGNORE_INDEX",
+    "OutputReader",
     "BuildSpec",
     "ModelInfo",
     "classifier_of",
@@ -25,6 +28,7 @@ __all__ = [
     "describe",
     "list_models",
     "model_summary",
+    "reader",
     "register_model",
     "set_info",
     "zoo_table",

@@ -99,7 +99,7 @@ class FCOSDetector(nn.Module):
     :attr:`class_logits_layer` (``"detector.head.classification_head"``), a
     (B, locations, num_classes) tensor with the locations of every FPN level, finest first, each in
     row-major order; tap it with FeatureTap during any forward (train or eval), or call
-    :meth:`class_logits`. The FPN levels are :attr:`fpn_levels` (FeatureTap names of the
+    :meth:`class_logits`. The FPN levels are the ModelInfo's ``levels`` (FeatureTap names of the
     (B, 64, h, w) level outputs).
     """
 
@@ -129,9 +129,8 @@ class FCOSDetector(nn.Module):
             in_channels=in_channels,
             stages=stages,
             preact=tuple(f"{s}.{blocks - 1}.act:in" for s in stages),
-        )
-        self.fpn_levels = tuple(
-            f"detector.backbone.fpn.layer_blocks.{i}" for i in range(len(FPN_FROM))
+            levels=tuple(f"detector.backbone.fpn.layer_blocks.{i}" for i in range(len(FPN_FROM))),
+            logits_layer=self.class_logits_layer,
         )
 
     def forward(self, x: Tensor, targets: list[dict[str, Tensor]] | None = None):

@@ -58,6 +58,9 @@ class ModelInfo:
         preact: pre-activation features at those stages (OFD), empty where there are none.
         classifier: the final ``nn.Linear`` producing the class scores, if there is one.
         pooled_map: the feature map the classifier sees through global pooling.
+        levels: a detector's feature-pyramid levels (the maps its heads read), fine to coarse.
+        logits_layer: where the class logits are when the output is not them (a detector's
+            classification head: (B, locations, C)).
         spec: how the model was built, for checkpoints; None for users' own models.
     """
 
@@ -68,6 +71,8 @@ class ModelInfo:
     preact: tuple[str, ...] = ()
     classifier: str | None = None
     pooled_map: str | None = None
+    levels: tuple[str, ...] = ()
+    logits_layer: str | None = None
     spec: BuildSpec | None = None
 
     @property

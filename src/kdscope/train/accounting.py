@@ -8,6 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+# Per-step counts, summed as they are (not weighted by the batch size like the loss terms).
+COUNTS = ("correct", "counted")
+
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or inf; the message names the term and the step."""
@@ -59,7 +62,7 @@ class LossAccumulator:
             )
         for j, name in enumerate(names):
             col = rows[:, j].double()
-            if name != "correct":
+            if name not in COUNTS:
                 col = col * torch.tensor([b for b, _ in self.pending], dtype=torch.float64)
             self.sums[name] = self.sums.get(name, 0.0) + col.sum().item()
         self.count += sum(b for b, _ in self.pending)
@@ -68,11 +71,13 @@ class LossAccumulator:
 
     def means(self) -> dict[str, float]:
         n = max(self.count, 1)
-        terms = {k: v / n for k, v in self.sums.items() if k not in ("loss", "correct")}
+        terms = {k: v / n for k, v in self.sums.items() if k not in ("loss", *COUNTS)}
+        counted = self.sums.get("counted", 0.0)
         return {
             "loss": self.sums.get("loss", 0.0) / n,
             "terms": terms,
-            "train_acc": self.sums.get("correct", 0.0) / n,
+            # None where the task has no per-prediction accuracy (a detector's losses)
+            "train_acc": self.sums.get("correct", 0.0) / counted if counted else None,
         }
 
 
@@ -80,5 +85,6 @@ def epoch_line(r: dict[str, Any]) -> str:
     terms = " ".join(f"{k}={v:.4f}" for k, v in r["terms"].items())
     val = f" val_acc={r['val_acc']:.4f}" if r.get("val_acc") is not None else ""
     speed = f" {r['images_per_s']:.0f} img/s" if r.get("images_per_s") else ""
-    loss = f"loss={r['loss']:.4f} {terms} train_acc={r['train_acc']:.4f}"
+    acc = f" train_acc={r['train_acc']:.4f}" if r.get("train_acc") is not None else ""
+    loss = f"loss={r['loss']:.4f} {terms}{acc}"
     return f"epoch {r['epoch']}: {loss}{val}{speed}"

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdscope.data import collate
 from kdscope.features import FeatureTap
+from kdscope.models import reader
 
 
 def cache_mode(wanted: str, *, needed: bool, augmented: bool) -> str:
@@ -57,7 +58,7 @@ class TeacherCache:
         dtype: torch.dtype,
     ) -> int:
         with torch.no_grad(), FeatureTap(teacher, layers, detach=True) as tap:
-            logits = teacher(example[:1])
+            logits = reader(teacher).logits(teacher, example[:1])
         per_example = logits[0].numel() + sum(f[0].numel() for f in tap.ordered())
         return per_example * num_examples * torch.empty((), dtype=dtype).element_size()
 
@@ -85,10 +86,11 @@ class TeacherCache:
         logits_store = None
         feature_stores: list = []
         task = progress.add_task("teacher cache", total=len(loader)) if progress else None
+        read = reader(teacher).logits
         with torch.no_grad(), FeatureTap(teacher, layers, detach=True) as tap:
             for x, _, idx in loader:
                 with torch.autocast(device.type, enabled=autocast):
-                    logits = teacher(x.to(device, non_blocking=True))
+                    logits = read(teacher, x.to(device, non_blocking=True))
                 outs = [logits, *tap.ordered()]
                 if logits_store is None:
                     stores = [

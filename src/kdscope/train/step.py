@@ -19,21 +19,21 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdscope.features import FeatureTap, layer_shapes
 from kdscope.methods import BindContext, Method, Outputs, check_params, choose_layers
-from kdscope.models import describe
+from kdscope.models import describe, reader
 from kdscope.train.cache import TeacherCache
 from kdscope.train.ensemble import TeacherEnsemble
 
 
 @dataclass
 class StepResult:
-    """What one step computed: the total ``loss`` (with its graph), the labels' ``ce``, the
-    method's ``terms`` (weighted, with their graphs), the student's ``logits`` and the
-    :class:`~kdscope.methods.Outputs` the method read."""
+    """What one step computed: the total ``loss`` (with its graph), the task loss ``ce`` (the
+    labels' cross-entropy; a detector's own losses), the method's ``terms`` (weighted, with their
+    graphs), the student's ``logits`` and the :class:`~kdscope.methods.Outputs` the method
+    read."""
 
     loss: Tensor
     ce: Tensor
@@ -91,6 +91,8 @@ class DistillStep:
             )
         if ce_weight is not None and method.ce_weight != 0:
             method.ce_weight = ce_weight
+        self.student_reader = reader(student)
+        self.teacher_reader = reader(teacher) if teacher is not None else None
         self.device = torch.device(device)
         self.amp = amp
         self.label_smoothing = label_smoothing
@@ -100,6 +102,11 @@ class DistillStep:
     @property
     def ensemble(self) -> bool:
         return isinstance(self.teacher, TeacherEnsemble)
+
+    @property
+    def ignore_index(self) -> int | None:
+        """The label the task loss ignores (a segmentation mask's borders), if any."""
+        return self.student_reader.ignore_index
 
     def bind(self, example: Tensor, num_train: int) -> None:
         """Resolve the method's layers over the models' ModelInfo, probe their shapes on
@@ -159,15 +166,13 @@ class DistillStep:
             logits, feats = self.cache.lookup(idx, self.device)
         else:
             with torch.no_grad():
-                logits = self.teacher(x)
+                logits = self.teacher_reader.logits(self.teacher, x)
             feats = self._taps[1].ordered() if needs.teacher_features else []
         if self.ensemble:
             logits = logits.transpose(0, 1)  # stored per example (B, K, C); methods read (K, B, C)
         return logits, feats
 
-    def __call__(
-        self, x: Tensor, y: Tensor, idx: Tensor, epoch: int = 0, step: int = 0
-    ) -> StepResult:
+    def __call__(self, x: Tensor, y, idx: Tensor, epoch: int = 0, step: int = 0) -> StepResult:
         """One forward on a batch already on the device; call inside :meth:`taps`."""
         if not self._taps:
             raise RuntimeError("call a DistillStep inside `with step.taps():`")
@@ -177,7 +182,9 @@ class DistillStep:
             # other order cost 25% more CPU time per step (resnet56 -> resnet8, batch 128) in
             # page faults, as glibc malloc then maps and unmaps the teacher's buffers every step.
             t_logits, t_feats = self.teacher_outputs(x, idx)
-            logits = self.model(x)
+            logits, task_loss = self.student_reader.train_forward(
+                self.model, x, y, self.label_smoothing
+            )
             out = Outputs(
                 student_logits=logits,
                 labels=y,
@@ -188,8 +195,8 @@ class DistillStep:
                 inputs=x,
                 epoch=epoch,
                 step=step,
+                class_dim=self.student_reader.class_dim,
             )
             terms = self.method(out)
-            ce = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-            loss = self.method.ce_weight_at(epoch) * ce + sum(terms.values())
-        return StepResult(loss, ce, terms, logits, out)
+            loss = self.method.ce_weight_at(epoch) * task_loss + sum(terms.values())
+        return StepResult(loss, task_loss, terms, logits, out)

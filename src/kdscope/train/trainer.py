@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdscope import distributed as ddp
 from kdscope.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
-from kdscope.data import check_labels, collate
+from kdscope.data import check_labels, collate, to_device
 from kdscope.methods import Method, create_method
 from kdscope.metrics import accuracy
 from kdscope.train.accounting import LossAccumulator, NonFiniteLossError, epoch_line
@@ -278,7 +278,7 @@ class Trainer:
             for x, y, idx in loader:
                 if self._stop_requested:
                     raise KeyboardInterrupt
-                acc.add(self._train_step(x, y, idx, epoch, state.step), y.numel())
+                acc.add(self._train_step(x, y, idx, epoch, state.step), len(x))
                 state.step += 1
                 progress.advance(task)
                 if state.step % CHECK_EVERY == 0:
@@ -302,9 +302,9 @@ class Trainer:
         }
 
     def _train_step(self, x, y, idx, epoch: int, step: int) -> dict[str, Tensor]:
-        check_labels(y, self.step.num_classes, "the training set")
+        check_labels(y, self.step.num_classes, "the training set", self.step.ignore_index)
         x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
+        y = to_device(y, self.device)
         if self.augment is not None:
             gen = torch.Generator(self.device).manual_seed(derived_seed(self.cfg.seed, epoch, step))
             x = self.augment(x, gen)
@@ -315,12 +315,13 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         with torch.no_grad():
-            correct = (out.logits.argmax(1) == y).sum()
+            correct, counted = self.step.student_reader.correct(out.logits, y)
         return {
             "loss": out.loss.detach(),
-            "ce": out.ce.detach(),
+            self.step.student_reader.loss_name: out.ce.detach(),
             **{k: v.detach() for k, v in out.terms.items()},
             "correct": correct,
+            "counted": torch.as_tensor(counted),
         }
 
     def _interrupted(self, state: LoopState) -> None:
