@@ -4,7 +4,7 @@ import signal
 import pytest
 import torch
 
-from kdscope.config import DataConfig, TrainConfig
+from kdscope.config import DataConfig, OptimConfig, TrainConfig
 from kdscope.methods import Method, Needs, create_method
 from kdscope.models import create_model
 from kdscope.train import CheckpointError, NonFiniteLossError, Trainer, read_checkpoint
@@ -282,3 +282,31 @@ def test_ddp_ranks_share_memory_banks(tmp_path, torchrun):
     assert torch.allclose(fresh, torch.ones(200), atol=1e-5)
     weights = [{k: v for k, v in r["student"].items() if "running" not in k} for r in ranks]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_early_stop_ends_on_a_validation_plateau_and_stays_stopped(digits, tmp_path):
+    # A learning rate this small barely moves validation accuracy: no new best for 2 epochs.
+    trainer = Trainer(
+        create_model("resnet8", 10, 1),
+        digits.train,
+        digits.val,
+        method="none",
+        data=DataConfig(batch_size=32),
+        optim=OptimConfig(lr=1e-6),
+        train=TrainConfig(epochs=20, early_stop=2, early_stop_delta=0.5),
+        run_dir=tmp_path,
+        progress=False,
+    )
+    result = trainer.fit()
+    assert result.stopped_early and result.best_epoch == 1 and result.epochs == 3
+    assert len(result.history) == 3
+    again = trainer.fit(resume=True)  # a stopped run trains no further
+    assert again.epochs == 3 and len(again.history) == 3
+    with pytest.raises(ValueError, match="early_stop needs a validation set"):
+        Trainer(
+            create_model("resnet8", 10, 1),
+            digits.train,
+            method="none",
+            train=TrainConfig(epochs=2, early_stop=1),
+            progress=False,
+        ).fit()

@@ -72,6 +72,8 @@ class RunResult:
             "final_val_acc": self.fit.final_val_acc,
             "teacher_val_acc": self.fit.teacher_val_acc,
             "epochs": self.fit.epochs,
+            "best_epoch": self.fit.best_epoch,
+            "stopped_early": self.fit.stopped_early,
             "cache": self.fit.cache,
             "cache_fill_s": self.fit.cache_fill_s,
         }

@@ -95,6 +95,9 @@ class TrainConfig(_Strict):
     cache_dtype: Literal["float32", "float16"] = "float32"
     cache_max_gb: float = Field(4.0, gt=0.0)
     threads: int | None = Field(None, ge=1)
+    # Stop after this many epochs without a new best validation accuracy (by more than the delta).
+    early_stop: int | None = Field(None, ge=1)
+    early_stop_delta: float = Field(0.0, ge=0.0)
 
 
 class RunConfig(_Strict):

@@ -21,6 +21,7 @@ class LoopState:
         rng: every random stream (python, numpy, torch CPU and CUDA), as
             :func:`~kdscope.train.seeding.rng_state` captures them when the state is saved.
             A method's own random state (memory banks, fixed permutations) is in its buffers.
+        stopped: the run stopped early on a validation plateau (it trains no further).
     """
 
     epoch: int = 0
@@ -30,6 +31,7 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     accumulators: dict[str, Any] | None = None
     rng: dict[str, Any] | None = None
+    stopped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,12 +40,23 @@ class LoopState:
     def from_dict(cls, d: dict[str, Any]) -> LoopState:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
-    def finish_epoch(self, record: dict[str, Any]) -> bool:
-        """Record a finished epoch; whether its validation accuracy is a new best."""
+    def finish_epoch(self, record: dict[str, Any], min_delta: float = 0.0) -> bool:
+        """Record a finished epoch; whether its validation accuracy is a new best (by more than
+        ``min_delta``)."""
         self.history.append(record)
         self.epoch, self.step, self.accumulators = self.epoch + 1, 0, None
         val = record.get("val_acc")
-        improved = val is not None and (self.best_val_acc is None or val > self.best_val_acc)
+        improved = val is not None and (
+            self.best_val_acc is None or val > self.best_val_acc + min_delta
+        )
         if improved:
             self.best_val_acc, self.best_epoch = val, self.epoch
         return improved
+
+    def plateaued(self, patience: int | None) -> bool:
+        """Whether ``patience`` epochs have passed since the best one."""
+        return (
+            patience is not None
+            and self.best_epoch is not None
+            and (self.epoch - self.best_epoch >= patience)
+        )

@@ -42,6 +42,8 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     cache: str = "off"
     cache_fill_s: float = 0.0
+    best_epoch: int | None = None
+    stopped_early: bool = False
 
 
 class Trainer:
@@ -188,6 +190,8 @@ class Trainer:
         if resume and ckpt is None:
             self._log("no checkpoint to resume from; starting fresh")
         if self.val_set is None:
+            if self.cfg.early_stop:
+                raise ValueError("train.early_stop needs a validation set (data.val_fraction > 0)")
             self._log("no validation set: the last epoch is the run's result (no best epoch)")
         self.cache_mode = cache_mode(
             self.cfg.cache,
@@ -208,7 +212,7 @@ class Trainer:
                 self.run.start(state)
             with self.step.taps():
                 try:
-                    while state.epoch < self.cfg.epochs:
+                    while state.epoch < self.cfg.epochs and not state.stopped:
                         self._epoch(state, progress, result.teacher_val_acc)
                 except KeyboardInterrupt:
                     self._interrupted(state)
@@ -219,6 +223,7 @@ class Trainer:
         result.final_val_acc = state.history[-1]["val_acc"] if state.history else None
         result.history = state.history
         result.epochs = state.epoch
+        result.best_epoch, result.stopped_early = state.best_epoch, state.stopped
         return result
 
     def _last_good(self) -> str:
@@ -236,9 +241,15 @@ class Trainer:
         record = self._train_epoch(state, progress)
         record["val_acc"] = self._val_acc()
         record["teacher_val_acc"] = teacher_val_acc
-        improved = state.finish_epoch(record)
+        improved = state.finish_epoch(record, self.cfg.early_stop_delta)
+        state.stopped = state.plateaued(self.cfg.early_stop)
         if self.dist.is_main:
             self._log(epoch_line(record))
+            if state.stopped:
+                self._log(
+                    f"stopped early: no better validation accuracy for {self.cfg.early_stop} "
+                    f"epochs (best {state.best_val_acc:.4f} at epoch {state.best_epoch})"
+                )
             if self.run is not None:
                 self.run.epoch_end(state, self._parts(), improved)
         ddp.barrier(self.dist)  # other ranks may read the checkpoints next
