@@ -91,7 +91,11 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     device: str = "auto"
     amp: bool = True
-    cache: Literal["auto", "off", "memory", "disk"] = "auto"
+    cache: Literal["auto", "off", "memory", "disk", "views"] = "auto"
+    # cache=views: views per example (or every view of a finite view space), kept in memory or on
+    # disk (memory-mapped)
+    views: Annotated[int, Field(ge=1)] | Literal["all"] = 4
+    view_store: Literal["memory", "disk"] = "memory"
     cache_dtype: Literal["float32", "float16"] = "float32"
     cache_max_gb: float = Field(4.0, gt=0.0)
     threads: int | None = Field(None, ge=1)

@@ -28,12 +28,13 @@ from kdscope.data.registry import (
     register_dataset,
 )
 from kdscope.data.splits import carve_splits, stratified_sample, stratified_split
-from kdscope.data.transforms import AUGMENTS, get_augment, standard_augment
+from kdscope.data.transforms import AUGMENTS, CropFlip, get_augment, standard_augment
 from kdscope.data.vision import FolderDataset
 
 __all__ = [
     "AUGMENTS",
     "BatchAugment",
+    "CropFlip",
     "DATASETS",
     "DEFAULT_DATA_DIR",
     "DataBundle",

@@ -1,12 +1,15 @@
 """Teacher-output cache: the teacher runs once over the training set instead of once per epoch.
 
 Exact by construction: outputs are stored by dataset index and looked up by the indices of each
-batch, so the student is always given the teacher outputs of the very inputs it sees. Valid only
-when those inputs are deterministic (no random augmentation); the Trainer refuses it otherwise.
+batch, so the student is always given the teacher outputs of the very inputs it sees. Under random
+augmentation that holds only for a bank of fixed views per example (``views``, see
+:mod:`~kdscope.train.views`), whose outputs are stored per (example, view).
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +17,101 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from kdscope.config import TrainConfig
 from kdscope.data import collate
 from kdscope.features import FeatureTap
 from kdscope.models import reader
+from kdscope.train.views import ViewBank
+
+
+@dataclass
+class RunCache:
+    """A run's teacher cache (None when off), its view bank, the mode used and the fill's time."""
+
+    cache: TeacherCache | None
+    views: ViewBank | None
+    mode: str
+    fill_s: float = 0.0
+
+
+def build_run_cache(
+    mode: str,
+    teacher: nn.Module,
+    train_set: Dataset,
+    layers: list[str],
+    cfg: TrainConfig,
+    *,
+    augment,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    directory: Path | None,
+    progress,
+    log,
+) -> RunCache:
+    """The teacher cache of a run in ``mode`` (:func:`cache_mode`), within
+    ``train.cache_max_gb``: over it, ``auto`` turns the cache off (saying so) and an asked-for
+    cache is an error. A view cache's cost is logged before its fill."""
+    if mode == "off":
+        return RunCache(None, None, mode)
+    dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
+    x = collate([train_set[0]])[0].to(device)
+    views = None
+    if mode == "views":
+        views = ViewBank(augment, len(train_set), tuple(x.shape[1:]), cfg.views, cfg.seed)
+    rows = views.size if views is not None else len(train_set)
+    size = TeacherCache.estimate_bytes(teacher, x, layers, rows, dtype)
+    if size > cfg.cache_max_gb * 2**30:
+        if cfg.cache == "auto":
+            log(
+                f"teacher cache off: it would take {size / 2**30:.1f} GiB "
+                f"> train.cache_max_gb={cfg.cache_max_gb}"
+            )
+            return RunCache(None, None, "off")
+        raise ValueError(
+            f"the teacher cache would take {size / 2**30:.1f} GiB, over "
+            f"train.cache_max_gb={cfg.cache_max_gb}; raise it, use float16 or cache=off"
+        )
+    if views is not None:
+        log(
+            f"teacher view cache: {views.views} views x {len(train_set)} examples = {rows} "
+            f"teacher passes, {size / 2**20:.1f} MiB ({cfg.cache_dtype}, {cfg.view_store})"
+        )
+    start = time.perf_counter()
+    cache = TeacherCache.build(
+        teacher,
+        train_set,
+        layers,
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        where=cfg.view_store if views is not None else mode,
+        directory=directory,
+        autocast=amp,
+        progress=progress,
+        views=views,
+    )
+    return RunCache(cache, views, mode, time.perf_counter() - start)
 
 
 def cache_mode(wanted: str, *, needed: bool, augmented: bool) -> str:
-    """Where the teacher cache lives for a run: ``"off"``, ``"memory"`` or ``"disk"``.
+    """The teacher cache of a run: ``"off"``, ``"memory"``, ``"disk"`` or ``"views"``.
 
-    ``wanted`` is ``train.cache`` (``auto``/``off``/``memory``/``disk``). Off when the method takes
-    nothing from the teacher (``needed`` false); off under random augmentation, and an error when
-    ``memory`` or ``disk`` was asked for then, since a cached output would belong to other inputs.
+    ``wanted`` is ``train.cache`` (``auto``/``off``/``memory``/``disk``/``views``). Off when the
+    method takes nothing from the teacher (``needed`` false). Under random augmentation, ``auto``
+    is off (fresh draws, the teacher run live) and ``memory`` or ``disk`` an error, since a cached
+    output would belong to other inputs; ``views`` caches a bank of fixed views per example, and
+    needs augmentation.
     """
     if not needed:
         return "off"
+    if wanted == "views":
+        if not augmented:
+            raise ValueError(
+                "train.cache='views' caches augmented views, but the data has no augmentation; "
+                "use train.cache=auto (the plain cache) or set data.augment"
+            )
+        return "views"
     if augmented:
         if wanted in ("memory", "disk"):
             raise ValueError(
@@ -76,32 +160,44 @@ class TeacherCache:
         directory: Path | None = None,
         autocast: bool = False,
         progress=None,
+        views: ViewBank | None = None,
     ) -> TeacherCache:
+        """Run ``teacher`` over ``dataset`` (every view of every example, with ``views``) and
+        keep its logits and the features at ``layers``, one row per example (per (example, view):
+        row ``views.entry(i, v)``)."""
         device = torch.device(device)
-        n = len(dataset)
+        n = views.size if views is not None else len(dataset)
+        passes = views.views if views is not None else 1
         # Its own generator: the loader must not draw from the global RNG a resume restores.
         loader = DataLoader(
             dataset, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
         )
         logits_store = None
         feature_stores: list = []
-        task = progress.add_task("teacher cache", total=len(loader)) if progress else None
+        total = len(loader) * passes
+        task = progress.add_task("teacher cache", total=total) if progress else None
         read = reader(teacher).logits
         with torch.no_grad(), FeatureTap(teacher, layers, detach=True) as tap:
             for x, _, idx in loader:
-                with torch.autocast(device.type, enabled=autocast):
-                    logits = read(teacher, x.to(device, non_blocking=True))
-                outs = [logits, *tap.ordered()]
-                if logits_store is None:
-                    stores = [
-                        _allocate(o.shape[1:], n, dtype, device, where, directory, i)
-                        for i, o in enumerate(outs)
-                    ]
-                    logits_store, feature_stores = stores[0], stores[1:]
-                for store, out in zip([logits_store, *feature_stores], outs, strict=True):
-                    _write(store, idx, out.to(dtype))
-                if progress:
-                    progress.advance(task)
+                x = x.to(device, non_blocking=True)
+                for v in range(passes):
+                    rows, inputs = idx, x
+                    if views is not None:
+                        view = torch.full_like(idx, v)
+                        rows, inputs = views.entry(idx, view), views.inputs(x, idx, view)
+                    with torch.autocast(device.type, enabled=autocast):
+                        logits = read(teacher, inputs)
+                    outs = [logits, *tap.ordered()]
+                    if logits_store is None:
+                        stores = [
+                            _allocate(o.shape[1:], n, dtype, device, where, directory, i)
+                            for i, o in enumerate(outs)
+                        ]
+                        logits_store, feature_stores = stores[0], stores[1:]
+                    for store, out in zip([logits_store, *feature_stores], outs, strict=True):
+                        _write(store, rows, out.to(dtype))
+                    if progress:
+                        progress.advance(task)
         if progress:
             progress.remove_task(task)
         for store in [logits_store, *feature_stores]:

@@ -157,8 +157,8 @@ class DistillStep:
                 self._taps = ()
 
     def teacher_outputs(self, x: Tensor, idx: Tensor) -> tuple[Tensor | None, list[Tensor]]:
-        """The teacher's logits and features for the batch: looked up in the cache by example
-        index, or computed by the frozen teacher."""
+        """The teacher's logits and features for the batch: looked up in the cache (``idx``: the
+        cache rows), or computed by the frozen teacher."""
         needs = self.method.needs
         if not needs.teacher_outputs:
             return None, []
@@ -172,8 +172,18 @@ class DistillStep:
             logits = logits.transpose(0, 1)  # stored per example (B, K, C); methods read (K, B, C)
         return logits, feats
 
-    def __call__(self, x: Tensor, y, idx: Tensor, epoch: int = 0, step: int = 0) -> StepResult:
-        """One forward on a batch already on the device; call inside :meth:`taps`."""
+    def __call__(
+        self,
+        x: Tensor,
+        y,
+        idx: Tensor,
+        epoch: int = 0,
+        step: int = 0,
+        cache_rows: Tensor | None = None,
+    ) -> StepResult:
+        """One forward on a batch already on the device; call inside :meth:`taps`. ``idx`` are
+        the examples' indices; ``cache_rows`` their teacher-cache rows where those differ (a view
+        bank's (example, view) rows)."""
         if not self._taps:
             raise RuntimeError("call a DistillStep inside `with step.taps():`")
         needs = self.method.needs
@@ -181,7 +191,7 @@ class DistillStep:
             # Teacher first: its activations are freed before the student's graph is built. The
             # other order cost 25% more CPU time per step (resnet56 -> resnet8, batch 128) in
             # page faults, as glibc malloc then maps and unmaps the teacher's buffers every step.
-            t_logits, t_feats = self.teacher_outputs(x, idx)
+            t_logits, t_feats = self.teacher_outputs(x, idx if cache_rows is None else cache_rows)
             logits, task_loss = self.student_reader.train_forward(
                 self.model, x, y, self.label_smoothing
             )

@@ -20,7 +20,7 @@ from kdscope.data import check_labels, collate, to_device
 from kdscope.methods import Method, create_method
 from kdscope.metrics import accuracy
 from kdscope.train.accounting import LossAccumulator, NonFiniteLossError, epoch_line
-from kdscope.train.cache import TeacherCache, cache_mode
+from kdscope.train.cache import TeacherCache, build_run_cache, cache_mode
 from kdscope.train.interrupt import StopBetweenSteps
 from kdscope.train.optim import build_optimizer, lr_factor, set_lr
 from kdscope.train.progress import make_progress
@@ -29,6 +29,7 @@ from kdscope.train.sampler import EpochBatchSampler
 from kdscope.train.seeding import derived_seed, seed_everything
 from kdscope.train.state import LoopState
 from kdscope.train.step import DistillStep
+from kdscope.train.views import ViewBank
 
 CHECK_EVERY = 50  # steps between non-finite checks: a sync point on GPU, so not every step
 
@@ -101,6 +102,7 @@ class Trainer:
         self.show_progress = progress
         self.dist = ddp.DistInfo()
         self.cache: TeacherCache | None = None
+        self.views: ViewBank | None = None
         self._stop_requested = False
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -124,40 +126,26 @@ class Trainer:
         self.step.model = self.model
 
     def _build_cache(self, mode: str, progress) -> float:
-        if mode == "off":
-            return 0.0
         layers = self.method.teacher_layers if self.method.needs.teacher_features else []
-        dtype = torch.float16 if self.cfg.cache_dtype == "float16" else torch.float32
-        x = collate([self.train_set[0]])[0].to(self.device)
-        size = TeacherCache.estimate_bytes(self.teacher, x, layers, len(self.train_set), dtype)
-        if size > self.cfg.cache_max_gb * 2**30:
-            if self.cfg.cache == "auto":
-                self._log(
-                    f"teacher cache off: it would take {size / 2**30:.1f} GiB "
-                    f"> train.cache_max_gb={self.cfg.cache_max_gb}"
-                )
-                self.cache_mode = "off"
-                return 0.0
-            raise ValueError(
-                f"the teacher cache would take {size / 2**30:.1f} GiB, over "
-                f"train.cache_max_gb={self.cfg.cache_max_gb}; raise it, use float16 or cache=off"
-            )
-        start = time.perf_counter()
-        self.cache = TeacherCache.build(
+        built = build_run_cache(
+            mode,
             self.teacher,
             self.train_set,
             layers,
+            self.cfg,
+            augment=self.augment,
             batch_size=self.data_cfg.eval_batch_size,
             device=self.device,
-            dtype=dtype,
-            where=mode,
+            amp=self.amp,
             directory=self.run.cache_dir if self.run else None,
-            autocast=self.amp,
             progress=progress,
+            log=self._log,
         )
-        self.step.cache = self.cache
-        self.method.prefill(self.cache)
-        return time.perf_counter() - start
+        self.cache, self.views, self.cache_mode = built.cache, built.views, built.mode
+        if self.cache is not None:
+            self.step.cache = self.cache
+            self.method.prefill(self.cache)
+        return built.fill_s
 
     def _parts(self) -> dict[str, Any]:
         """What a checkpoint holds besides the LoopState."""
@@ -281,6 +269,7 @@ class Trainer:
         )
         acc = LossAccumulator.from_state(state.accumulators)
         seen_before = acc.count
+        epoch_views = self.views.epoch_views(epoch) if self.views is not None else None
         task = progress.add_task(
             f"epoch {epoch + 1}/{self.cfg.epochs}", total=len(sampler) + start, completed=start
         )
@@ -289,7 +278,8 @@ class Trainer:
             for x, y, idx in loader:
                 if self._stop_requested:
                     raise KeyboardInterrupt
-                acc.add(self._train_step(x, y, idx, epoch, state.step), len(x))
+                view = epoch_views[idx] if epoch_views is not None else None
+                acc.add(self._train_step(x, y, idx, epoch, state.step, view), len(x))
                 state.step += 1
                 progress.advance(task)
                 if state.step % CHECK_EVERY == 0:
@@ -312,14 +302,17 @@ class Trainer:
             "epoch_time_s": elapsed,
         }
 
-    def _train_step(self, x, y, idx, epoch: int, step: int) -> dict[str, Tensor]:
+    def _train_step(self, x, y, idx, epoch: int, step: int, view) -> dict[str, Tensor]:
         check_labels(y, self.step.num_classes, "the training set", self.step.ignore_index)
         x = x.to(self.device, non_blocking=True)
         y = to_device(y, self.device)
-        if self.augment is not None:
+        rows = None
+        if view is not None:  # the view bank: this epoch's view of each example, cached
+            x, rows = self.views.inputs(x, idx, view), self.views.entry(idx, view)
+        elif self.augment is not None:
             gen = torch.Generator(self.device).manual_seed(derived_seed(self.cfg.seed, epoch, step))
             x = self.augment(x, gen)
-        out = self.step(x, y, idx, epoch, step)
+        out = self.step(x, y, idx, epoch, step, rows)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
         ddp.average_gradients(self.method, self.dist)
