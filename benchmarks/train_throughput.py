@@ -15,6 +15,9 @@ weights), batch 128, SGD (momentum 0.9, wd 5e-4), CPU, 2 threads (``--threads``)
   d    kdscope Trainer, method none, no teacher: the student alone, the floor for any KD
   d0   hand-written loop for the student alone (d without the Trainer)
   e    torchdistill DistillationBox with KDLoss (left out when torchdistill is not installed)
+  b-aug, c-views, c-all, d-aug   with the standard augmentation (pad-crop + flip): kd with the
+       teacher run every step, kd with the view cache (4 views; all 98 views), the student alone
+       (only with ``--only``)
 
 Each run trains ``--epochs`` epochs and the first is warm-up. Two measures of the later epochs:
 
@@ -55,7 +58,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from kdscope.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
-from kdscope.data import collate, load_data
+from kdscope.data import collate, get_augment, load_data
 from kdscope.models import create_model
 from kdscope.train import Trainer
 
@@ -155,7 +158,13 @@ def run_minimal(
 
 
 def run_kdscope(
-    train_set: Dataset, epochs: int, method: str, cache: str = "off", progress: bool = False
+    train_set: Dataset,
+    epochs: int,
+    method: str,
+    cache: str = "off",
+    progress: bool = False,
+    augment: str | None = None,
+    views: int | str = 4,
 ) -> Run:
     teacher, student = _models(method != "none")
     clocked = _Clocked(train_set, BATCH)
@@ -164,11 +173,12 @@ def run_kdscope(
         clocked,
         teacher=teacher,
         method=method,
+        augment=get_augment(augment) if augment else None,
         data=DataConfig(batch_size=BATCH),
         optim=OptimConfig(lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY),
         schedule=ScheduleConfig(name="constant"),
         train=TrainConfig(
-            epochs=epochs, cache=cache, device="cpu", threads=torch.get_num_threads()
+            epochs=epochs, cache=cache, views=views, device="cpu", threads=torch.get_num_threads()
         ),
         progress=progress,
     )
@@ -281,6 +291,22 @@ CONFIGS = {
     "d": ("kdscope student alone (method none)", lambda d, e: run_kdscope(d, e, "none")),
     "d0": ("hand-written student-alone loop", lambda d, e: run_minimal(d, e, distill=False)),
     "e": ("torchdistill DistillationBox + KDLoss", run_torchdistill),
+    "b-aug": (
+        "kdscope kd, standard augmentation, teacher run every step",
+        lambda d, e: run_kdscope(d, e, "kd", "off", augment="standard"),
+    ),
+    "c-views": (
+        "kdscope kd, standard augmentation, view cache (4 views)",
+        lambda d, e: run_kdscope(d, e, "kd", "views", augment="standard"),
+    ),
+    "c-all": (
+        "kdscope kd, standard augmentation, view cache (all 98 views)",
+        lambda d, e: run_kdscope(d, e, "kd", "views", augment="standard", views="all"),
+    ),
+    "d-aug": (
+        "kdscope student alone, standard augmentation",
+        lambda d, e: run_kdscope(d, e, "none", augment="standard"),
+    ),
 }
 DEFAULT = ["a", "b", "c", "c+", "d", "d0", "e"]
 RATIOS = [
@@ -290,6 +316,9 @@ RATIOS = [
     ("e", "a", None),
     ("c+", "c", None),
     ("d", "d0", None),
+    ("c-views", "d-aug", 0.9),
+    ("c-views", "b-aug", 2.5),
+    ("c-all", "d-aug", 0.9),
 ]
 
 

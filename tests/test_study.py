@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from kdscope import api
 from kdscope.analysis import read_rows
 from kdscope.cli import app
-from kdscope.config import ConfigError
+from kdscope.config import ConfigError, build_config
 from kdscope.metrics import calibration_constant
 from kdscope.study import StudyConfig, expand, load_study, run_study, study_report
 from kdscope.study.executors import (
@@ -311,3 +311,46 @@ def test_make_executor_names_accepted_values():
     assert isinstance(make_executor("local", workers=3), ProcessExecutor)
     with pytest.raises(ValueError, match="accepted: local, ray"):
         make_executor("dask")
+
+
+def test_a_shared_teacher_run_and_both_checkpoints(tmp_path):
+    teacher = api.run(
+        build_config({
+            "name": "shared-teacher", "out_dir": str(tmp_path),
+            "data": {"name": "digits", "train_size": 200, "batch_size": 64},
+            "student": {"name": "resnet8"}, "train": {"epochs": 1, "threads": 1},
+        }),  # fmt: skip
+        progress=False,
+    ).run_dir
+    cfg = tiny(tmp_path, pairs=[{"teacher": "resnet8", "student": "resnet8",
+                                 "teacher_run": str(teacher)}],  # fmt: skip
+               arms={}, seeds=[0], evaluation={"test_size": 120, "checkpoints": ["best", "last"]})
+    result = run_study(StudyConfig.model_validate(cfg), log=lambda m: None)
+    rows = read_rows(result.study_dir / "results.jsonl")
+    shared = rows[0]["teacher_run"]  # named by the shared run's fingerprint
+    assert sorted(result.trained) == ["control-resnet8-s0", f"kd-{shared}--resnet8-kd-s0"]
+    assert not any(p.name.startswith("teacher") for p in (result.study_dir / "runs").iterdir())
+    assert sorted((r["arm"], r["checkpoint"]) for r in rows) == [
+        ("control", "best"), ("control", "last"), ("kd", "best"), ("kd", "last")]  # fmt: skip
+    assert all(r["status"] == "ok" for r in rows)
+    assert {r["teacher_run"] for r in rows} == {shared}
+    html = study_report(result.study_dir).read_text()
+    assert "best-validation checkpoints" in html and "last-epoch checkpoints" in html
+    with pytest.raises(ConfigError, match="is not a kdscope run directory"):
+        bad = tiny(tmp_path, pairs=[{"teacher": "resnet8", "student": "resnet8",
+                                     "teacher_run": str(tmp_path)}])  # fmt: skip
+        expand(StudyConfig.model_validate(bad))
+
+
+def test_the_cost_estimate_prices_the_runs_still_to_train(tmp_path):
+    from kdscope.study.cost import estimate
+
+    cfg = StudyConfig.model_validate(tiny(tmp_path, train={"epochs": 2, "threads": 1}))
+    plan = expand(cfg)
+    todo = list(plan.runs.values())
+    seconds, lines = estimate(cfg, plan, todo)
+    assert seconds > 0 and lines[0].startswith(f"{len(todo)} run(s) to train")
+    assert any("resnet8 step" in line for line in lines)
+    fewer, _ = estimate(cfg, plan, todo[:1])
+    assert 0 < fewer < seconds
+    assert estimate(cfg, plan, []) == (0.0, [])

@@ -26,8 +26,13 @@ SWEPT = ("alpha", "temperature")
 
 
 class PairConfig(_Strict):
+    """A (teacher, student) pair of architectures. ``teacher_run``: an existing, finished kdscope
+    run of the teacher architecture, used by every cell of the pair instead of training a teacher
+    in the study (teachers trained once, with their own recipe, shared by path across studies)."""
+
     teacher: str
     student: str
+    teacher_run: Path | None = None
 
 
 class ArmsConfig(_Strict):
@@ -48,8 +53,14 @@ class SweepsConfig(_Strict):
 
 
 class EvaluationConfig(_Strict):
+    """``checkpoints``: which checkpoint of each run is measured: ``best`` (validation), ``last``
+    (the final epoch) or both (rows then carry a ``checkpoint`` column)."""
+
     test_size: int | None = Field(None, ge=1)
     batch_size: int = Field(512, ge=1)
+    checkpoints: list[Literal["best", "last"]] = Field(
+        default_factory=lambda: ["best"], min_length=1
+    )
 
 
 class StudyConfig(_Strict):
@@ -97,6 +108,14 @@ class StudyConfig(_Strict):
     def _check(self) -> StudyConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        if self.teacher_seed == "per_seed" and any(p.teacher_run for p in self.pairs):
+            raise ValueError(
+                "pairs[].teacher_run is one teacher: it cannot be teacher_seed=per_seed"
+            )
+        if self.arms.teacher_replica and any(p.teacher_run for p in self.pairs):
+            raise ValueError(
+                "arms.teacher_replica needs teachers the study trains (no teacher_run)"
+            )
         for i, m in enumerate(self.methods):
             if m.name in ("none", "random_control"):
                 raise ValueError(

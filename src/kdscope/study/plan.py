@@ -17,10 +17,13 @@ import itertools
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kdscope.api import check_config
-from kdscope.config import RunConfig
+from kdscope.config import ConfigError, RunConfig
 from kdscope.methods import METHODS, method_info
 from kdscope.study.config import SWEPT, StudyConfig
 from kdscope.train.run_dir import RESUMABLE
@@ -40,6 +43,11 @@ class PlannedRun:
     config: RunConfig
     teacher: str | None = None
     fingerprint: str = ""
+    external: Path | None = None  # a finished run outside the study, used as it is
+
+    @property
+    def run_dir(self) -> Path:
+        return self.external if self.external is not None else self.config.run_dir
 
 
 # Fields that do not change a run's result: where it runs and how fast.
@@ -137,17 +145,33 @@ def expand(cfg: StudyConfig) -> Plan:
             t_print = None
             if teacher is not None:
                 arch = plan.runs[teacher].config.student.name
-                data["teacher"] = {"name": arch, "checkpoint": str(runs_dir / teacher)}
+                data["teacher"] = {"name": arch, "checkpoint": str(plan.runs[teacher].run_dir)}
                 t_print = plan.runs[teacher].fingerprint
             config = RunConfig.model_validate(data)
             print_ = fingerprint(config.model_dump(mode="json"), t_print)
             plan.runs[run_id] = PlannedRun(run_id, config, teacher, print_)
         return run_id
 
-    def teacher_run(arch: str, seed: int, replica: bool = False) -> str:
+    def teacher_run(arch: str, seed: int, replica: bool = False, given: Path | None = None) -> str:
+        if given is not None:
+            return external(arch, Path(given))
         kind, train_seed = ("replica", REPLICA_SEED_OFFSET + seed) if replica else ("teacher", seed)
         epochs = cfg.teacher_epochs or cfg.train.epochs
         return add(f"{kind}-{arch}-s{seed}", arch, train_seed, epochs=epochs)
+
+    def external(arch: str, path: Path) -> str:
+        config_file = path / "config.yaml"
+        if not config_file.is_file():
+            raise ConfigError(f"pairs[].teacher_run {str(path)!r} is not a kdscope run directory")
+        config = RunConfig.model_validate(yaml.safe_load(config_file.read_text()))
+        if config.student.name != arch:
+            raise ConfigError(
+                f"pairs[].teacher_run {str(path)!r} trained {config.student.name!r}, not {arch!r}"
+            )
+        print_ = fingerprint(config.model_dump(mode="json"), None)
+        run_id = f"teacher-{arch}-{print_}"
+        plan.runs.setdefault(run_id, PlannedRun(run_id, config, None, print_, path.resolve()))
+        return run_id
 
     def row(run, teacher, arm, teacher_arch, student, seed, method="none", alpha=None, temp=None):
         labels = {
@@ -157,13 +181,13 @@ def expand(cfg: StudyConfig) -> Plan:
         }  # fmt: skip
         plan.rows.append(PlannedRow(run, teacher, labels))
 
-    pairs = [(p.teacher, p.student) for p in cfg.pairs]
-    pairs += [(p.teacher, s) for p in cfg.pairs for s in cfg.sweeps.student]
+    pairs = [(p.teacher, p.student, p.teacher_run) for p in cfg.pairs]
+    pairs += [(p.teacher, s, p.teacher_run) for p in cfg.pairs for s in cfg.sweeps.student]
     settings = _settings(cfg)
-    for t_arch, student in dict.fromkeys(pairs):
+    for t_arch, student, given in dict.fromkeys(pairs):
         for seed in cfg.seeds:
             t_seed = seed if cfg.teacher_seed == "per_seed" else cfg.teacher_seed
-            teacher = teacher_run(t_arch, t_seed)
+            teacher = teacher_run(t_arch, t_seed, given=given)
             ident = (t_arch, student, seed)
             if cfg.arms.control:
                 row(add(f"control-{student}-s{seed}", student, seed), teacher, "control", *ident)
@@ -180,7 +204,7 @@ def expand(cfg: StudyConfig) -> Plan:
                               teacher)  # fmt: skip
                     row(run, teacher, "random_control", *ident, method, a, t)
     if cfg.arms.teacher_replica:
-        for t_arch in dict.fromkeys(t for t, _ in pairs):
+        for t_arch in dict.fromkeys(t for t, _, _ in pairs):
             for seed in cfg.seeds:
                 t_seed = seed if cfg.teacher_seed == "per_seed" else cfg.teacher_seed
                 teacher = teacher_run(t_arch, t_seed)

@@ -64,10 +64,22 @@ def study_report(study_dir: str | Path) -> Path:
         )
     status.blocks.append(Code(cfg_text, caption="study.yaml (resolved)"))
     sections = [status]
-    if "functional" in cfg.analyses:
-        sections.append(functional_transfer(ok))
-    if "krs" in cfg.analyses:
-        sections.append(krs_validation(ok))
+    # With both checkpoints measured, each analysis runs once per checkpoint: never mixed.
+    by_checkpoint: dict[str | None, list] = {}
+    for row in ok:
+        by_checkpoint.setdefault(row.get("checkpoint"), []).append(row)
+    names = {
+        None: "",
+        "best": " (best-validation checkpoints)",
+        "last": " (last-epoch checkpoints)",
+    }
+    for which, rows_of in by_checkpoint.items() or {None: []}.items():
+        if "functional" in cfg.analyses:
+            sections.append(
+                functional_transfer(rows_of, title=f"Functional transfer{names[which]}")
+            )
+        if "krs" in cfg.analyses:
+            sections.append(krs_validation(rows_of, title=f"KRS validation{names[which]}"))
     return write_report(
         study_dir / "report.html", f"Study {cfg.name}", sections, subtitle=str(study_dir)
     )

@@ -17,6 +17,7 @@ import yaml
 from kdscope.analysis import tidy
 from kdscope.config import ConfigError
 from kdscope.study.config import StudyConfig
+from kdscope.study.cost import estimate
 from kdscope.study.executors import Executor, LocalExecutor
 from kdscope.study.plan import (
     IDENTITY_IGNORED,
@@ -71,6 +72,13 @@ def run_study(
          "rows": [{"id": r.id, **r.labels} for r in plan.rows]}, indent=1))  # fmt: skip
     executor = executor or LocalExecutor()
     result = StudyResult(study_dir, [])
+    todo = [
+        run
+        for run in plan.runs.values()
+        if run.external is None and run_status(run.config.run_dir) != "finished"
+    ]
+    for line in estimate(cfg, plan, todo)[1]:
+        log(line)
     # Runs without a teacher (teachers, controls, replicas) first, then those that distil.
     for phase in ([r for r in plan.runs.values() if r.teacher is None],
                   [r for r in plan.runs.values() if r.teacher is not None]):  # fmt: skip
@@ -130,9 +138,12 @@ def _train_phase(runs: list[PlannedRun], executor: Executor, result: StudyResult
         if run.teacher in result.failed:
             result.failed[run.id] = f"teacher run {run.teacher!r} failed"
             continue
-        teacher_print = result.fingerprints.get(run.teacher)
-        _retire_if_changed(run, teacher_print, log)
         result.fingerprints[run.id] = run.fingerprint
+        if run.external is not None:
+            if run_status(run.external) != "finished":
+                result.failed[run.id] = f"the teacher run {run.external} has not finished"
+            continue
+        _retire_if_changed(run, result.fingerprints.get(run.teacher), log)
         status = run_status(run.config.run_dir)
         if status == "finished":
             result.skipped.append(run.id)
@@ -162,7 +173,9 @@ def _teacher_acc(run: PlannedRun) -> float | None:
 
 
 def _evaluate(cfg, plan: Plan, executor: Executor, result: StudyResult, log) -> list[dict]:
-    runs_dir = cfg.study_dir / "runs"
+    def where(run_id: str) -> str:
+        return str(plan.runs[run_id].run_dir)
+
     data = cfg.data.model_dump(mode="json")
     evaluation = cfg.evaluation.model_dump(mode="json")
     ok = [r for r in plan.rows if r.run not in result.failed and r.teacher_run not in result.failed]
@@ -171,7 +184,7 @@ def _evaluate(cfg, plan: Plan, executor: Executor, result: StudyResult, log) -> 
         by_teacher.setdefault(r.teacher_run, []).append(r)
     # One calibration constant C per teacher, shared by every student compared with it.
     teachers = list(by_teacher)
-    args = [(data, str(runs_dir / t), [str(runs_dir / r.run) for r in by_teacher[t]], evaluation)
+    args = [(data, where(t), [where(r.run) for r in by_teacher[t]], evaluation)
             for t in teachers]  # fmt: skip
     c = {}
     for i, outcome in executor.map(calibrate, args):
@@ -182,48 +195,57 @@ def _evaluate(cfg, plan: Plan, executor: Executor, result: StudyResult, log) -> 
                 result.failed.setdefault(r.id, f"calibration failed: {outcome.error}")
     cache_dir = cfg.study_dir / "evals"
     cache_dir.mkdir(exist_ok=True)
-    measured: dict[str, dict] = {}
+    measured: dict[tuple[str, str], dict] = {}
     todo = []
     for r in ok:
         if r.teacher_run not in c:
             continue
-        cached = cache_dir / f"{r.id}.json"
-        entry = json.loads(cached.read_text()) if cached.exists() else {}
-        # Reused only for the same C and the same trained student.
-        same = (entry.get("c"), entry.get("trained"), entry.get("fingerprint")) == (
-            c[r.teacher_run],
-            _mtime(runs_dir / r.run),
-            plan.runs[r.run].fingerprint,
-        )
-        if same:
-            measured[r.id] = entry["measures"]
-        else:
-            todo.append(r)
-    args = [(data, str(runs_dir / r.teacher_run), str(runs_dir / r.run), c[r.teacher_run],
-             evaluation) for r in todo]  # fmt: skip
+        for which in cfg.evaluation.checkpoints:
+            cached = cache_dir / f"{_eval_id(r, which)}.json"
+            entry = json.loads(cached.read_text()) if cached.exists() else {}
+            # Reused only for the same C and the same trained student.
+            same = (entry.get("c"), entry.get("trained"), entry.get("fingerprint")) == (
+                c[r.teacher_run],
+                _mtime(plan.runs[r.run].run_dir),
+                plan.runs[r.run].fingerprint,
+            )
+            if same:
+                measured[r.id, which] = entry["measures"]
+            else:
+                todo.append((r, which))
+    args = [(data, where(r.teacher_run), where(r.run), c[r.teacher_run], evaluation, which)
+            for r, which in todo]  # fmt: skip
     start = time.perf_counter()
     for i, outcome in executor.map(evaluate_row, args):
-        r = todo[i]
+        r, which = todo[i]
         if outcome.ok:
-            measured[r.id] = outcome.value
-            entry = {"c": c[r.teacher_run], "trained": _mtime(runs_dir / r.run),
+            measured[r.id, which] = outcome.value
+            entry = {"c": c[r.teacher_run], "trained": _mtime(plan.runs[r.run].run_dir),
                      "fingerprint": plan.runs[r.run].fingerprint,
                      "measures": outcome.value}  # fmt: skip
-            (cache_dir / f"{r.id}.json").write_text(json.dumps(entry))
+            (cache_dir / f"{_eval_id(r, which)}.json").write_text(json.dumps(entry))
         else:
             result.failed.setdefault(r.id, f"evaluation failed: {outcome.error}")
     if todo:
         log(f"evaluated {len(todo)} row(s) in {time.perf_counter() - start:.0f} s")
     columns = dict.fromkeys(k for m in measured.values() for k in m)
     rows = []
+    several = len(cfg.evaluation.checkpoints) > 1
     for r in plan.rows:
         failed = result.failed
         error = failed.get(r.run) or failed.get(r.teacher_run) or failed.get(r.id)
-        row = {**r.labels, "run": r.run, "teacher_run": r.teacher_run,
-               "fingerprint": plan.runs[r.run].fingerprint,
-               "status": "failed" if error else "ok", "error": error}  # fmt: skip
-        rows.append({**row, **dict.fromkeys(columns), **measured.get(r.id, {})})
+        for which in cfg.evaluation.checkpoints:
+            labels = {**r.labels, "checkpoint": which} if several else r.labels
+            row = {**labels, "run": r.run, "teacher_run": r.teacher_run,
+                   "fingerprint": plan.runs[r.run].fingerprint,
+                   "status": "failed" if error else "ok", "error": error}  # fmt: skip
+            rows.append({**row, **dict.fromkeys(columns), **measured.get((r.id, which), {})})
     return rows
+
+
+def _eval_id(row: PlannedRow, which: str) -> str:
+    """A row's evaluation under checkpoint ``which`` (the best one keeps the row's own id)."""
+    return row.id if which == "best" else f"{row.id}#{which}"
 
 
 def _mtime(run_dir: Path) -> float:

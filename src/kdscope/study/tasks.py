@@ -53,8 +53,8 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _model(run_dir: str) -> torch.nn.Module:
-    return load_model(run_dir).to(_device())
+def _model(run_dir: str, which: str = "best") -> torch.nn.Module:
+    return load_model(run_dir, which).to(_device())
 
 
 @torch.no_grad()
@@ -93,10 +93,12 @@ def evaluate_row(
     student_dir: str,
     c: float | None,
     evaluation: dict[str, Any],
+    which: str = "best",
 ) -> dict[str, Any]:
-    """Agreement and KRS of one student against its teacher on the test split, as tidy columns."""
+    """Agreement and KRS of one student (its ``which`` checkpoint: best or last) against its
+    teacher on the test split, as tidy columns."""
     bundle = _bundle(json.dumps(data, sort_keys=True))
-    student = _model(student_dir)
+    student = _model(student_dir, which)
     result = evaluate(
         _model(teacher_dir),
         student,
