@@ -1,0 +1,178 @@
+"""Token-level distillation objectives for language models: plain functions of (..., V) logits.
+
+Every loss compares the two next-token distributions at each predicted position and averages over
+all positions (B * T for (B, T, V) logits): one position weighs as much as one example of
+classification KD. With ``temperature`` tau both distributions are softmax(z / tau) and the loss is
+scaled by tau^2, as Hinton et al. do, so that its gradients keep their size across temperatures;
+at tau = 1 (the default) each is its paper's loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from kdscope.methods.response import kd_div
+
+
+def _positions(student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
+    if student_logits.shape != teacher_logits.shape or student_logits.dim() < 2:
+        raise ValueError(
+            "student and teacher logits must have the same shape (..., vocab), got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+        )
+    v = student_logits.shape[-1]
+    return student_logits.reshape(-1, v), teacher_logits.reshape(-1, v)
+
+
+def _check_temperature(temperature: float) -> None:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def token_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Forward KL per position, tau^2 * mean KL(p_T^tau || p_S^tau) (Hinton, Vinyals, Dean 2015,
+    "Distilling the Knowledge in a Neural Network", arXiv:1503.02531): kdscope's ``kd_div`` with
+    positions as examples."""
+    _check_temperature(temperature)
+    s, t = _positions(student_logits, teacher_logits)
+    return kd_div(s, t, temperature)
+
+
+def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Reverse KL per position, tau^2 * mean KL(p_S^tau || p_T^tau) (mode-seeking).
+
+    Gu, Dong, Wei, Huang 2024, "MiniLLM: Knowledge Distillation of Large Language Models", ICLR
+    2024, arXiv:2306.08543. Deviation: MiniLLM minimises the *sequence-level* reverse KL by policy
+    gradient on sequences the student samples; this is its off-policy, token-level form on given
+    sequences (the data, or samples drawn beforehand), the exact reverse KL of each next-token
+    distribution, differentiated through p_S in both its weight and its log.
+    """
+    _check_temperature(temperature)
+    s, t = _positions(student_logits, teacher_logits)
+    log_q = F.log_softmax(s / temperature, dim=1)
+    log_p = F.log_softmax(t / temperature, dim=1)
+    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * temperature**2
+
+
+def generalized_jsd(
+    student_logits: Tensor, teacher_logits: Tensor, beta: float = 0.5, temperature: float = 1.0
+) -> Tensor:
+    """Generalised Jensen-Shannon divergence per position (GKD).
+
+    Agarwal, Vieillard, Zhou, Stanczyk, Ramos, Geist, Bachem 2024, "On-Policy Distillation of
+    Language Models: Learning from Self-Generated Mistakes", ICLR 2024, arXiv:2306.13649:
+    JSD_beta = beta KL(p_T || m) + (1 - beta) KL(p_S || m), m = beta p_T + (1 - beta) p_S,
+    beta in (0, 1); beta = 0.5 is the symmetric JSD. Limits (their convention, also TRL's):
+    JSD_beta / beta -> KL(p_T || p_S), the forward KL, as beta -> 0, and JSD_beta / (1 - beta) ->
+    KL(p_S || p_T), the reverse KL, as beta -> 1; the divergence itself vanishes at both ends, so
+    the endpoints are refused: use :func:`token_kd` or :func:`reverse_kl` there. m is formed in log
+    space (a logsumexp), so tiny probabilities do not underflow. This is the loss only; GKD's
+    on-policy part (training on the student's own samples) is a data choice left to the caller.
+    """
+    _check_temperature(temperature)
+    if not 0 < beta < 1:
+        raise ValueError(
+            f"beta must lie in (0, 1), got {beta}; for beta -> 0 use token_kd (forward KL), "
+            "for beta -> 1 reverse_kl"
+        )
+    s, t = _positions(student_logits, teacher_logits)
+    log_q = F.log_softmax(s / temperature, dim=1)
+    log_p = F.log_softmax(t / temperature, dim=1)
+    log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log(1 - beta))
+    kl_teacher = F.kl_div(log_m, log_p, reduction="batchmean", log_target=True)
+    kl_student = F.kl_div(log_m, log_q, reduction="batchmean", log_target=True)
+    return (beta * kl_teacher + (1 - beta) * kl_student) * temperature**2
+
+
+class TopKTargets(NamedTuple):
+    """A top-k teacher cache entry for (...) positions.
+
+    ``logprobs`` (..., k): the teacher's k largest log-probabilities at ``temperature``;
+    ``ids`` (..., k): their token ids, in increasing id order (int16 when the vocabulary fits,
+    else int32); ``tail`` (...): the log of the remaining mass, log sum of the other V - k
+    probabilities (-inf when k = V), computed from the full distribution, not as log(1 - sum).
+    """
+
+    logprobs: Tensor
+    ids: Tensor
+    tail: Tensor
+    temperature: float
+
+    def take(self, index: Tensor) -> TopKTargets:
+        """The entries of the examples ``index`` (the first dimension), e.g. one batch."""
+        return TopKTargets(
+            self.logprobs[index], self.ids[index], self.tail[index], self.temperature
+        )
+
+
+def _id_dtype(vocab_size: int) -> torch.dtype:
+    return torch.int16 if vocab_size <= 2**15 else torch.int32
+
+
+def topk_targets(
+    teacher_logits: Tensor, k: int, temperature: float = 1.0, dtype: torch.dtype = torch.float16
+) -> TopKTargets:
+    """The :class:`TopKTargets` of teacher logits (..., V): log-probabilities at ``temperature``,
+    kept in ``dtype`` (float16: ~1e-3 relative rounding; float32 keeps them exact)."""
+    _check_temperature(temperature)
+    v = teacher_logits.shape[-1]
+    if not isinstance(k, int) or not 1 <= k <= v:
+        raise ValueError(f"k must be an int in [1, {v}] (the vocabulary size), got {k!r}")
+    log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    ids = log_p.topk(k, dim=-1).indices.sort(dim=-1).values
+    tail = log_p.scatter(-1, ids, float("-inf")).logsumexp(-1)
+    return TopKTargets(
+        log_p.gather(-1, ids).to(dtype), ids.to(_id_dtype(v)), tail.to(dtype), temperature
+    )
+
+
+def topk_kd(student_logits: Tensor, targets: TopKTargets) -> Tensor:
+    """Forward KL against a top-k teacher cache, tau^2 * mean over positions, tau the cache's.
+
+    With K the cached ids, p the teacher and q = softmax(z_S / tau) the student:
+    loss = sum_{i in K} p_i (log p_i - log q_i) + p_tail (log p_tail - log q_tail), where p_tail is
+    the stored remaining mass and q_tail = sum_{j not in K} q_j. The tail is one bucket: this is
+    the exact KL between the two distributions coarsened to (K, rest), so it is <= the full KL
+    (data processing), equal to it at k = V (bitwise, from a float32 cache, since the terms are then
+    those of :func:`token_kd` in the same order) and 0 when the student's coarsened distribution
+    matches. Bias: it fixes the student's total tail mass but not how that mass spreads over the
+    tail tokens, so its gradient is not the full KL's unless the student's tail already has the
+    teacher's shape. Top-k targets give biased estimates of the teacher's distribution (Anshumann
+    et al. 2025, "Sparse Logit Sampling: Accelerating Knowledge Distillation in LLMs", ACL 2025,
+    arXiv:2503.16870); the tail bucket removes the renormalisation bias of dropping the tail, not
+    this one.
+    """
+    v = student_logits.shape[-1]
+    k = targets.logprobs.shape[-1]
+    if student_logits.shape[:-1] != targets.logprobs.shape[:-1] or k > v:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} do not match top-{k} targets for "
+            f"positions {tuple(targets.logprobs.shape[:-1])}"
+        )
+    tau = targets.temperature
+    log_q = F.log_softmax(student_logits.reshape(-1, v) / tau, dim=1)
+    ids = targets.ids.reshape(-1, k).long()
+    log_p = targets.logprobs.reshape(-1, k).float()
+    total = F.kl_div(log_q.gather(1, ids), log_p, reduction="sum", log_target=True)
+    if k < v:
+        tail_p = targets.tail.reshape(-1).float()
+        tail_q = log_q.scatter(1, ids, float("-inf")).logsumexp(1)
+        # A teacher tail of exactly zero mass contributes 0 (0 log 0 = 0), whatever the student.
+        term = torch.where(tail_p > float("-inf"), tail_p.exp() * (tail_p - tail_q), 0.0)
+        total = total + term.sum()
+    return total / log_q.shape[0] * tau**2
+
+
+def topk_bytes_per_token(k: int, vocab_size: int, dtype: torch.dtype = torch.float16) -> int:
+    """Bytes one position takes in a top-k cache: k log-probabilities and ids, plus the tail
+    (k = 8 of V = 65 in float16: 8 * (2 + 2) + 2 = 34, against 130 for the full float16 row)."""
+    if not 1 <= k <= vocab_size:
+        raise ValueError(f"k must be in [1, {vocab_size}] (the vocabulary size), got {k}")
+    value = torch.empty((), dtype=dtype).element_size()
+    index = torch.empty((), dtype=_id_dtype(vocab_size)).element_size()
+    return k * (value + index) + value
