@@ -15,7 +15,7 @@ from kdscope.data.registry import dataset_dir, load_data
 from kdscope.features import FeatureTap
 from kdscope.models.generate import generate, generate_text
 from kdscope.models.gpt import GPT, PRESETS
-from kdscope.models.hf_lm import HFCausalLM, create_hf_causal_lm
+from kdscope.models.hf import HFCausalLM, create_hf_causal_lm
 from kdscope.models.info import classifier_of, describe
 from kdscope.models.registry import create_model
 
@@ -38,7 +38,7 @@ def test_gpt_outputs_next_token_logits_and_describes_itself():
     assert info.output == "tokens" and info.class_dim == -1 and info.num_classes == 11
     assert info.stages == ("blocks.0", "blocks.1")
     assert info.classifier == "lm_head" and info.penultimate == "lm_head:in"
-    assert model.feature_layers == ["blocks.0", "blocks.1"]
+    assert describe(model).stages == ("blocks.0", "blocks.1")
     with FeatureTap(model, [*info.stages, info.penultimate], detach=True) as tap:
         model(torch.zeros(2, 5, dtype=torch.long))
     assert [tuple(f.shape) for f in tap.ordered()] == [(2, 5, 16)] * 3

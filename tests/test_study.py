@@ -315,16 +315,26 @@ def test_make_executor_names_accepted_values():
 
 def test_a_shared_teacher_run_and_both_checkpoints(tmp_path):
     teacher = api.run(
-        build_config({
-            "name": "shared-teacher", "out_dir": str(tmp_path),
-            "data": {"name": "digits", "train_size": 200, "batch_size": 64},
-            "student": {"name": "resnet8"}, "train": {"epochs": 1, "threads": 1},
-        }),  # fmt: skip
+        build_config(
+            {
+                "name": "shared-teacher",
+                "out_dir": str(tmp_path),
+                "data": {"name": "digits", "train_size": 200, "batch_size": 64},
+                "student": {"name": "resnet8"},
+                "train": {"epochs": 1, "threads": 1},
+            }
+        ),  # fmt: skip
         progress=False,
     ).run_dir
-    cfg = tiny(tmp_path, pairs=[{"teacher": "resnet8", "student": "resnet8",
-                                 "teacher_run": str(teacher)}],  # fmt: skip
-               arms={}, seeds=[0], evaluation={"test_size": 120, "checkpoints": ["best", "last"]})
+    cfg = tiny(
+        tmp_path,
+        pairs=[
+            {"teacher": "resnet8", "student": "resnet8", "teacher_run": str(teacher)}
+        ],  # fmt: skip
+        arms={},
+        seeds=[0],
+        evaluation={"test_size": 120, "checkpoints": ["best", "last"]},
+    )
     result = run_study(StudyConfig.model_validate(cfg), log=lambda m: None)
     rows = read_rows(result.study_dir / "results.jsonl")
     shared = rows[0]["teacher_run"]  # named by the shared run's fingerprint

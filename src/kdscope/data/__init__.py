@@ -12,6 +12,7 @@ from kdscope.data import (  # noqa: F401  (register the datasets and augmentatio
     dense_formats,
     digits,
     fashion_mnist,
+    lm,
     scenes,
     sst2,
     vision,

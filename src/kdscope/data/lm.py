@@ -256,6 +256,8 @@ def text_bundle(
         class_names=list(vocab.chars),
         mean=(),
         std=(),
+        task="language-modelling",
+        inputs="tokens",
         vocab=vocab,
         block_size=block_size,
         dropped=dict(dropped),

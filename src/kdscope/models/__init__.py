@@ -3,6 +3,7 @@
 from kdscope.models import (  # noqa: F401  (registers the zoo)
     audio,
     detection,
+    gpt,
     mobilenetv2,
     resnet,
     segmentation,

@@ -127,10 +127,6 @@ class GPT(nn.Module):
         self.kdscope_info = ModelInfo(
             output="tokens", num_classes=vocab_size, stages=stages, classifier="lm_head"
         )
-        # create_model on this branch still reads the older attributes.
-        self.feature_layers = list(stages)
-        self.preact_layers: list[str] = []
-        self.classifier_layer = "lm_head"
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -154,20 +150,20 @@ class GPT(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
-@register_model("gpt")
+@register_model("gpt", task="language-modelling", inputs=("tokens",))
 def gpt(num_classes: int, in_channels: int = 1, **kwargs) -> GPT:
     """GPT with vocabulary ``num_classes``; kwargs ``block_size``, ``n_layer``, ``n_head``,
     ``n_embd``, ``dropout``. ``in_channels`` is not used: the input is token ids."""
     return GPT(num_classes, **kwargs)
 
 
-@register_model("gpt-mini")
+@register_model("gpt-mini", task="language-modelling", inputs=("tokens",))
 def gpt_mini(num_classes: int, in_channels: int = 1, **kwargs) -> GPT:
     """The teacher preset: 4 layers, 4 heads, width 128 (kwargs override)."""
     return GPT(num_classes, **{**PRESETS["gpt-mini"], **kwargs})
 
 
-@register_model("gpt-micro")
+@register_model("gpt-micro", task="language-modelling", inputs=("tokens",))
 def gpt_micro(num_classes: int, in_channels: int = 1, **kwargs) -> GPT:
     """The student preset: 2 layers, 2 heads, width 64 (kwargs override)."""
     return GPT(num_classes, **{**PRESETS["gpt-micro"], **kwargs})
