@@ -13,9 +13,10 @@ import time
 
 import pytest
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 from typer.testing import CliRunner
 
+from _interrupt import InterruptAt
 from kdscope import api
 from kdscope.cli import app
 from kdscope.config import ConfigError, DataConfig, TrainConfig, build_config
@@ -136,25 +137,6 @@ def test_resume_refuses_a_config_that_changes_the_result_and_lets_epochs_grow(tm
     assert "epochs: 3" in (tmp_path / "r" / "config.yaml").read_text()
 
 
-class _InterruptAt(Dataset):
-    """Sends this process SIGINT (a real Ctrl-C) when the loader fetches batch number ``at``."""
-
-    def __init__(self, dataset, at):
-        self.dataset, self.at, self.calls = dataset, at, 0
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return self.dataset[i]
-
-    def __getitems__(self, indices):
-        self.calls += 1
-        if self.calls == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return self.dataset.__getitems__(indices)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_data("digits", train_size=256)
@@ -195,7 +177,7 @@ def test_interrupted_and_resumed_runs_of_random_methods_end_bitwise_equal(
 ):
     reference, _ = _fit(digits, method, params, augment)
     with pytest.raises(KeyboardInterrupt):
-        _fit(digits, method, params, augment, tmp_path, train_set=_InterruptAt(digits.train, 12))
+        _fit(digits, method, params, augment, tmp_path, train_set=InterruptAt(digits.train, 12))
     assert read_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] > 0  # mid-epoch
     resumed, result = _fit(digits, method, params, augment, tmp_path, resume=True)
     assert _same(reference.student.state_dict(), resumed.student.state_dict())

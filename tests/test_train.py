@@ -1,9 +1,7 @@
-import os
-import signal
-
 import pytest
 import torch
 
+from _interrupt import InterruptAt
 from kdscope.config import DataConfig, OptimConfig, TrainConfig
 from kdscope.methods import Method, Needs, create_method
 from kdscope.models import create_model
@@ -108,29 +106,10 @@ def test_cache_mode_refuses_asked_cache_under_augmentation():
         cache_mode("disk", needed=True, augmented=True)
 
 
-class _InterruptAt(torch.utils.data.Dataset):
-    """Sends the process a SIGINT while the loader fetches batch number ``at`` (a real Ctrl-C)."""
-
-    def __init__(self, dataset, at):
-        self.dataset, self.at, self.calls = dataset, at, 0
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return self.dataset[i]
-
-    def __getitems__(self, indices):
-        self.calls += 1
-        if self.calls == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return self.dataset.__getitems__(indices)
-
-
 def test_ctrl_c_checkpoints_mid_epoch_and_resume_is_exact(digits, tmp_path):
     reference, _ = _fit(digits, epochs=2)
     with pytest.raises(KeyboardInterrupt):
-        _fit(digits, run_dir=tmp_path, epochs=2, train_set=_InterruptAt(digits.train, at=12))
+        _fit(digits, run_dir=tmp_path, epochs=2, train_set=InterruptAt(digits.train, at=12))
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.pt")
     # fetches: 1 for the teacher cache, 8 in epoch 1, so the 12th is epoch 2's third batch: the stop
     # lands before that batch is trained on, after 2 steps of epoch 2.

@@ -4,13 +4,10 @@ resume bitwise, in memory, on disk and under DDP."""
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 import torch
-from torch.utils.data import Dataset
 
+from _interrupt import InterruptAt
 from kdscope.config import DataConfig, TrainConfig
 from kdscope.data import CropFlip, get_augment
 from kdscope.methods import Method, Needs
@@ -109,28 +106,11 @@ def test_the_student_is_given_the_teachers_outputs_of_the_view_it_sees(digits, v
     assert torch.equal(trainer.cache.lookup(trainer.views.entry(idx, view), "cpu")[0], direct)
 
 
-class _InterruptAt(Dataset):
-    def __init__(self, dataset, at):
-        self.dataset, self.at, self.calls = dataset, at, 0
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return self.dataset[i]
-
-    def __getitems__(self, indices):
-        self.calls += 1
-        if self.calls == self.at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return self.dataset.__getitems__(indices)
-
-
 @pytest.mark.parametrize("store", ["memory", "disk"])
 def test_an_interrupted_view_cached_run_resumes_bitwise(digits, tmp_path, store):
     _, full = _trainer(digits, "kd", store=store, run_dir=tmp_path / "full")
     full.fit()
-    interrupted = _InterruptAt(digits.train, 12)
+    interrupted = InterruptAt(digits.train, 12)
     _, cut = _trainer(digits, "kd", store=store, run_dir=tmp_path / "cut", train_set=interrupted)
     with pytest.raises(KeyboardInterrupt):
         cut.fit()
