@@ -1,16 +1,22 @@
 """Speed and memory of kdscope.metrics against reference implementations, measured side by side.
 
-    .venv/bin/python benchmarks/metrics_speed.py            # all three parts
+    .venv/bin/python benchmarks/metrics_speed.py            # all four parts
     .venv/bin/python benchmarks/metrics_speed.py --part dcor --part cka
+    .venv/bin/python benchmarks/metrics_speed.py --part linear --rounds 3
     .venv/bin/python benchmarks/metrics_speed.py --part evaluator --images 2048
 
 Parts:
   dcor       dCor, R* and pdCor at n in {256, 1024, 4096}, d = 512, float64, against dcor.
   cka        linear CKA at n = 50,000, d = 512, streamed in batches of 1,000: peak memory (RSS above
-             the process's baseline after imports, each method in its own process) and time, against
-             pytorch-cka's streamed minibatch HSIC (cka.hsic.hsic on per-batch Gram matrices, what
-             its CKA class does for each batch; ``pip install --no-deps pytorch-cka``, left out
-             when not installed).
+             the process's baseline after imports, each method in its own process) and time of the
+             method's calls (not the making of the batches), against pytorch-cka's streamed
+             minibatch HSIC (cka.hsic.hsic on per-batch Gram matrices, what its CKA class does for
+             each batch; ``pip install --no-deps pytorch-cka``, left out when not installed).
+             Every method runs once per round, in a fresh process.
+  linear     linear CKA of n = 10,000, d = 512 in one piece, biased and debiased, against torch-cka
+             (``pip install --no-deps torch-cka``) and ckatorch (``pip install ckatorch``), values
+             compared; rounds interleave the implementations. torch-cka's O(n^3) trace(K @ L)
+             takes minutes per round.
   evaluator  Evaluator (agreement + KRS, 4 layer pairs) on the Fashion-MNIST test set, teacher
              resnet56, student resnet8 (untrained), against the two models' forward passes alone.
 Times are CPU seconds of the benchmark process (``time.process_time``) with one torch thread
@@ -25,6 +31,7 @@ import gc
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +44,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import torch  # noqa: E402
 
 N_CKA, D_CKA, BATCH_CKA = 50_000, 512, 1_000
+N_LINEAR = 10_000
 
 
 def _best_time(fn, repeats: int, warm_up: bool = True) -> tuple[float, object]:
@@ -161,6 +169,9 @@ def _status_kb(field: str) -> int:
 def cka_worker(method: str) -> dict:
     """Run one streamed CKA method in this process; report time and peak RSS above baseline.
 
+    The time is the thread's CPU time in the method's ``update`` and ``compute`` calls; making the
+    synthetic batches (a 1,000 x 512 x 512 product each) is left out.
+
     Linux only: the peak-RSS mark (VmHWM) is reset through /proc/self/clear_refs after imports
     and a warm-up batch (getrusage's ru_maxrss would carry the parent's peak over exec).
     """
@@ -170,11 +181,14 @@ def cka_worker(method: str) -> dict:
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")
     baseline = _status_kb("VmRSS")
-    start = time.thread_time()
+    seconds = 0.0
     for x, y in _cka_batches():
+        start = time.thread_time()  # the method's calls only, not the making of the data
         update(x, y)
+        seconds += time.thread_time() - start
+    start = time.thread_time()
     value = compute()
-    seconds = time.thread_time() - start
+    seconds += time.thread_time() - start
     peak = _status_kb("VmHWM")
     return {
         "method": method,
@@ -185,32 +199,142 @@ def cka_worker(method: str) -> dict:
     }
 
 
-def bench_cka(threads: int) -> None:
+def bench_cka(threads: int, rounds: int) -> None:
+    """Each method in its own process, once per round, the order rotated from round to round."""
     notes = {
         "kdscope-streaming": "biased CKA on all 50,000 (feature space, float64)",
-        "kdscope-minibatch": "minibatch debiased CKA (Nguyen et al.), centred float32 Grams",
+        "kdscope-minibatch": "minibatch debiased CKA (Nguyen et al.); centred float32 features, "
+        "HSIC_1 from d x d products",
         "pytorch-cka": "minibatch debiased CKA, float32 uncentred Grams",
     }
-    print(
-        "| method | estimator | time (s) | peak memory above baseline (MB) | peak RSS (MB) | CKA |"
-    )
-    print("|---|---|---|---|---|---|")
     if importlib.util.find_spec("cka") is None:
         del notes["pytorch-cka"]
         print("pytorch-cka is not installed (pip install --no-deps pytorch-cka): row left out")
+    methods = list(notes)
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for r in range(rounds):
+        for method in methods[r % len(methods) :] + methods[: r % len(methods)]:
+            out = subprocess.run(
+                [sys.executable, __file__, "--cka-worker", method, "--threads", str(threads)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            runs[method].append(json.loads(out.strip().splitlines()[-1]))
+    print(
+        f"| method | estimator | time (s), median of {rounds} | min-max (s) "
+        "| peak memory above baseline (MB) | peak RSS (MB) | CKA |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for method, note in notes.items():
-        out = subprocess.run(
-            [sys.executable, __file__, "--cka-worker", method, "--threads", str(threads)],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        seconds = [r["seconds"] for r in runs[method]]
+        last = runs[method][-1]
         print(
-            f"| {method} | {note} | {r['seconds']:.2f} | {r['peak_mb']:.1f} | {r['rss_mb']:.0f} "
-            f"| {r['value']:.6f} |",
+            f"| {method} | {note} | {statistics.median(seconds):.2f} "
+            f"| {min(seconds):.2f}-{max(seconds):.2f} "
+            f"| {statistics.median(r['peak_mb'] for r in runs[method]):.1f} "
+            f"| {last['rss_mb']:.0f} | {last['value']:.6f} |",
             flush=True,
         )
+    if "pytorch-cka" in runs:
+        ratios = [
+            theirs["seconds"] / ours["seconds"]
+            for ours, theirs in zip(runs["kdscope-minibatch"], runs["pytorch-cka"], strict=True)
+        ]
+        shown = ", ".join(f"{q:.2f}" for q in ratios)
+        print(f"\npytorch-cka / kdscope-minibatch time, per round: {shown}")
+
+
+def _linear_data() -> tuple[torch.Tensor, torch.Tensor]:
+    batches = list(_cka_batches())[: N_LINEAR // BATCH_CKA]
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+
+def bench_linear(rounds: int) -> None:
+    """Linear CKA on all n = 10,000 at once: kdscope against torch-cka and ckatorch, side by side.
+
+    torch-cka 0.21 has no function for two feature matrices: its ``CKA.compare`` runs
+    ``CKA._HSIC`` on the float32 Grams of each batch with their diagonals zeroed, which is what is
+    timed here, with the whole set as one batch (so its minibatch CKA is the debiased CKA).
+    ckatorch 1.0.3's ``cka_base`` computes in float64 on n x n Grams; its ``unbiased=True`` is
+    Kornblith et al.'s debiased CKA (U-centred Grams).
+    """
+    from kdscope.metrics.similarity import linear_cka
+
+    x, y = _linear_data()
+    methods = {
+        "kdscope `linear_cka`": (
+            "biased; feature space, float64",
+            "biased",
+            lambda: linear_cka(x, y).item(),
+        ),
+        "kdscope `linear_cka(debiased=True)`": (
+            "debiased (HSIC_1); feature space, float64",
+            "debiased",
+            lambda: linear_cka(x, y, debiased=True).item(),
+        ),
+    }
+    if importlib.util.find_spec("ckatorch") is not None:
+        from ckatorch import cka_base
+
+        methods["ckatorch `cka_base`"] = (
+            "biased; n x n Grams, float64",
+            "biased",
+            lambda: cka_base(x, y).item(),
+        )
+        methods["ckatorch `cka_base(unbiased=True)`"] = (
+            "debiased (U-centred Grams); float64",
+            "debiased",
+            lambda: cka_base(x, y, unbiased=True).item(),
+        )
+    else:
+        print("ckatorch is not installed (pip install ckatorch): rows left out")
+    if importlib.util.find_spec("torch_cka") is not None:
+        methods["torch-cka `CKA._HSIC`"] = (
+            "debiased (HSIC_1, trace(K @ L)); uncentred float32 Grams",
+            "debiased",
+            _torch_cka(x, y),
+        )
+    else:
+        print("torch-cka is not installed (pip install --no-deps torch-cka): row left out")
+    names = list(methods)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    values: dict[str, float] = {}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            gc.collect()
+            start = time.thread_time()
+            values[name] = methods[name][2]()
+            times[name].append(time.thread_time() - start)
+    reference = {kind: values[name] for name, (_, kind, _) in list(methods.items())[:2]}
+    print(
+        f"Linear CKA, n = {len(x):,}, d = {x.shape[1]}, y = ReLU(xW + noise); median CPU time "
+        f"of {rounds} round(s)\n"
+    )
+    print("| implementation | estimator | time (s) | min-max (s) | CKA | minus kdscope's |")
+    print("|---|---|---|---|---|---|")
+    for name, (note, kind, _) in methods.items():
+        t = times[name]
+        print(
+            f"| {name} | {note} | {statistics.median(t):.2f} | {min(t):.2f}-{max(t):.2f} "
+            f"| {values[name]:.10f} | {values[name] - reference[kind]:.1e} |",
+            flush=True,
+        )
+
+
+def _torch_cka(x: torch.Tensor, y: torch.Tensor):
+    from torch_cka import CKA
+
+    holder = type("Holder", (), {"device": "cpu"})()  # _HSIC reads only self.device
+
+    def run() -> float:
+        k, l = x @ x.T, y @ y.T  # noqa: E741
+        k.fill_diagonal_(0.0)
+        l.fill_diagonal_(0.0)
+        kl, kk, ll = (CKA._HSIC(holder, a, b) for a, b in ((k, l), (k, k), (l, l)))
+        return kl / (kk * ll) ** 0.5
+
+    return run
 
 
 def bench_evaluator(images: int, data_dir: str, rounds: int) -> None:
@@ -251,10 +375,12 @@ def bench_evaluator(images: int, data_dir: str, rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", action="append", choices=["dcor", "cka", "evaluator"])
+    parser.add_argument("--part", action="append", choices=["dcor", "cka", "linear", "evaluator"])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--images", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=3, help="evaluator rounds")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the cka, linear and evaluator parts"
+    )
     parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: numpy/scipy in dcor use one)"
@@ -265,7 +391,7 @@ def main() -> None:
     if args.cka_worker:
         print(json.dumps(cka_worker(args.cka_worker)))
         return
-    parts = args.part or ["dcor", "cka", "evaluator"]
+    parts = args.part or ["dcor", "cka", "linear", "evaluator"]
     # Not torch.get_num_threads(): calling it before dcor (numba) is imported made every later
     # small torch op ~30x slower in CPU time on the machine these numbers come from.
     print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
@@ -273,7 +399,10 @@ def main() -> None:
         bench_dcor(args.sizes)
     if "cka" in parts:
         print()
-        bench_cka(args.threads)
+        bench_cka(args.threads, args.rounds)
+    if "linear" in parts:
+        print()
+        bench_linear(args.rounds)
     if "evaluator" in parts:
         print()
         bench_evaluator(args.images, args.data_dir, args.rounds)

@@ -5,7 +5,14 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from kdscope.explain.gradcam import eval_mode, grad_cam, minmax
+from kdscope.explain.gradcam import (
+    eval_mode,
+    grad_cam,
+    layer_activations,
+    layer_features,
+    minmax,
+)
+from kdscope.features import FeatureTap
 from kdscope.models import create_model
 
 
@@ -45,6 +52,19 @@ def test_matches_pytorch_grad_cam_on_resnet8(layer):
     x = torch.randn(6, 1, 20, 20, generator=torch.Generator().manual_seed(1))
     targets = [3, 1, 4, 1, 5, 9]
     for t in (None, targets):
+        ours = grad_cam(model, layer, x, t)
+        np.testing.assert_allclose(ours.numpy(), reference(model, layer, x, t), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "layer"),
+    [("tv:resnet18", "layer4"), ("tv:resnet18", "layer3"), ("resnet56", "layer3")],
+)
+def test_matches_pytorch_grad_cam_on_other_architectures(name, layer):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=1)
+    x = torch.randn(6, 1, 24, 24, generator=torch.Generator().manual_seed(1))
+    for t in (None, [3, 1, 4, 1, 5, 9]):
         ours = grad_cam(model, layer, x, t)
         np.testing.assert_allclose(ours.numpy(), reference(model, layer, x, t), atol=1e-5)
 
@@ -136,3 +156,42 @@ def test_eval_mode_restores_after_an_error():
         assert not model.training
         raise RuntimeError
     assert model.training and model[3].training
+
+
+def test_layer_input_and_following_inplace_activation():
+    torch.manual_seed(0)
+    model = tiny_net()
+    x = torch.randn(4, 3, 12, 12)
+    # The input of module 2 is the output of module 1.
+    assert torch.equal(grad_cam(model, "2:in", x), grad_cam(model, "1", x))
+    # An in-place ReLU after the layer must not change the layer's activations or gradients.
+    inplace = tiny_net()
+    inplace.load_state_dict(model.state_dict())
+    inplace[1] = nn.ReLU(inplace=True)
+    assert torch.equal(grad_cam(inplace, "0", x), grad_cam(model, "0", x))
+
+
+def test_layer_activations_record_nothing_before_the_layer():
+    model = resnet8()
+    with torch.no_grad():
+        logits, acts = layer_activations(model, "layer2", torch.randn(3, 1, 16, 16))
+        assert not torch.is_grad_enabled()  # the caller's mode is back
+    assert acts.is_leaf and logits.requires_grad
+    (grad,) = torch.autograd.grad(logits.sum(), acts, retain_graph=True)
+    assert grad.shape == acts.shape and grad.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="does not require grad|not have been used"):
+        torch.autograd.grad(logits.sum(), model.conv1.weight)
+
+
+def test_layer_features_stop_at_the_layer():
+    model = resnet8()
+    x = torch.randn(3, 1, 16, 16)
+    calls = []
+    handle = model.layer3.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad(), FeatureTap(model.eval(), ["layer2", "layer2.0.conv1:in"]) as tap:
+        model(x)
+    calls.clear()
+    assert torch.equal(layer_features(model, "layer2", x), tap["layer2"])
+    assert torch.equal(layer_features(model, "layer2.0.conv1:in", x), tap["layer2.0.conv1:in"])
+    handle.remove()
+    assert calls == []

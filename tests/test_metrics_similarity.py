@@ -285,3 +285,74 @@ def test_bad_input():
     mb.update(torch.ones(8, 3), torch.randn(8, 3))
     with pytest.raises(ZeroVarianceError, match="layer2: features x have zero variance"):
         mb.compute()
+
+
+def _u_inner_triple(k, l):  # noqa: E741
+    ku, lu = sim.u_centered(k), sim.u_centered(l)
+    return torch.stack([sim.u_inner(ku, lu), sim.u_inner(ku, ku), sim.u_inner(lu, lu)])
+
+
+def test_hsic1_from_grams_and_features_equal_the_u_centred_inner_products():
+    g = torch.Generator().manual_seed(9)
+    x = torch.relu(torch.randn(30, 12, generator=g, dtype=torch.float64))
+    y = torch.tanh(x[:, :5]) + torch.randn(30, 5, generator=g, dtype=torch.float64)
+    expected = _u_inner_triple(sim.linear_gram(x), sim.linear_gram(y))
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    torch.testing.assert_close(sim.hsic1_from_features(xc, yc), expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        sim.hsic1_from_grams(sim.linear_gram(x), sim.linear_gram(y)), expected, rtol=1e-12, atol=0
+    )
+    # Not symmetric (as float32 rounding can leave a Gram): still the U-centred value.
+    k = sim.linear_gram(x) + 0.01 * torch.randn(30, 30, generator=g, dtype=torch.float64)
+    l = sim.linear_gram(y)  # noqa: E741
+    torch.testing.assert_close(
+        sim.hsic1_from_grams(k, l), _u_inner_triple(k, l), rtol=1e-12, atol=0
+    )
+
+
+# float32 d x d products, float64 d x d products, float32 Grams: (cost of the products over the
+# Grams' cost, tolerance against float64).
+MINIBATCH_PATHS = {
+    (600, 256): ((1 / 3, 1), 1e-6),
+    (300, 16): ((0, 1 / 3), 1e-12),
+    (64, 256): ((1, 9), 1e-7),
+}
+
+
+@pytest.mark.parametrize("n, d", list(MINIBATCH_PATHS))
+def test_minibatch_cka_paths_stay_exact_on_uncentred_post_relu_float32(n, d):
+    (low, high), tolerance = MINIBATCH_PATHS[n, d]
+    assert low <= sim._feature_space_cost(n, d, d // 2) < high
+    g = torch.Generator().manual_seed(n)
+    x = torch.relu(torch.randn(n, d, generator=g)) + 10.0
+    y = torch.relu(x[:, : d // 2] - 10.0 + 0.5 * torch.randn(n, d // 2, generator=g)) + 10.0
+    exact = cka_from_grams(sim.linear_gram(x.double()), sim.linear_gram(y.double()), True).item()
+    mb = MinibatchCKA()
+    mb.update(x, y)
+    assert mb.compute() == pytest.approx(exact, abs=tolerance)
+    # The Grams' way to the same sums: U-centred matrices, or Song's formula on the Grams.
+    by_grams, by_u_centred = MinibatchCKA(), MinibatchCKA()
+    by_grams.update_grams(sim.linear_gram(x), sim.linear_gram(y))
+    by_u_centred.update_centred(
+        sim.u_centered(sim.linear_gram(x)), sim.u_centered(sim.linear_gram(y))
+    )
+    assert by_grams.compute() == pytest.approx(by_u_centred.compute(), abs=1e-12)
+    assert by_grams.compute() == pytest.approx(exact, abs=1e-7)
+    assert (by_grams.n, by_grams.batches) == (n, 1)
+
+
+def test_pairwise_distances_gradient():
+    g = torch.Generator().manual_seed(10)
+    x = (3.0 * torch.randn(8, 5, generator=g, dtype=torch.float64) + 7.0).requires_grad_(True)
+    assert torch.autograd.gradcheck(pairwise_distances, (x,))
+    assert torch.autograd.gradcheck(lambda a: pairwise_distances(a, eps=1e-3), (x,))
+    weights = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    (ours,) = torch.autograd.grad((pairwise_distances(x) * weights).sum(), x)
+    (reference,) = torch.autograd.grad((torch.cdist(x, x) * weights).sum(), x)
+    torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-12)
+
+
+def test_large_finite_values_are_not_taken_for_inf():
+    x = torch.full((4, 3), 3e38)  # float32 entries whose sum overflows
+    x[0, 0] = 1e38
+    assert sim.as_features(x, float64=False).dtype == torch.float32

@@ -2,20 +2,23 @@
 
 map = ReLU(sum_c w_c a_c) with w_c the spatial mean of d(objective)/d(a_c), upsampled bilinearly to
 the input size and min-max normalised per image. Equal to ``pytorch_grad_cam.GradCAM`` for a single
-layer. Gradients are taken with ``torch.autograd.grad`` with respect to the layer's activations
-only, so the backward pass stops at the layer and parameters' ``.grad`` are left untouched.
+layer. The forward pass runs without autograd up to the layer and records a graph only from there
+on (rooted at a leaf copy of the layer's output), and the gradient is taken with
+``torch.autograd.grad`` with respect to that leaf: a Grad-CAM costs about one forward pass, the
+backward stops at the layer, and parameters' ``.grad`` are left untouched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdscope.features import FeatureTap
+from kdscope.features import FeatureTap, resolve_layer
 
 Objective = Callable[[Tensor, Tensor], Tensor]
 """``objective(logits, activations) -> scalar``: what Grad-CAM differentiates."""
@@ -38,9 +41,10 @@ def grad_cam(model: nn.Module, layer: str, inputs: Tensor, targets: Targets = No
         (B, H, W) float32 maps in [0, 1]; an image whose weighted activations are nowhere positive
         gets an all-zero map.
     """
-    with eval_mode(model), torch.enable_grad():
+    with eval_mode(model):
         logits, acts = layer_activations(model, layer, inputs)
-        objective = _objective(targets, logits, acts)
+        with torch.enable_grad():
+            objective = _objective(targets, logits, acts)
         (grads,) = torch.autograd.grad(objective, acts)
     return cam_from(acts.detach(), grads, inputs.shape[-2:])
 
@@ -63,22 +67,74 @@ def minmax(maps: Tensor) -> Tensor:
 
 
 def layer_activations(model: nn.Module, layer: str, inputs: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits and graph-carrying (B, C, h, w) activations of ``layer``; call with grad enabled."""
-    # Frozen models (no parameter requires grad) need a leaf that does, or the layer has no graph.
-    frozen = not any(p.requires_grad for p in model.parameters())
-    with FeatureTap(model, [layer], keep_grad=True) as tap:
-        logits = model(inputs.detach().requires_grad_(frozen))
-    acts = _spatial(tap, layer)
-    if not acts.requires_grad:
-        raise RuntimeError(f"activations of {layer!r} do not require grad (inside torch.no_grad?)")
+    """Logits and the (B, C, h, w) activations of ``layer``, a leaf the logits' graph starts from.
+
+    Nothing before the layer is recorded (whatever the grad mode or the parameters'
+    ``requires_grad``), so only the activations can be differentiated; compute an objective from
+    the logits with grad enabled.
+    """
+    with _graph_from(model, layer) as root:
+        logits = model(inputs)
+    acts = root.get(layer)
+    if acts is None:
+        raise RuntimeError(f"layer {layer!r} was not reached by the forward pass")
+    _check_spatial(acts, layer)
     return logits, acts
+
+
+@contextmanager
+def _graph_from(model: nn.Module, layer: str) -> Iterator[dict[str, Tensor]]:
+    """Run forward passes in the block without autograd up to ``layer``, with it from there on.
+
+    A hook replaces the layer's output (its input for ``name:in``) by a copy of a fresh leaf that
+    requires grad and turns grad mode on for the rest of the pass; the leaf lands in the yielded
+    dict. The copy keeps the leaf intact when the next module is an in-place activation.
+    """
+    take_input = layer.endswith(":in")
+    module = resolve_layer(model, layer.removesuffix(":in"))
+    found: dict[str, Tensor] = {}
+
+    def root(value: Any) -> Any:
+        tensor = value[0] if isinstance(value, (tuple, list)) else value
+        torch.set_grad_enabled(True)  # torch.no_grad() below restores the caller's mode
+        found[layer] = leaf = tensor.detach().requires_grad_()
+        if isinstance(value, (tuple, list)):
+            return type(value)([leaf.clone(), *value[1:]])
+        return leaf.clone()
+
+    if take_input:
+        handle = module.register_forward_pre_hook(lambda _module, inputs: root(inputs))
+    else:
+        handle = module.register_forward_hook(lambda _module, _inputs, output: root(output))
+    try:
+        with torch.no_grad():
+            yield found
+    finally:
+        handle.remove()
+
+
+class _LayerReached(Exception):
+    """Raised by a hook once the wanted layer has run: the rest of the forward is not needed."""
 
 
 @torch.no_grad()
 def layer_features(model: nn.Module, layer: str, inputs: Tensor) -> Tensor:
-    """Detached (B, C, h, w) activations of ``layer``, the model in eval mode."""
+    """Detached (B, C, h, w) activations of ``layer``, the model in eval mode.
+
+    The forward pass stops at the layer (a hook raises once its output is captured).
+    """
+
+    def stop(*_) -> None:
+        raise _LayerReached
+
     with eval_mode(model), FeatureTap(model, [layer], detach=True) as tap:
-        model(inputs)
+        handle = resolve_layer(model, layer.removesuffix(":in")).register_forward_hook(stop)
+        try:
+            model(inputs)
+        except _LayerReached:
+            pass
+        finally:
+            handle.remove()
     return _spatial(tap, layer)
 
 
@@ -86,12 +142,16 @@ def _spatial(tap: FeatureTap, layer: str) -> Tensor:
     acts = tap.features.get(layer)
     if acts is None:
         raise RuntimeError(f"layer {layer!r} was not reached by the forward pass")
+    _check_spatial(acts, layer)
+    return acts
+
+
+def _check_spatial(acts: Tensor, layer: str) -> None:
     if acts.ndim != 4:
         raise ValueError(
             f"Grad-CAM needs a spatial layer with (B, C, h, w) output; {layer!r} gives shape "
             f"{tuple(acts.shape)}. Choose a convolutional stage (e.g. one of model.feature_layers)."
         )
-    return acts
 
 
 @contextmanager

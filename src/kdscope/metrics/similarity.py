@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 ArrayLike = Tensor | np.ndarray
 
@@ -33,9 +34,11 @@ def as_features(x: ArrayLike, name: str = "x", float64: bool = True) -> Tensor:
         raise ValueError(f"{name} must have one row per example, got a scalar")
     wide = float64 or t.dtype == torch.float64
     t = t.reshape(t.shape[0], -1).to(torch.float64 if wide else torch.float32)
-    bad = (~torch.isfinite(t.detach())).sum().item()
-    if bad:
-        raise ValueError(f"{name} has {bad} NaN or inf values (of {t.numel()})")
+    # One reduction instead of an n x d mask: a finite sum means finite entries.
+    if not torch.isfinite(t.detach().sum()):
+        bad = (~torch.isfinite(t.detach())).sum().item()
+        if bad:
+            raise ValueError(f"{name} has {bad} NaN or inf values (of {t.numel()})")
     return t
 
 
@@ -67,25 +70,43 @@ def pairwise_distances(x: ArrayLike, eps: float = 0.0) -> Tensor:
     Uses ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j on column-centred rows, clamped at 0, so memory is
     O(n^2 + nd). The square root has a zero gradient at zero distance (never NaN); ``eps > 0`` is
     added inside it to smooth the gradient of near-coincident points, at the price of a bias of
-    about eps / (2 distance).
+    about eps / (2 distance). Differentiable once (no gradient of the gradient).
     """
     return _distances(as_features(x), eps)
 
 
 def _distances(x: Tensor, eps: float = 0.0) -> Tensor:
-    x = x - x.mean(0, keepdim=True)
-    sq_norms = x.pow(2).sum(1)
-    sq = torch.addmm(sq_norms[:, None] + sq_norms[None, :], x, x.T, alpha=-2.0)
-    if not sq.requires_grad:
+    return _Distances.apply(x, eps)
+
+
+class _Distances(torch.autograd.Function):
+    """Distance matrix with a closed-form gradient: one n x n by n x d product in the backward.
+
+    With W = (G + G^T) / D off the zero distances (G the incoming gradient), d loss / d X =
+    (diag(W 1) - W) X, a graph Laplacian times X: zero where points coincide, and the same for
+    centred and raw X because the Laplacian annihilates constant columns. Autograd through the
+    centring, the squared norms and the product took 2-3x longer (forward and backward), much of
+    it allocating n x d temporaries.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: float) -> Tensor:
+        x = x - x.mean(0, keepdim=True)
+        sq_norms = torch.linalg.vector_norm(x, dim=1).square_()
+        sq = torch.addmm(sq_norms[:, None] + sq_norms[None, :], x, x.T, alpha=-2.0)
         # Each pass over an n x n matrix costs about as much as the product: work in place.
-        return sq.clamp_min_(0.0).add_(eps).sqrt_().fill_diagonal_(0.0)
-    sq = sq.clamp_min(0.0)
-    sq.fill_diagonal_(0.0)  # rounding leaves ~1e-13 there, which sqrt would turn into ~1e-7
-    if eps > 0:
-        off_diagonal = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-        return (sq + eps).sqrt() * off_diagonal
-    positive = sq > 0
-    return torch.where(positive, sq, 1.0).sqrt().masked_fill(~positive, 0.0)
+        # The diagonal is zeroed after the square root: rounding leaves ~1e-13 there.
+        d = sq.clamp_min_(0.0).add_(eps).sqrt_().fill_diagonal_(0.0)
+        ctx.save_for_backward(x, d)
+        return d
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        x, d = ctx.saved_tensors
+        laplacian = (grad + grad.T).div_(d).masked_fill_(d == 0, 0.0).neg_()
+        laplacian.diagonal().sub_(laplacian.sum(1))
+        return laplacian @ x, None
 
 
 def double_centered(d: Tensor, inplace: bool = False) -> Tensor:
@@ -240,14 +261,21 @@ def _median(values: Tensor) -> Tensor:
     return (low + high) / 2
 
 
+def _centred(x: Tensor) -> Tensor:
+    # Exact enough in float32: an entry within a factor 2 of its column mean (large offsets)
+    # subtracts exactly (Sterbenz), and the mean's own rounding is a per-column constant, which
+    # U-centring and double centring ignore.
+    return x - x.mean(0, keepdim=True)
+
+
 def linear_gram(x: Tensor) -> Tensor:
     """Float64 K = Xc Xc^T, columns centred first (same CKA, far less cancellation than X X^T).
 
     The product keeps the input's precision: once the columns are centred, a float32 product
-    moves CKA by ~1e-10 on post-ReLU features (tested) and halves the cost of the Evaluator's
-    largest step; everything after it is float64.
+    moves CKA by ~1e-8 at most on post-ReLU features (tested) and halves the cost of the
+    Evaluator's largest step; everything after it is float64.
     """
-    x = x - x.mean(0, keepdim=True)
+    x = _centred(x)
     return (x @ x.T).double()
 
 
@@ -268,15 +296,100 @@ def cka_from_grams(k: Tensor, l: Tensor, debiased: bool = False) -> Tensor:  # n
     """CKA of two n x n Gram matrices: biased (double centring) or debiased (U-centring, HSIC_1)."""
     if debiased:
         ku, lu = u_centered(k), u_centered(l)
-        kk, ll = u_inner(ku, ku), u_inner(lu, lu)
-        if kk.item() <= 0 or ll.item() <= 0:
-            raise ZeroVarianceError(
-                f"HSIC_1(K, K) = {kk.item():.3g}, HSIC_1(L, L) = {ll.item():.3g}: debiased CKA is "
-                "undefined (constant features or too few examples)"
-            )
-        return u_inner(ku, lu) / (kk * ll).sqrt()
+        return _debiased_ratio(u_inner(ku, lu), u_inner(ku, ku), u_inner(lu, lu))
     kc, lc = double_centered(k), double_centered(l)
     return _dot(kc, lc) / (_dot(kc, kc) * _dot(lc, lc)).sqrt()
+
+
+def _debiased_ratio(kl: Tensor, kk: Tensor, ll: Tensor) -> Tensor:
+    if kk.item() <= 0 or ll.item() <= 0:
+        raise ZeroVarianceError(
+            f"HSIC_1(K, K) = {kk.item():.3g}, HSIC_1(L, L) = {ll.item():.3g}: debiased CKA is "
+            "undefined (constant features or too few examples)"
+        )
+    return kl / (kk * ll).sqrt()
+
+
+def _song_hsic(kl: Tensor, k: tuple[Tensor, ...], l: tuple[Tensor, ...]) -> Tensor:  # noqa: E741
+    """Unbiased HSIC_1 of Song et al. (JMLR 2012) from sums, without an n x n matrix of its own.
+
+    ``kl`` = <K, L>; ``k`` and ``l`` are (diagonal, row sums, column sums) of K~ and L~, the
+    matrices with a zero diagonal. For symmetric K, L this is Song's
+    [tr(K~L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3)); the row/column form
+    below, <K^u, L^u> expanded, equals ``u_inner(u_centered(K), u_centered(L))`` also when float32
+    rounding left a Gram slightly asymmetric. Exact in float64 for the Grams of centred features;
+    on uncentred ones the terms grow with the squared offset and cancel: centre first.
+    """
+    (k_diag, k_rows, k_cols), (l_diag, l_rows, l_cols) = k, l
+    n = k_diag.shape[0]
+    off_diagonal = kl - k_diag @ l_diag
+    totals = k_rows.sum() * l_rows.sum() / ((n - 1) * (n - 2))
+    same = (3 - n) * (k_rows @ l_rows + k_cols @ l_cols)
+    crossed = k_rows @ l_cols + k_cols @ l_rows
+    return (off_diagonal + totals + (same - crossed) / (n - 2) ** 2) / (n * (n - 3))
+
+
+def hsic1_from_grams(k: Tensor, l: Tensor) -> Tensor:  # noqa: E741
+    """[HSIC_1(K, L), HSIC_1(K, K), HSIC_1(L, L)] in float64 from two n x n Gram matrices, n >= 4.
+
+    Song et al.'s formula on K~ (K with a zero diagonal), one pass over the matrices per product and
+    no U-centred matrix; equal to ``u_inner(u_centered(k), u_centered(l))`` and its two companions.
+    Pass Grams of column-centred features (:func:`linear_gram`): uncentred float32 Grams lose the
+    result to cancellation.
+    """
+    k, l = k.double(), l.double()  # noqa: E741
+    ks, ls = _zero_diagonal_sums(k), _zero_diagonal_sums(l)
+    return torch.stack(
+        [
+            _song_hsic(_dot(k, l), ks, ls),
+            _song_hsic(_dot(k, k), ks, ks),
+            _song_hsic(_dot(l, l), ls, ls),
+        ]
+    )
+
+
+def _zero_diagonal_sums(k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    diag = k.diagonal()
+    return diag, k.sum(1) - diag, k.sum(0) - diag
+
+
+def hsic1_from_features(x: Tensor, y: Tensor) -> Tensor:
+    """[HSIC_1(K, L), HSIC_1(K, K), HSIC_1(L, L)] in float64 for K = X X^T, L = Y Y^T, n >= 4.
+
+    Without any n x n matrix: <K, L> = ||Y^T X||_F^2, diag(K)_i = ||x_i||^2 and K~1 = X (X^T 1) -
+    diag(K), so the cost is the three d x d products, O(n (d_x d_y + d_x^2 + d_y^2)) instead of the
+    Grams' O(n^2 (d_x + d_y)): cheaper when d < 2n/3 or so. ``x`` and ``y`` must be column-centred
+    (without centring the diagonal terms dwarf the rest and the subtraction loses the result).
+    The products keep the inputs' dtype; norms and sums are accumulated in float64.
+    """
+    xs, ys = _feature_sums(x), _feature_sums(y)
+    kl, kk, ll = _sq_frobenius(y.T @ x), _sq_frobenius_self(x), _sq_frobenius_self(y)
+    return torch.stack([_song_hsic(kl, xs, ys), _song_hsic(kk, xs, xs), _song_hsic(ll, ys, ys)])
+
+
+def _feature_sums(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Diagonal, row and column sums of X X^T with a zero diagonal (rows = columns: symmetric)."""
+    diag = torch.linalg.vector_norm(x, dim=1, dtype=torch.float64).square()
+    # X^T 1 is rounding noise once the columns are centred: X (X^T 1) in x's dtype is plenty.
+    rows = torch.mv(x, x.sum(0)).double() - diag
+    return diag, rows, rows
+
+
+def _sq_frobenius(m: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(m, dtype=torch.float64).square()
+
+
+def _sq_frobenius_self(x: Tensor) -> Tensor:
+    """||X^T X||_F^2 from the blocks on and above the diagonal: 3/4 of the multiply-adds."""
+    if x.shape[1] < 128:  # below this the saving is lost to the extra calls
+        return _sq_frobenius(x.T @ x)
+    a, b = x.chunk(2, dim=1)
+    return _sq_frobenius(a.T @ a) + 2 * _sq_frobenius(a.T @ b) + _sq_frobenius(b.T @ b)
+
+
+def _feature_space_cost(n: int, dx: int, dy: int) -> float:
+    """Multiply-adds of the three d x d products over those of the two n x n Grams."""
+    return (dx * dy + dx * dx + dy * dy) / (n * (dx + dy))
 
 
 def _cka_inputs(x: ArrayLike, y: ArrayLike, debiased: bool) -> tuple[Tensor, Tensor]:
@@ -290,13 +403,17 @@ def _cka_inputs(x: ArrayLike, y: ArrayLike, debiased: bool) -> tuple[Tensor, Ten
 def linear_cka(x: ArrayLike, y: ArrayLike, debiased: bool = False) -> Tensor:
     """Linear CKA (Kornblith et al. 2019), biased or debiased (unbiased HSIC of Song et al. 2012).
 
-    Biased CKA with fewer features than examples uses the feature-space form
-    ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F); otherwise the n x n Gram form. The biased
-    estimator is inflated when d >> n: prefer ``debiased=True`` there (n >= 4).
+    With fewer features than examples both estimators use d x d products of the centred features
+    (biased: ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F); debiased:
+    :func:`hsic1_from_features`); otherwise the n x n Gram form. The biased estimator is inflated
+    when d >> n: prefer ``debiased=True`` there (n >= 4).
     """
     x, y = _cka_inputs(x, y, debiased)
-    if not debiased and max(x.shape[1], y.shape[1]) < x.shape[0]:
-        xc, yc = x - x.mean(0, keepdim=True), y - y.mean(0, keepdim=True)
+    n, dx, dy = x.shape[0], x.shape[1], y.shape[1]
+    if debiased and _feature_space_cost(n, dx, dy) < 1:
+        return _debiased_ratio(*hsic1_from_features(_centred(x), _centred(y)))
+    if not debiased and max(dx, dy) < n:
+        xc, yc = _centred(x), _centred(y)
         cross = (yc.T @ xc).pow(2).sum()
         return cross / ((xc.T @ xc).pow(2).sum() * (yc.T @ yc).pow(2).sum()).sqrt()
     return cka_from_grams(linear_gram(x), linear_gram(y), debiased)
@@ -330,21 +447,46 @@ class MinibatchCKA:
 
     @torch.no_grad()
     def update(self, x: ArrayLike, y: ArrayLike) -> None:
+        """Add a batch of features; float32 features get float32 products unless float64 is cheap.
+
+        Columns are centred first (U-centring ignores per-column offsets, so this is exact, and it
+        keeps float32 products accurate). HSIC_1 then comes from the d x d products
+        (:func:`hsic1_from_features`) when those are cheaper than the Grams, else from the Grams
+        (:func:`hsic1_from_grams`). The products are float32 for float32 features, except when
+        float64 ones (~3x dearer on CPU) still cost no more than the float32 Grams. Against
+        float64, float32 Grams move CKA by ~5e-9 and float32 d x d products by ~1e-7 (their
+        sums run over n rather than d; tested); everything after the products is float64.
+        """
         x = as_features(x, f"{self.name} (x)", float64=False)
         y = as_features(y, f"{self.name} (y)", float64=False)
         n = check_pair(x, y, 1)
         if n < 4:
             self.skipped_examples += n
             return
-        self.update_centred(
-            u_centered(linear_gram(x), inplace=True), u_centered(linear_gram(y), inplace=True)
-        )
+        cost = _feature_space_cost(n, x.shape[1], y.shape[1])
+        if cost < 1 / 3:
+            x, y = x.double(), y.double()
+        if cost < 1:
+            self._add(hsic1_from_features(_centred(x), _centred(y)), n)
+        else:
+            self._add(hsic1_from_grams(linear_gram(x), linear_gram(y)), n)
+
+    @torch.no_grad()
+    def update_grams(self, k: Tensor, l: Tensor) -> None:  # noqa: E741
+        """Add a batch given its Gram matrices (:func:`linear_gram`; callers may share one).
+
+        Cheaper than :meth:`update_centred`: no U-centred matrix is formed.
+        """
+        self._add(hsic1_from_grams(k, l), k.shape[0])
 
     @torch.no_grad()
     def update_centred(self, ku: Tensor, lu: Tensor) -> None:
         """Add a batch given its U-centred Gram matrices (callers may share one across pairs)."""
-        self._sums += torch.stack([u_inner(ku, lu), u_inner(ku, ku), u_inner(lu, lu)]).cpu()
-        self.n += ku.shape[0]
+        self._add(torch.stack([u_inner(ku, lu), u_inner(ku, ku), u_inner(lu, lu)]), ku.shape[0])
+
+    def _add(self, hsic: Tensor, n: int) -> None:
+        self._sums += hsic.cpu()
+        self.n += n
         self.batches += 1
 
     def compute(self) -> float:
