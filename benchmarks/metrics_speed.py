@@ -80,7 +80,7 @@ def bench_dcor(sizes: list[int]) -> None:
     import dcor.distances
     import numpy as np
 
-    from kdscope.metrics import similarity as sim
+    from kdscope.metrics import dcor as dc
 
     shipped = dcor.distances._can_be_numpy_double
 
@@ -114,7 +114,7 @@ def bench_dcor(sizes: list[int]) -> None:
             ("partial_distance_correlation", (x, y, z), (xn, yn, zn)),
         ]
         for name, ours_args, ref_args in cases:
-            ours, ref = getattr(sim, name), getattr(dcor, name)
+            ours, ref = getattr(dc, name), getattr(dcor, name)
             t_ours, v_ours = _best_time(lambda f=ours, a=ours_args: f(*a).item(), repeats)
             t_sci, v_sci = _best_time(lambda f=with_scipy(ref), a=ref_args: float(f(*a)), repeats)
             diff = abs(v_ours - v_sci)

@@ -11,7 +11,7 @@ from kdscope.explain.relevance import (
     unnormalize,
 )
 from kdscope.features import FeatureTap
-from kdscope.metrics.similarity import u_distance_correlation_sqr
+from kdscope.metrics.dcor import u_distance_correlation_sqr
 from kdscope.models import create_model
 
 MEAN, STD = [0.4], [0.3]

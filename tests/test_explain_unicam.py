@@ -7,7 +7,7 @@ from torch import nn
 from kdscope.explain.gradcam import grad_cam
 from kdscope.explain.unicam import unicam
 from kdscope.features import FeatureTap
-from kdscope.metrics.similarity import semipartial_distance_correlation
+from kdscope.metrics.dcor import semipartial_distance_correlation
 from kdscope.models import create_model
 
 

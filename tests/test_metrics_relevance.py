@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kdscope.metrics import relevance
+from kdscope.metrics.dcor import distance_correlation_sqr, u_distance_correlation_sqr
 from kdscope.metrics.relevance import (
     BatchedDistanceCorrelation,
     RelevanceAccumulator,
@@ -13,7 +14,6 @@ from kdscope.metrics.relevance import (
     label_embeddings,
     relevance_score,
 )
-from kdscope.metrics.similarity import distance_correlation_sqr, u_distance_correlation_sqr
 
 
 def _features(seed: int = 0, n: int = 48):

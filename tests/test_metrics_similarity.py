@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from kdscope.metrics import dcor as dc
+from kdscope.metrics import matrices as mx
 from kdscope.metrics import similarity as sim
+from kdscope.metrics.matrices import ZeroVarianceError
 from kdscope.metrics.similarity import (
     MinibatchCKA,
     StreamingLinearCKA,
-    ZeroVarianceError,
     cka_from_grams,
     linear_cka,
     pairwise_distances,
@@ -72,7 +74,7 @@ def test_dcor_reference_values(dcor_data):
     }
     arrays = {"x": x, "y": y, "z": z, "g": g}
     for (name, args), value in expected.items():
-        got = getattr(sim, name)(*(arrays[a] for a in args)).item()
+        got = getattr(dc, name)(*(arrays[a] for a in args)).item()
         assert got == pytest.approx(value, abs=1e-11), name
 
 
@@ -86,51 +88,49 @@ def test_dcor_oracle(shape):
     y = np.tanh(flat_x[:, :1]) + rng.normal(size=(n, dy))
     z = flat_x[:, -1:] ** 2 + rng.normal(size=(n, 2))
     for name in DCOR_FUNCTIONS_2:
-        ours = getattr(sim, name)(x, y).item()
+        ours = getattr(dc, name)(x, y).item()
         assert ours == pytest.approx(float(getattr(dcor, name)(flat_x, y)), abs=1e-9), name
     for name in DCOR_FUNCTIONS_3:
-        ours = getattr(sim, name)(x, y, z).item()
+        ours = getattr(dc, name)(x, y, z).item()
         assert ours == pytest.approx(float(getattr(dcor, name)(flat_x, y, z)), abs=1e-9), name
 
 
 def test_semipartial_is_correlation_of_residual(dcor_data):
     x, y, z, _ = dcor_data
-    a, b, c = (sim.u_centered(pairwise_distances(v)) for v in (x, y, z))
-    residual = a - sim.u_inner(a, c) / sim.u_inner(c, c) * c
-    expected = (
-        sim.u_inner(residual, b) / (sim.u_inner(residual, residual) * sim.u_inner(b, b)).sqrt()
-    )
-    got = sim.semipartial_distance_correlation(x, y, z)
+    a, b, c = (mx.u_centered(pairwise_distances(v)) for v in (x, y, z))
+    residual = a - mx.u_inner(a, c) / mx.u_inner(c, c) * c
+    expected = mx.u_inner(residual, b) / (mx.u_inner(residual, residual) * mx.u_inner(b, b)).sqrt()
+    got = dc.semipartial_distance_correlation(x, y, z)
     assert got.item() == pytest.approx(expected.item(), abs=1e-12)
     # Projecting z out of x only: |semi-partial| <= |partial| * sqrt(1 - R*yz^2) <= 1, and differs.
-    assert got.item() != pytest.approx(sim.partial_distance_correlation(x, y, z).item(), abs=1e-3)
+    assert got.item() != pytest.approx(dc.partial_distance_correlation(x, y, z).item(), abs=1e-3)
 
 
 def test_pdcor_identities(dcor_data):
     x, y, z, _ = dcor_data
-    pdcov = sim.partial_distance_covariance
+    pdcov = dc.partial_distance_covariance
     via_cov = pdcov(x, y, z) / (pdcov(x, x, z) * pdcov(y, y, z)).sqrt()
-    assert sim.partial_distance_correlation(x, y, z).item() == pytest.approx(
+    assert dc.partial_distance_correlation(x, y, z).item() == pytest.approx(
         via_cov.item(), abs=1e-12
     )
-    assert sim.partial_distance_correlation(x, x, z).item() == pytest.approx(1.0, abs=1e-12)
-    assert sim.partial_distance_correlation(x, z, z).item() == 0.0
-    assert sim.partial_distance_covariance(x, z, z).item() == pytest.approx(0.0, abs=1e-12)
+    assert dc.partial_distance_correlation(x, x, z).item() == pytest.approx(1.0, abs=1e-12)
+    assert dc.partial_distance_correlation(x, z, z).item() == 0.0
+    assert dc.partial_distance_covariance(x, z, z).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_debiased_cka_with_negative_distance_kernel_is_rstar(dcor_data):
     x, y, _, _ = dcor_data
     cka = cka_from_grams(-pairwise_distances(x), -pairwise_distances(y), debiased=True)
-    assert cka.item() == pytest.approx(sim.u_distance_correlation_sqr(x, y).item(), abs=1e-12)
+    assert cka.item() == pytest.approx(dc.u_distance_correlation_sqr(x, y).item(), abs=1e-12)
 
 
 def test_independent_samples_dcor_near_zero():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(400, 3, generator=g, dtype=torch.float64)
     y = torch.randn(400, 2, generator=g, dtype=torch.float64)
-    assert abs(sim.u_distance_correlation_sqr(x, y).item()) < 0.01
+    assert abs(dc.u_distance_correlation_sqr(x, y).item()) < 0.01
     # The V-statistic is biased upwards: clearly positive on the same data.
-    assert sim.distance_correlation_sqr(x, y).item() > 0.01
+    assert dc.distance_correlation_sqr(x, y).item() > 0.01
 
 
 @pytest.mark.parametrize("cka", [linear_cka, rbf_cka])
@@ -231,12 +231,12 @@ def test_pairwise_distances_and_gradients():
     leaf = x.clone().requires_grad_(True)
     y = torch.randn(11, 2, generator=g, dtype=torch.float64)
     z = torch.randn(11, 3, generator=g, dtype=torch.float64)
-    for fn in (sim.distance_correlation, sim.u_distance_correlation_sqr, linear_cka, rbf_cka):
+    for fn in (dc.distance_correlation, dc.u_distance_correlation_sqr, linear_cka, rbf_cka):
         leaf.grad = None
         fn(leaf, y).backward()
         assert torch.isfinite(leaf.grad).all(), fn.__name__
     leaf.grad = None
-    sim.semipartial_distance_correlation(leaf, y, z).backward()
+    dc.semipartial_distance_correlation(leaf, y, z).backward()
     assert torch.isfinite(leaf.grad).all() and leaf.grad.abs().sum() > 0
     smooth = pairwise_distances(x, eps=1e-12)
     assert torch.allclose(smooth, d, atol=1e-5)
@@ -247,16 +247,16 @@ def test_gradcheck_rstar_and_cka():
     x = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.randn(7, 2, generator=g, dtype=torch.float64)
     z = torch.randn(7, 2, generator=g, dtype=torch.float64)
-    assert torch.autograd.gradcheck(lambda a: sim.u_distance_correlation_sqr(a, y), (x,))
-    assert torch.autograd.gradcheck(lambda a: sim.semipartial_distance_correlation(a, y, z), (x,))
+    assert torch.autograd.gradcheck(lambda a: dc.u_distance_correlation_sqr(a, y), (x,))
+    assert torch.autograd.gradcheck(lambda a: dc.semipartial_distance_correlation(a, y, z), (x,))
     assert torch.autograd.gradcheck(lambda a: linear_cka(a, y, debiased=True), (x,))
 
 
 def test_float32_tensor_and_numpy_inputs_agree():
     rng = np.random.default_rng(8)
     x, y = rng.normal(size=(20, 5)), rng.normal(size=(20, 3))
-    from_numpy = sim.distance_correlation(x, y)
-    from_torch = sim.distance_correlation(torch.from_numpy(x), torch.from_numpy(y))
+    from_numpy = dc.distance_correlation(x, y)
+    from_torch = dc.distance_correlation(torch.from_numpy(x), torch.from_numpy(y))
     assert from_numpy.dtype == torch.float64
     assert from_numpy.item() == from_torch.item()
 
@@ -268,15 +268,15 @@ def test_bad_input():
     with pytest.raises(ValueError, match="n >= 4"):
         linear_cka(x[:3], x[:3], debiased=True)
     with pytest.raises(ValueError, match="n >= 4"):
-        sim.u_distance_correlation_sqr(x[:3], x[:3])
+        dc.u_distance_correlation_sqr(x[:3], x[:3])
     bad = x.clone()
     bad[2, 1] = float("nan")
     with pytest.raises(ValueError, match="y has 1 NaN or inf"):
-        sim.distance_correlation(x, bad)
+        dc.distance_correlation(x, bad)
     with pytest.raises(ZeroVarianceError, match="y is constant"):
         linear_cka(x, torch.ones(10, 3))
     with pytest.raises(ZeroVarianceError, match="z is constant"):
-        sim.partial_distance_correlation(x, x + 1, torch.zeros(10, 1))
+        dc.partial_distance_correlation(x, x + 1, torch.zeros(10, 1))
     with pytest.raises(ValueError, match="threshold must be > 0"):
         rbf_cka(x, x, threshold=0)
     with pytest.raises(ValueError, match="scalar"):
@@ -288,8 +288,8 @@ def test_bad_input():
 
 
 def _u_inner_triple(k, l):  # noqa: E741
-    ku, lu = sim.u_centered(k), sim.u_centered(l)
-    return torch.stack([sim.u_inner(ku, lu), sim.u_inner(ku, ku), sim.u_inner(lu, lu)])
+    ku, lu = mx.u_centered(k), mx.u_centered(l)
+    return torch.stack([mx.u_inner(ku, lu), mx.u_inner(ku, ku), mx.u_inner(lu, lu)])
 
 
 def test_hsic1_from_grams_and_features_equal_the_u_centred_inner_products():
@@ -334,7 +334,7 @@ def test_minibatch_cka_paths_stay_exact_on_uncentred_post_relu_float32(n, d):
     by_grams, by_u_centred = MinibatchCKA(), MinibatchCKA()
     by_grams.update_grams(sim.linear_gram(x), sim.linear_gram(y))
     by_u_centred.update_centred(
-        sim.u_centered(sim.linear_gram(x)), sim.u_centered(sim.linear_gram(y))
+        mx.u_centered(sim.linear_gram(x)), mx.u_centered(sim.linear_gram(y))
     )
     assert by_grams.compute() == pytest.approx(by_u_centred.compute(), abs=1e-12)
     assert by_grams.compute() == pytest.approx(exact, abs=1e-7)
@@ -355,4 +355,4 @@ def test_pairwise_distances_gradient():
 def test_large_finite_values_are_not_taken_for_inf():
     x = torch.full((4, 3), 3e38)  # float32 entries whose sum overflows
     x[0, 0] = 1e38
-    assert sim.as_features(x, float64=False).dtype == torch.float32
+    assert mx.as_features(x, float64=False).dtype == torch.float32

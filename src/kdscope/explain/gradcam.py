@@ -150,7 +150,7 @@ def _check_spatial(acts: Tensor, layer: str) -> None:
     if acts.ndim != 4:
         raise ValueError(
             f"Grad-CAM needs a spatial layer with (B, C, h, w) output; {layer!r} gives shape "
-            f"{tuple(acts.shape)}. Choose a convolutional stage (e.g. one of model.feature_layers)."
+            f"{tuple(acts.shape)}. Choose a convolutional stage (one of the ModelInfo stages)."
         )
 
 

@@ -29,8 +29,8 @@ from kdscope.explain.gradcam import grad_cam, layer_features
 from kdscope.explain.road import road_keep_top
 from kdscope.explain.unicam import batch_composition, unicam
 from kdscope.features import pair_layers
+from kdscope.metrics.matrices import ZeroVarianceError
 from kdscope.metrics.relevance import ESTIMATOR_NAMES, ESTIMATORS
-from kdscope.metrics.similarity import ZeroVarianceError
 from kdscope.models import describe
 
 Estimator = Literal["bias_corrected", "v_statistic"]

@@ -28,12 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from kdscope.explain.gradcam import cam_from, layer_features
-from kdscope.metrics.similarity import (
-    pairwise_distances,
-    u_centered,
-    u_correlation,
-    u_inner,
-)
+from kdscope.metrics.matrices import u_centered, u_correlation, u_inner
+from kdscope.metrics.similarity import pairwise_distances
 
 UNIQUE_TOLERANCE = 1e-10
 

@@ -8,7 +8,25 @@ from kdscope.metrics.agreement import (
     agreement,
     kl_per_example,
 )
+from kdscope.metrics.dcor import (
+    distance_correlation,
+    distance_correlation_sqr,
+    distance_covariance,
+    distance_covariance_sqr,
+    partial_distance_correlation,
+    partial_distance_covariance,
+    semipartial_distance_correlation,
+    u_distance_correlation_sqr,
+    u_distance_covariance_sqr,
+)
 from kdscope.metrics.evaluator import METRICS, EvaluationResult, Evaluator, evaluate
+from kdscope.metrics.matrices import (
+    ZeroVarianceError,
+    double_centered,
+    u_centered,
+    u_correlation,
+    u_inner,
+)
 from kdscope.metrics.relevance import (
     BatchedDistanceCorrelation,
     BatchedScore,
@@ -30,24 +48,10 @@ from kdscope.metrics.retention import (
 from kdscope.metrics.similarity import (
     MinibatchCKA,
     StreamingLinearCKA,
-    ZeroVarianceError,
     cka_from_grams,
-    distance_correlation,
-    distance_correlation_sqr,
-    distance_covariance,
-    distance_covariance_sqr,
-    double_centered,
     linear_cka,
     pairwise_distances,
-    partial_distance_correlation,
-    partial_distance_covariance,
     rbf_cka,
-    semipartial_distance_correlation,
-    u_centered,
-    u_correlation,
-    u_distance_correlation_sqr,
-    u_distance_covariance_sqr,
-    u_inner,
 )
 
 __all__ = [

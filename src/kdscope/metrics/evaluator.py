@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdscope.data import collate
 from kdscope.features import FeatureTap, pair_layers
 from kdscope.metrics.agreement import AgreementAccumulator, AgreementResult
+from kdscope.metrics.matrices import as_features, u_centered
 from kdscope.metrics.relevance import (
     ESTIMATOR_NAMES,
     BatchedDistanceCorrelation,
@@ -28,7 +29,7 @@ from kdscope.metrics.relevance import (
     label_embeddings,
 )
 from kdscope.metrics.retention import KRSResult, OutputAgreement, krs_from_components
-from kdscope.metrics.similarity import MinibatchCKA, as_features, linear_gram, u_centered
+from kdscope.metrics.similarity import MinibatchCKA, linear_gram
 from kdscope.models import describe
 
 METRICS = ("agreement", "krs", "fss", "rs")

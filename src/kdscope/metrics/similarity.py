@@ -1,255 +1,30 @@
-"""Representation similarity: the CKA family and distance correlation (dCor, R*, partial dCor).
+"""Representation similarity: the CKA family (Kornblith et al. 2019: linear, RBF, debiased,
+minibatch, streaming); the checks and centring it shares with distance correlation are in
+:mod:`kdscope.metrics.matrices`.
 
 Every function takes torch tensors or numpy arrays of shape (n, ...) (higher-rank features are
 flattened per example), computes in float64 and returns a 0-dim float64 tensor that carries
 gradients when its inputs do. Float64 throughout because the centring steps subtract large, nearly
-equal numbers (metrics.md, pitfalls); distances are never built as an n x n x d difference tensor.
-
-dCor names and meanings follow the ``dcor`` package (Székely & Rizzo 2007, 2014); unlike ``dcor``,
-constant inputs raise :class:`ZeroVarianceError` instead of returning 0.
+equal numbers (metrics.md, pitfalls). Constant inputs raise :class:`ZeroVarianceError`.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-ArrayLike = Tensor | np.ndarray
-
-
-class ZeroVarianceError(ValueError):
-    """Features that do not vary over the examples: any similarity with them is undefined (0/0)."""
-
-
-def as_features(x: ArrayLike, name: str = "x", float64: bool = True) -> Tensor:
-    """``x`` as an (n, d) float64 tensor, flattened per example.
-
-    ``float64=False`` keeps float32 (half and bfloat16 become float32) for :func:`linear_gram`.
-    NaN or inf raise a ValueError naming ``name`` (a layer, in the Evaluator).
-    """
-    t = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
-    if t.ndim == 0:
-        raise ValueError(f"{name} must have one row per example, got a scalar")
-    wide = float64 or t.dtype == torch.float64
-    t = t.reshape(t.shape[0], -1).to(torch.float64 if wide else torch.float32)
-    # One reduction instead of an n x d mask: a finite sum means finite entries.
-    if not torch.isfinite(t.detach().sum()):
-        bad = (~torch.isfinite(t.detach())).sum().item()
-        if bad:
-            raise ValueError(f"{name} has {bad} NaN or inf values (of {t.numel()})")
-    return t
-
-
-def check_pair(x: Tensor, y: Tensor, min_n: int, names: tuple[str, str] = ("x", "y")) -> int:
-    """Common sample count of ``x`` and ``y``, checked against ``min_n``."""
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"{names[0]} and {names[1]} must have the same number of examples, "
-            f"got {x.shape[0]} and {y.shape[0]}"
-        )
-    n = x.shape[0]
-    if n < min_n:
-        raise ValueError(f"this estimator needs n >= {min_n} examples, got n = {n}")
-    return n
-
-
-def check_varies(x: Tensor, name: str = "x") -> None:
-    """Raise :class:`ZeroVarianceError` when all rows of ``x`` are equal."""
-    if bool((x.detach() == x.detach()[:1]).all()):
-        raise ZeroVarianceError(
-            f"{name} is constant over its {x.shape[0]} examples (zero variance): "
-            "the similarity is undefined"
-        )
-
-
-def pairwise_distances(x: ArrayLike, eps: float = 0.0) -> Tensor:
-    """n x n Euclidean distance matrix of the rows of ``x`` (float64, zero diagonal).
-
-    Uses ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j on column-centred rows, clamped at 0, so memory is
-    O(n^2 + nd). The square root has a zero gradient at zero distance (never NaN); ``eps > 0`` is
-    added inside it to smooth the gradient of near-coincident points, at the price of a bias of
-    about eps / (2 distance). Differentiable once (no gradient of the gradient).
-    """
-    return _distances(as_features(x), eps)
-
-
-def _distances(x: Tensor, eps: float = 0.0) -> Tensor:
-    return _Distances.apply(x, eps)
-
-
-class _Distances(torch.autograd.Function):
-    """Distance matrix with a closed-form gradient: one n x n by n x d product in the backward.
-
-    With W = (G + G^T) / D off the zero distances (G the incoming gradient), d loss / d X =
-    (diag(W 1) - W) X, a graph Laplacian times X: zero where points coincide, and the same for
-    centred and raw X because the Laplacian annihilates constant columns. Autograd through the
-    centring, the squared norms and the product took 2-3x longer (forward and backward), much of
-    it allocating n x d temporaries.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, eps: float) -> Tensor:
-        x = x - x.mean(0, keepdim=True)
-        sq_norms = torch.linalg.vector_norm(x, dim=1).square_()
-        sq = torch.addmm(sq_norms[:, None] + sq_norms[None, :], x, x.T, alpha=-2.0)
-        # Each pass over an n x n matrix costs about as much as the product: work in place.
-        # The diagonal is zeroed after the square root: rounding leaves ~1e-13 there.
-        d = sq.clamp_min_(0.0).add_(eps).sqrt_().fill_diagonal_(0.0)
-        ctx.save_for_backward(x, d)
-        return d
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        x, d = ctx.saved_tensors
-        laplacian = (grad + grad.T).div_(d).masked_fill_(d == 0, 0.0).neg_()
-        laplacian.diagonal().sub_(laplacian.sum(1))
-        return laplacian @ x, None
-
-
-def double_centered(d: Tensor, inplace: bool = False) -> Tensor:
-    """A_ij = d_ij - mean_i. - mean_.j + mean_.. (Székely et al. 2007).
-
-    ``inplace`` overwrites ``d`` (saves an n x n copy; only for a ``d`` autograd does not need).
-    """
-    rows, cols = d.mean(1, keepdim=True), d.mean(0, keepdim=True)
-    out = d if inplace else d.clone()
-    return out.sub_(rows).sub_(cols).add_(rows.mean())
-
-
-def u_centered(d: Tensor, inplace: bool = False) -> Tensor:
-    """U-centred matrix of Székely & Rizzo 2014 (``d``'s diagonal is ignored; the result's is 0).
-
-    A~_ij = d_ij - sum_l d_il/(n-2) - sum_k d_kj/(n-2) + sum_kl d_kl/((n-1)(n-2)) for i != j.
-    ``inplace`` overwrites ``d`` (saves an n x n copy; only for a ``d`` autograd does not need).
-    """
-    n = d.shape[0]
-    if n < 3:
-        raise ValueError(f"U-centring needs n >= 3 examples, got n = {n}")
-    out = (d if inplace else d.clone()).fill_diagonal_(0.0)
-    rows = out.sum(1, keepdim=True) / (n - 2)
-    cols = out.sum(0, keepdim=True) / (n - 2)
-    total = rows.sum() / (n - 1)
-    return out.sub_(rows).sub_(cols).add_(total).fill_diagonal_(0.0)
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return a.reshape(-1) @ b.reshape(-1)
-
-
-def u_inner(a: Tensor, b: Tensor) -> Tensor:
-    """Inner product of U-centred matrices: sum_{i != j} a_ij b_ij / (n (n - 3)), n >= 4."""
-    n = a.shape[0]
-    if n < 4:
-        raise ValueError(f"the U-statistic needs n >= 4 examples, got n = {n}")
-    return (_dot(a, b) - a.diagonal() @ b.diagonal()) / (n * (n - 3))
-
-
-def u_correlation(a: Tensor, b: Tensor) -> Tensor:
-    """<a, b> / sqrt(<a, a> <b, b>) in the space of U-centred matrices (can be negative)."""
-    denominator = u_inner(a, a) * u_inner(b, b)
-    if denominator.item() <= 0:
-        raise ZeroVarianceError("a U-centred matrix has zero norm: the correlation is undefined")
-    return u_inner(a, b) / denominator.sqrt()
-
-
-def _distance_matrices(*arrays: ArrayLike, names: str, centre, min_n: int) -> list[Tensor]:
-    feats = [as_features(a, name) for a, name in zip(arrays, names, strict=True)]
-    for other, name in zip(feats[1:], names[1:], strict=True):
-        check_pair(feats[0], other, min_n, (names[0], name))
-    for f, name in zip(feats, names, strict=True):
-        check_varies(f, name)
-    return [centre(d, inplace=not d.requires_grad) for d in map(_distances, feats)]
-
-
-def distance_covariance_sqr(x: ArrayLike, y: ArrayLike) -> Tensor:
-    """V-statistic dCov^2_n(x, y) = sum A * B / n^2 (Székely et al. 2007)."""
-    a, b = _distance_matrices(x, y, names="xy", centre=double_centered, min_n=2)
-    return _dot(a, b) / a.numel()
-
-
-def distance_covariance(x: ArrayLike, y: ArrayLike) -> Tensor:
-    """dCov_n(x, y), the square root of :func:`distance_covariance_sqr`."""
-    return distance_covariance_sqr(x, y).clamp_min(0.0).sqrt()
-
-
-def distance_correlation_sqr(x: ArrayLike, y: ArrayLike) -> Tensor:
-    """V-statistic dCor^2 = dCov^2(x, y) / sqrt(dCov^2(x, x) dCov^2(y, y)), in [0, 1]."""
-    a, b = _distance_matrices(x, y, names="xy", centre=double_centered, min_n=2)
-    return _dot(a, b) / (_dot(a, a) * _dot(b, b)).sqrt()
-
-
-def distance_correlation(x: ArrayLike, y: ArrayLike) -> Tensor:
-    """dCor(x, y), the square root of :func:`distance_correlation_sqr`."""
-    return distance_correlation_sqr(x, y).clamp_min(0.0).sqrt()
-
-
-def u_distance_covariance_sqr(x: ArrayLike, y: ArrayLike) -> Tensor:
-    """Unbiased dCov^2: <A~, B~> with U-centred distance matrices (Székely & Rizzo 2014), n >= 4."""
-    a, b = _distance_matrices(x, y, names="xy", centre=u_centered, min_n=4)
-    return u_inner(a, b)
-
-
-def u_distance_correlation_sqr(x: ArrayLike, y: ArrayLike) -> Tensor:
-    """Bias-corrected dCor^2, R*(x, y) = <A~, B~> / sqrt(<A~, A~> <B~, B~>); may be < 0; n >= 4."""
-    a, b = _distance_matrices(x, y, names="xy", centre=u_centered, min_n=4)
-    return u_correlation(a, b)
-
-
-def _project_out(a: Tensor, c: Tensor) -> Tensor:
-    """a minus its projection on c in the space of U-centred matrices (c = 0 projects nothing)."""
-    cc = u_inner(c, c)
-    return a if cc.item() == 0 else a - (u_inner(a, c) / cc) * c
-
-
-def partial_distance_covariance(x: ArrayLike, y: ArrayLike, z: ArrayLike) -> Tensor:
-    """pdCov(x, y; z) = <P_z(A~), P_z(B~)>, P_z the projection orthogonal to C~.
-
-    Székely & Rizzo (2014), Annals of Statistics 42(6).
-    """
-    a, b, c = _distance_matrices(x, y, z, names="xyz", centre=u_centered, min_n=4)
-    return u_inner(_project_out(a, c), _project_out(b, c))
-
-
-def _clipped_correlation(a: Tensor, b: Tensor) -> Tensor:
-    return u_correlation(a, b).clamp(-1.0, 1.0)
-
-
-def partial_distance_correlation(x: ArrayLike, y: ArrayLike, z: ArrayLike) -> Tensor:
-    """pdCor(x, y; z) = (R*xy - R*xz R*yz) / sqrt((1 - R*xz^2)(1 - R*yz^2)), in [-1, 1].
-
-    As in ``dcor``, the value is 0 when x or y is entirely explained by z (a zero denominator).
-    """
-    a, b, c = _distance_matrices(x, y, z, names="xyz", centre=u_centered, min_n=4)
-    r_xy, r_xz, r_yz = (
-        _clipped_correlation(a, b),
-        _clipped_correlation(a, c),
-        _clipped_correlation(b, c),
-    )
-    denominator = (1 - r_xz**2) * (1 - r_yz**2)
-    if denominator.item() <= 0:
-        return torch.zeros((), dtype=torch.float64)
-    return (r_xy - r_xz * r_yz) / denominator.sqrt()
-
-
-def semipartial_distance_correlation(x: ArrayLike, y: ArrayLike, z: ArrayLike) -> Tensor:
-    """Semi-partial dCor: R* between P_z(A~) (x with z projected out) and B~ (y untouched).
-
-    Equals (R*xy - R*xz R*yz) / sqrt(1 - R*xz^2). UniCAM's objective (Adhane et al.) with x the
-    student's features, z the base model's and y the label embeddings. 0 when z explains x entirely.
-    """
-    a, b, c = _distance_matrices(x, y, z, names="xyz", centre=u_centered, min_n=4)
-    r_xy, r_xz, r_yz = (
-        _clipped_correlation(a, b),
-        _clipped_correlation(a, c),
-        _clipped_correlation(b, c),
-    )
-    denominator = 1 - r_xz**2
-    if denominator.item() <= 0:
-        return torch.zeros((), dtype=torch.float64)
-    return (r_xy - r_xz * r_yz) / denominator.sqrt()
+from kdscope.metrics.matrices import (
+    ArrayLike,
+    ZeroVarianceError,
+    as_features,
+    check_pair,
+    check_varies,
+    double_centered,
+    matrix_dot,
+    pairwise_distances,
+    u_centered,
+    u_inner,
+)
 
 
 def _median(values: Tensor) -> Tensor:
@@ -298,7 +73,7 @@ def cka_from_grams(k: Tensor, l: Tensor, debiased: bool = False) -> Tensor:  # n
         ku, lu = u_centered(k), u_centered(l)
         return _debiased_ratio(u_inner(ku, lu), u_inner(ku, ku), u_inner(lu, lu))
     kc, lc = double_centered(k), double_centered(l)
-    return _dot(kc, lc) / (_dot(kc, kc) * _dot(lc, lc)).sqrt()
+    return matrix_dot(kc, lc) / (matrix_dot(kc, kc) * matrix_dot(lc, lc)).sqrt()
 
 
 def _debiased_ratio(kl: Tensor, kk: Tensor, ll: Tensor) -> Tensor:
@@ -341,9 +116,9 @@ def hsic1_from_grams(k: Tensor, l: Tensor) -> Tensor:  # noqa: E741
     ks, ls = _zero_diagonal_sums(k), _zero_diagonal_sums(l)
     return torch.stack(
         [
-            _song_hsic(_dot(k, l), ks, ls),
-            _song_hsic(_dot(k, k), ks, ks),
-            _song_hsic(_dot(l, l), ls, ls),
+            _song_hsic(matrix_dot(k, l), ks, ls),
+            _song_hsic(matrix_dot(k, k), ks, ks),
+            _song_hsic(matrix_dot(l, l), ls, ls),
         ]
     )
 
