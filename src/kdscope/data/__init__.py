@@ -19,7 +19,7 @@ from kdscope.data import (  # noqa: F401  (register the datasets and augmentatio
 )
 from kdscope.data.bundle import BatchAugment, DataBundle
 from kdscope.data.labels import check_labels, to_device
-from kdscope.data.memory import InMemoryDataset, collate
+from kdscope.data.memory import InMemoryDataset, collate, fetch
 from kdscope.data.registry import (
     DATASETS,
     DEFAULT_DATA_DIR,
@@ -45,6 +45,7 @@ __all__ = [
     "carve_splits",
     "check_labels",
     "collate",
+    "fetch",
     "get_augment",
     "list_datasets",
     "load_data",

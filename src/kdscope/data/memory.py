@@ -93,6 +93,16 @@ def collate(batch: Batch | list[tuple]) -> tuple:
     return tuple(default_collate(batch))
 
 
+def fetch(dataset: Dataset, indices: Sequence[int]) -> tuple:
+    """The batch of ``dataset`` at ``indices`` as the training loader would assemble it: through
+    the dataset's ``__getitems__`` when it has one (which pads token ids to the batch's longest
+    example), else by :func:`collate` of its items."""
+    getitems = getattr(dataset, "__getitems__", None)
+    if getitems is not None:
+        return collate(getitems(list(indices)))
+    return collate([dataset[i] for i in indices])
+
+
 def memory_bundle(
     name: str,
     *,

@@ -3,6 +3,11 @@
 Features are captured with :class:`~kdscope.features.FeatureTap` and streamed through accumulators
 (minibatch CKA, per-batch dCor, agreement sums), so memory does not grow with the dataset. Each
 teacher layer's U-centred Gram matrix is computed once per batch and shared by student and base.
+
+Features are compared per example, read through :func:`~kdscope.models.example_features`: for a
+sequence classifier (SST-2's token ids), each layer's per-token features (B, T, D) are the masked
+mean over the example's real tokens, since CKA and KRS are defined between examples, not tokens;
+image and waveform features are flattened per example.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from kdscope.metrics.relevance import (
 )
 from kdscope.metrics.retention import KRSResult, OutputAgreement, krs_from_components
 from kdscope.metrics.similarity import MinibatchCKA, linear_gram
-from kdscope.models import describe
+from kdscope.models import describe, example_features
 
 METRICS = ("agreement", "krs", "fss", "rs")
 
@@ -300,7 +305,11 @@ class Evaluator:
                 logits = {who: model(x) for who, model in models.items()}
                 feats = {
                     who: {
-                        k: as_features(v, f"{who} layer {k!r}", float64=False)
+                        k: as_features(
+                            example_features(models[who], x, v),
+                            f"{who} layer {k!r}",
+                            float64=False,
+                        )
                         for k, v in tap.features.items()
                     }
                     for who, tap in taps.items()

@@ -13,7 +13,13 @@ from kdscope.models import (  # noqa: F401  (registers the zoo)
     wrn,
 )
 from kdscope.models.info import BuildSpec, ModelInfo, classifier_of, describe, set_info
-from kdscope.models.outputs import IGNORE_INDEX, OutputReader, reader
+from kdscope.models.outputs import (
+    IGNORE_INDEX,
+    OutputReader,
+    example_features,
+    example_shape,
+    reader,
+)
 from kdscope.models.registry import MODEL_FITS, MODELS, create_model, list_models, register_model
 from kdscope.models.summary import model_summary, zoo_table
 
@@ -30,6 +36,8 @@ __all__ = [
     "list_models",
     "model_summary",
     "reader",
+    "example_features",
+    "example_shape",
     "register_model",
     "set_info",
     "zoo_table",

@@ -8,6 +8,10 @@ correct prediction. One reader per layout, so the one training step serves every
   :data:`IGNORE_INDEX` (255, as Pascal VOC marks borders).
 - ``detections``: a detector that returns its own loss dict in training (torchvision's), whose
   per-location class logits (B, locations, C) are the output of ``ModelInfo.logits_layer``.
+
+:func:`example_features` is the one reading of a layer's features as one vector per example for
+sequence classifiers (masked mean over the real tokens), which metrics, methods and the teacher
+cache all go through.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdscope.features import FeatureTap
+from kdscope.data.tokens import masked_mean
+from kdscope.features import FeatureTap, unwrap
 from kdscope.models.info import ModelInfo, describe
 
 IGNORE_INDEX = 255
@@ -102,3 +107,35 @@ def reader(model: nn.Module | ModelInfo) -> OutputReader:
     if info.output == "detections":
         return DetectionReader(info)
     return _READERS[info.output]
+
+
+def _is_token_batch(inputs: Tensor, shape: tuple[int, ...]) -> bool:
+    return (
+        not inputs.is_floating_point()
+        and inputs.dim() == 2
+        and len(shape) == 3
+        and (tuple(shape[:2]) == tuple(inputs.shape))
+    )
+
+
+def example_features(model: nn.Module, inputs: Tensor, features: Tensor) -> Tensor:
+    """A layer's ``features`` for the batch ``inputs`` as the per-example tensor that similarity
+    metrics (CKA, KRS, dCor) and feature and relation losses compare.
+
+    For a sequence classifier (token ids (B, T) in, class scores out) a per-token stage (B, T, D)
+    is reduced to (B, D) by the mean over the example's real tokens
+    (:func:`~kdscope.data.tokens.masked_mean`, padding id ``model.pad_id``, default 0): CKA is
+    defined between examples (Kornblith et al. 2019), not tokens, and a mean over real tokens does
+    not depend on how much padding a batch has. Every other layer (images, waveforms, language
+    models' per-token outputs) is returned unchanged.
+    """
+    if describe(model).output != "classes" or not _is_token_batch(inputs, tuple(features.shape)):
+        return features
+    return masked_mean(features, inputs, getattr(unwrap(model), "pad_id", 0))
+
+
+def example_shape(model: nn.Module, inputs: Tensor, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape :func:`example_features` gives a layer output of ``shape`` for ``inputs``."""
+    if describe(model).output != "classes" or not _is_token_batch(inputs, shape):
+        return shape
+    return (shape[0], shape[2])

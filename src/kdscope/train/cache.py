@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdscope.config import TrainConfig
 from kdscope.data import collate
 from kdscope.features import FeatureTap
-from kdscope.models import reader
+from kdscope.models import example_features, reader
 from kdscope.train.views import ViewBank
 
 
@@ -143,7 +143,8 @@ class TeacherCache:
     ) -> int:
         with torch.no_grad(), FeatureTap(teacher, layers, detach=True) as tap:
             logits = reader(teacher).logits(teacher, example[:1])
-        per_example = logits[0].numel() + sum(f[0].numel() for f in tap.ordered())
+        feats = [example_features(teacher, example[:1], f) for f in tap.ordered()]
+        per_example = logits[0].numel() + sum(f[0].numel() for f in feats)
         return per_example * num_examples * torch.empty((), dtype=dtype).element_size()
 
     @classmethod
@@ -187,7 +188,7 @@ class TeacherCache:
                         rows, inputs = views.entry(idx, view), views.inputs(x, idx, view)
                     with torch.autocast(device.type, enabled=autocast):
                         logits = read(teacher, inputs)
-                    outs = [logits, *tap.ordered()]
+                    outs = [logits, *(example_features(teacher, inputs, f) for f in tap.ordered())]
                     if logits_store is None:
                         stores = [
                             _allocate(o.shape[1:], n, dtype, device, where, directory, i)

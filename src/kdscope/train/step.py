@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from kdscope.features import FeatureTap, layer_shapes
 from kdscope.methods import BindContext, Method, Outputs, check_params, choose_layers
-from kdscope.models import describe, reader
+from kdscope.models import describe, example_features, example_shape, reader
 from kdscope.train.cache import TeacherCache
 from kdscope.train.ensemble import TeacherEnsemble
 
@@ -132,8 +132,8 @@ class DistillStep:
                 teacher=self.teacher,
                 num_classes=self.num_classes,
                 num_train=num_train,
-                student_shapes=layer_shapes(self.student, m.student_layers, x),
-                teacher_shapes=layer_shapes(self.teacher, m.teacher_layers, x),
+                student_shapes=_example_shapes(self.student, m.student_layers, x),
+                teacher_shapes=_example_shapes(self.teacher, m.teacher_layers, x),
             )
         )
         m.to(self.device)
@@ -167,7 +167,7 @@ class DistillStep:
         else:
             with torch.no_grad():
                 logits = self.teacher_reader.logits(self.teacher, x)
-            feats = self._taps[1].ordered() if needs.teacher_features else []
+            feats = [example_features(self.teacher, x, f) for f in self._taps[1].ordered()]
         if self.ensemble:
             logits = logits.transpose(0, 1)  # stored per example (B, K, C); methods read (K, B, C)
         return logits, feats
@@ -195,11 +195,12 @@ class DistillStep:
             logits, task_loss = self.student_reader.train_forward(
                 self.model, x, y, self.label_smoothing
             )
+            s_feats = self._taps[0].ordered() if needs.student_features else []
             out = Outputs(
                 student_logits=logits,
                 labels=y,
                 teacher_logits=t_logits,
-                student_features=self._taps[0].ordered() if needs.student_features else [],
+                student_features=[example_features(self.student, x, f) for f in s_feats],
                 teacher_features=t_feats,
                 indices=idx.to(self.device) if needs.indices else None,
                 inputs=x,
@@ -210,3 +211,10 @@ class DistillStep:
             terms = self.method(out)
             loss = self.method.ce_weight_at(epoch) * task_loss + sum(terms.values())
         return StepResult(loss, task_loss, terms, logits, out)
+
+
+def _example_shapes(model: nn.Module | None, layers: list[str], x: Tensor) -> dict[str, tuple]:
+    """The shapes of ``layers``' features as methods see them (per example: a sequence
+    classifier's per-token stages are masked means, :func:`~kdscope.models.example_features`)."""
+    shapes = layer_shapes(model, layers, x)
+    return {name: example_shape(model, x, shape) for name, shape in shapes.items()}

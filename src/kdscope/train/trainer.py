@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdscope import distributed as ddp
 from kdscope.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
-from kdscope.data import check_labels, collate, to_device
+from kdscope.data import check_labels, collate, fetch, to_device
 from kdscope.methods import Method, create_method
 from kdscope.metrics import accuracy
 from kdscope.train.accounting import LossAccumulator, NonFiniteLossError, epoch_line
@@ -115,7 +115,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.amp = self.cfg.amp and self.device.type == "cuda"
         self.step.device, self.step.amp = self.device, self.amp
-        self.step.bind(collate([self.train_set[0], self.train_set[1]])[0], len(self.train_set))
+        self.step.bind(fetch(self.train_set, [0, 1])[0], len(self.train_set))
         params = list(self.student.parameters()) + list(self.method.parameters())
         self.optimizer = build_optimizer(params, self.optim_cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
