@@ -198,13 +198,28 @@ def explain(
         str | None, typer.Option(help="Dataset name (default: the student run's dataset).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory (default: STUDENT).")] = None,
+    batches: Annotated[
+        int, typer.Option(min=1, help="Batches of 64 for the ROAD-perturbed FSS/RS.")
+    ] = 8,
     trust: TrustOpt = False,
 ) -> None:
-    """Grad-CAM and UniCAM figures and perturbed FSS/RS: what the student gained and dropped."""
+    """Grad-CAM and UniCAM figures and perturbed FSS/RS: what the student gained and dropped
+    (sentence classifiers: tokens highlighted by relevance, no ROAD)."""
     names = [x.strip() for x in layers.split(",")] if layers else None
     result, out_dir = explain_runs(
-        student, base, teacher, names, num_images, data=data, out=out, trust=trust
+        student,
+        base,
+        teacher,
+        names,
+        num_images,
+        data=data,
+        out=out,
+        trust=trust,
+        max_batches=batches,
     )
+    if not result["base"]["layers"]:
+        console.print(f"token relevance figures and relevance.json written to {out_dir}")
+        return
     table = Table("layer", *RELEVANCE_COLUMNS, title="relevance on ROAD-perturbed inputs")
     for row in relevance_rows(result["base"]):
         cells = (row[k] for k in RELEVANCE_COLUMNS)

@@ -123,10 +123,12 @@ def explain_runs(
     data: str | None = None,
     out: Path | None = None,
     trust: bool = False,
+    max_batches: int | None = 8,
 ):
     """Explain a student run against its base (and teacher) run; figures go to ``out`` (default:
     the student's run directory). The base must have the student's architecture (UniCAM compares
-    the same layers of the two). Returns ``(relevance dict, output directory)``."""
+    the same layers of the two); ``max_batches`` bounds the ROAD-perturbed FSS/RS batches.
+    Returns ``(relevance dict, output directory)``."""
     bundle = _bundle(student, data, trust)
     models = {"student": student, "base": base, "teacher": teacher}
     loaded = {role: load_model(p, trust=trust) for role, p in models.items() if p is not None}
@@ -146,5 +148,6 @@ def explain_runs(
         layers=layers,
         num_images=num_images,
         out_dir=out_dir,
+        max_batches=max_batches,
     )
     return result, out_dir

@@ -248,6 +248,8 @@ def load_fsdd(
         class_names=list(CLASS_NAMES),
         mean=(mean,),
         std=(std,),
+        inputs="image" if input == "logmel" else "waveform",
+        view=input,
     )
 
 

@@ -36,3 +36,7 @@ class DataBundle:
     source: str | None = None  # where the files were read from, when they were
     task: str = "classification"  # or "segmentation", "detection", "language-modelling"
     inputs: str = "image"  # what an example is: "image" (C, H, W), "waveform" (C, L), "tokens" (T,)
+    # The representation, for a dataset offered in several (fsdd: "logmel" or "waveform"): a
+    # log-mel bundle's images are spectrograms (figures draw them so), and runs on two
+    # representations of one dataset pair their examples by index (cross-representation KD).
+    view: str | None = None

@@ -101,6 +101,7 @@ def load_sst2(
         class_names=list(CLASS_NAMES),
         mean=(),
         std=(),
+        inputs="tokens",
     )
 
 

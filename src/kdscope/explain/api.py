@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdscope.data import DataBundle, collate
-from kdscope.explain.figures import plot_map_grid, plot_relevance
+from kdscope.data import DataBundle, collate, fetch
+from kdscope.explain.figures import plot_map_grid, plot_relevance, plot_token_relevance
 from kdscope.explain.gradcam import grad_cam
 from kdscope.explain.relevance import (
     Estimator,
@@ -19,6 +19,7 @@ from kdscope.explain.relevance import (
     perturbed_relevance,
     unnormalize,
 )
+from kdscope.explain.tokens import token_columns
 from kdscope.explain.unicam import batch_composition, unicam
 from kdscope.metrics.relevance import DEFAULT_TEXT_MODEL, label_embeddings
 
@@ -42,6 +43,11 @@ def explain_student(
     seed: int = 0,
 ) -> dict:
     """Explain what the student learned relative to its base model (and to its teacher).
+
+    Sentence classifiers (``data.inputs == "tokens"``) get ``out_dir/figures/tokens.png``
+    instead: each sentence with its tokens highlighted by Grad-CAM and UniCAM relevance
+    (:mod:`kdscope.explain.tokens`), the maps in ``relevance.json`` and no ROAD scores. Log-mel
+    spectrograms are drawn as such, the maps over time x frequency.
 
     Writes ``out_dir/figures/explanations.png`` (rows: ``num_images`` images of mixed classes;
     columns: the input, then per layer Grad-CAM of the base and of the student and UniCAM's
@@ -89,6 +95,19 @@ def explain_student(
         "figure_batch": batch_composition(labels, indices),
         "figures": [],
     }
+    if data.inputs == "tokens":
+        return _explain_tokens(
+            student,
+            others,
+            dataset,
+            layers,
+            images,
+            labels,
+            label_matrix,
+            out,
+            [data.class_names[int(c)] for c in labels],
+            report,
+        )
     for role, other in others.items():
         pairs = _layer_pairs(student, other, layers)
         suffix = "" if role == "base" else f"_{role}"
@@ -101,6 +120,7 @@ def explain_student(
                     out / "figures" / f"explanations{suffix}.png",
                     row_labels=[data.class_names[int(c)] for c in labels],
                     title=f"{data.name}: student vs {role} ({split} split)",
+                    spectrogram=data.view == "logmel",
                 )
             )
         )
@@ -127,6 +147,39 @@ def explain_student(
         report[role] = relevance
         chart = out / "figures" / f"relevance{suffix}.png"
         report["figures"].append(str(plot_relevance(relevance, chart, f"student vs {role}", role)))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "relevance.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _explain_tokens(
+    student, others, dataset, layers, ids, labels, label_matrix, out, names, report
+):
+    """Token relevance figures and maps for sentence classifiers (no ROAD: see explain.tokens)."""
+    tokenizer = getattr(dataset, "tokenizer", None)
+    lengths = (ids != dataset.pad_id).sum(1).tolist()
+    rows = [ids[i, : lengths[i]].tolist() for i in range(len(lengths))]
+    sentences = [
+        tokenizer.convert_ids_to_tokens(r) if tokenizer is not None else [str(t) for t in r]
+        for r in rows
+    ]
+    report["sentences"] = sentences
+    for role, other in others.items():
+        pairs = _layer_pairs(student, other, layers)
+        suffix = "" if role == "base" else f"_{role}"
+        columns = token_columns(student, other, role, pairs, ids, labels, label_matrix)
+        path = out / "figures" / f"tokens{suffix}.png"
+        report["figures"].append(
+            str(plot_token_relevance(sentences, columns, path, names, f"student vs {role}"))
+        )
+        report[role] = {
+            "layers": {},
+            "token_relevance": {
+                name: [maps[i, : lengths[i]].tolist() for i in range(len(lengths))]
+                for name, maps in columns
+            },
+            "perturbed": "not computed: ROAD imputes pixels and has no counterpart on token ids",
+        }
     out.mkdir(parents=True, exist_ok=True)
     (out / "relevance.json").write_text(json.dumps(report, indent=2))
     return report
@@ -176,5 +229,5 @@ def _figure_batch(dataset: Dataset, num_images: int, seed: int) -> tuple[Tensor,
     while len(chosen) < min(num_images, len(labels)):
         chosen += [int(idx[depth]) for idx in per_class if depth < len(idx)]
         depth += 1
-    images, batch_labels, indices = collate([dataset[i] for i in chosen[:num_images]])
+    images, batch_labels, indices = fetch(dataset, chosen[:num_images])
     return images, batch_labels, indices

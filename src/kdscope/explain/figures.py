@@ -1,4 +1,5 @@
-"""Figures for explanations: a grid of maps over the inputs and a bar chart of FSS/RS per layer.
+"""Figures for explanations: a grid of maps over the inputs (images or spectrograms), sentences
+with their tokens highlighted by relevance, and a bar chart of FSS/RS per layer.
 
 Figures are drawn on matplotlib's Agg canvas directly, without pyplot, so no display is needed and
 the user's pyplot backend and state are left alone.
@@ -26,17 +27,27 @@ def plot_map_grid(
     path: str | Path,
     row_labels: Sequence[str] | None = None,
     title: str | None = None,
+    spectrogram: bool = False,
 ) -> Path:
     """Rows: images; first column the input, then one column per ``(title, maps)`` overlaid on it.
 
     Args:
-        images: (N, C, H, W) images in [0, 1] (C = 1 or 3).
+        images: (N, C, H, W) images in [0, 1] (C = 1 or 3); with ``spectrogram``, (N, 1, mels,
+            frames) log-mel spectrograms in any range, each min-max scaled and drawn with low
+            frequencies at the bottom and time to the right (maps over time x frequency).
         columns: column titles and (N, H, W) maps in [0, 1].
         path: PNG to write (parent folders are created).
         row_labels: one label per image (e.g. its class), shown left of the row.
         title: figure title.
     """
-    images = images.detach().float().cpu().clamp(0, 1)
+    images = images.detach().float().cpu()
+    if spectrogram:
+        flat = images.flatten(1)
+        low, high = flat.min(1).values, flat.max(1).values
+        images = (images - low.view(-1, 1, 1, 1)) / (high - low).clamp_min(1e-12).view(-1, 1, 1, 1)
+    images = images.clamp(0, 1)
+    # A spectrogram's row 0 is its lowest mel band: drawn at the bottom, in a wide cell.
+    show = {"origin": "lower", "aspect": "auto"} if spectrogram else {}
     n, cols = images.shape[0], 1 + len(columns)
     # Fixed margins in inches (constrained layout takes seconds on a grid of ~200 axes).
     cell, gap, left, right, top, bottom = 1.2, 0.06, 0.9, 1.1, 0.75 if title else 0.45, 0.1
@@ -59,14 +70,14 @@ def plot_map_grid(
     for i in range(n):
         picture = _as_picture(images[i])
         grey = picture.mean(-1) if picture.ndim == 3 else picture
-        axes[i, 0].imshow(picture, cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].imshow(picture, cmap="magma" if spectrogram else "gray", vmin=0, vmax=1, **show)
         if row_labels is not None:
             axes[i, 0].set_ylabel(row_labels[i], fontsize=9, rotation=0, ha="right", va="center")
         for j, (_, maps) in enumerate(columns, start=1):
             # Maps over a grey copy of the input, so colour means relevance only.
-            axes[i, j].imshow(grey, cmap="gray", vmin=0, vmax=1)
+            axes[i, j].imshow(grey, cmap="gray", vmin=0, vmax=1, **show)
             heat = maps[i].detach().float().cpu().numpy()
-            axes[i, j].imshow(heat, cmap=MAP_CMAP, alpha=MAP_ALPHA, vmin=0, vmax=1)
+            axes[i, j].imshow(heat, cmap=MAP_CMAP, alpha=MAP_ALPHA, vmin=0, vmax=1, **show)
     for j, name in enumerate(["input", *[name for name, _ in columns]]):
         axes[0, j].set_title(name, fontsize=8)
     for ax in axes.flat:
@@ -90,6 +101,61 @@ def plot_map_grid(
     bar.set_label("relevance (min-max per image)", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11, y=1 - 0.15 / height, va="top")
+    return _save(fig, path)
+
+
+def plot_token_relevance(
+    sentences: Sequence[Sequence[str]],
+    columns: Sequence[tuple[str, Tensor]],
+    path: str | Path,
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Each sentence once per ``(title, maps)`` column, its tokens on a background coloured by
+    their relevance (maps (N, T) in [0, 1], token t of sentence i at ``maps[i, t]``).
+
+    Args:
+        sentences: the tokens of each sentence (padding left out).
+        columns: titles and (N, T) relevance maps.
+        path: PNG to write.
+        row_labels: one label per sentence (e.g. its class).
+        title: figure title.
+    """
+    from matplotlib import colormaps
+
+    cmap = colormaps[MAP_CMAP]
+    lines = [(i, name, maps) for i in range(len(sentences)) for name, maps in columns]
+    line_h, width = 0.24, 12.0
+    fig = _figure((width, 0.6 + line_h * (len(lines) + len(sentences))), constrained=False)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    height = fig.get_figheight()
+    y = height - 0.45
+    if title:
+        fig.text(0.01, 1 - 0.2 / height, title, fontsize=11, va="top")
+    for k, (i, name, maps) in enumerate(lines):
+        if k and lines[k - 1][0] != i:
+            y -= line_h  # a blank line between sentences
+        label = f"{row_labels[i]} | " if row_labels is not None and k % len(columns) == 0 else ""
+        fig.text(0.01, y / height, f"{label}{name}", fontsize=7, va="center")
+        x = 3.2
+        weights = maps[i].detach().float().cpu().tolist()
+        for t, token in enumerate(sentences[i]):
+            step = 0.075 * len(token) + 0.08
+            if x + step > width - 0.1:
+                fig.text(x / width, y / height, "...", fontsize=7, va="center")
+                break
+            fig.text(
+                x / width,
+                y / height,
+                token,
+                fontsize=7,
+                va="center",
+                family="monospace",
+                bbox={"facecolor": cmap(weights[t]), "alpha": MAP_ALPHA, "pad": 1, "lw": 0},
+            )
+            x += step
+        y -= line_h
     return _save(fig, path)
 
 

@@ -1,0 +1,145 @@
+"""Token relevance for sentence classifiers: Grad-CAM and UniCAM per token.
+
+Grad-CAM (Selvaraju et al., ICCV 2017) over a sequence: at a layer with per-token features
+a (B, T, D), the weights are the mean over the example's real tokens of d(objective)/da, and a
+token's relevance is ReLU(sum_d w_d a_{t,d}) (the 1-D Grad-CAM used for text CNNs, e.g. Gorski et
+al. 2020, "Towards Grad-CAM Based Explainability in a Legal Text Processing Pipeline"), min-max
+normalised over the real tokens; padding gets 0. UniCAM (Adhane et al., WACV 2025) per token: the
+distance matrices of its objective are between examples, each the masked mean of its tokens'
+features (as kdscope's CKA and KRS compare sentences, :func:`~kdscope.models.example_features`),
+and the gradient of the distilled (residual) objective weights the student's (base's) tokens as
+Grad-CAM does. ROAD's perturbed FSS/RS imputes pixels and has no counterpart on token ids, so text
+explanations are the maps and their figure only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from kdscope.data.tokens import masked_mean, padding_mask
+from kdscope.explain.gradcam import _graph_from, eval_mode
+from kdscope.explain.unicam import UNIQUE_TOLERANCE, UniCAMResult, _check_batch, _residual
+from kdscope.features import unwrap
+from kdscope.metrics.matrices import u_centered, u_correlation
+from kdscope.metrics.similarity import pairwise_distances
+
+
+def pad_id_of(model: nn.Module) -> int:
+    """The padding id a text model masks (its ``pad_id``; 0, BERT's, when it declares none)."""
+    return int(getattr(unwrap(model), "pad_id", 0))
+
+
+def token_activations(model: nn.Module, layer: str, ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits and the per-token activations (B, T, D) of ``layer`` as a leaf the logits' graph
+    starts from (nothing before the layer is recorded)."""
+    with _graph_from(model, layer) as root:
+        logits = model(ids)
+    acts = root.get(layer)
+    if acts is None:
+        raise RuntimeError(f"layer {layer!r} was not reached by the forward pass")
+    if acts.dim() != 3 or tuple(acts.shape[:2]) != tuple(ids.shape):
+        raise ValueError(
+            f"token Grad-CAM needs a layer with per-token output (B, T, D) for ids "
+            f"{tuple(ids.shape)}; {layer!r} gives {tuple(acts.shape)}. Choose one of the "
+            "model's stages."
+        )
+    return logits, acts
+
+
+def token_cam(acts: Tensor, grads: Tensor, ids: Tensor, pad_id: int) -> Tensor:
+    """Grad-CAM weighting over tokens: (B, T) relevance in [0, 1], 0 at padding."""
+    weights = masked_mean(grads.float(), ids, pad_id)
+    cam = (acts.float() * weights[:, None, :]).sum(-1).relu()
+    mask = padding_mask(ids, pad_id)
+    cam = cam.masked_fill(~mask, 0.0)
+    low = cam.masked_fill(~mask, float("inf")).amin(1, keepdim=True)
+    span = cam.amax(1, keepdim=True) - low
+    scaled = torch.where(span > 0, (cam - low) / span.clamp_min(1e-30), 0.0)
+    return scaled.masked_fill(~mask, 0.0)
+
+
+def token_grad_cam(model: nn.Module, layer: str, ids: Tensor, targets: Tensor | None = None):
+    """Grad-CAM relevance (B, T) of each token of ``ids`` for ``targets`` (default: the predicted
+    class) at ``layer`` of a sentence classifier (eval mode for the call)."""
+    with eval_mode(model):
+        logits, acts = token_activations(model, layer, ids)
+        classes = logits.argmax(1) if targets is None else torch.as_tensor(targets).to(ids.device)
+        with torch.enable_grad():
+            objective = logits.gather(1, classes.long().view(-1, 1)).sum()
+        (grads,) = torch.autograd.grad(objective, acts)
+    return token_cam(acts.detach(), grads, ids, pad_id_of(model))
+
+
+def token_unicam(
+    student: nn.Module,
+    base: nn.Module,
+    layer: str | tuple[str, str],
+    ids: Tensor,
+    labels: Tensor,
+    label_embeddings: Tensor,
+    tolerance: float = UNIQUE_TOLERANCE,
+) -> UniCAMResult:
+    """UniCAM's distilled (student vs base) and residual (base vs student) relevance per token,
+    maps (B, T); the batch needs >= 4 sentences of >= 2 classes."""
+    s_layer, b_layer = (layer, layer) if isinstance(layer, str) else layer
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    _check_batch(ids, labels, label_embeddings)
+    emb = label_embeddings.detach().to(ids.device, torch.float64)[labels.to(ids.device)]
+    with eval_mode(student, base):
+        s = token_activations(student, s_layer, ids)[1].detach().requires_grad_()
+        b = token_activations(base, b_layer, ids)[1].detach().requires_grad_()
+    s_pad, b_pad = pad_id_of(student), pad_id_of(base)
+    with torch.enable_grad():
+        a = u_centered(pairwise_distances(masked_mean(s, ids, s_pad)))
+        c = u_centered(pairwise_distances(masked_mean(b, ids, b_pad)))
+        e = u_centered(pairwise_distances(emb))
+        shared = u_correlation(a.detach(), c.detach()).clamp(-1.0, 1.0).item()
+        unique_fraction = 1.0 - shared**2
+        empty = unique_fraction <= tolerance
+        if empty:
+            zeros = torch.zeros(ids.shape, device=ids.device)
+            maps, objectives = (zeros, zeros.clone()), (0.0, 0.0)
+        else:
+            distilled = u_correlation(_residual(a, c.detach()), e)
+            residual = u_correlation(_residual(c, a.detach()), e)
+            grad_s, grad_b = torch.autograd.grad(distilled + residual, (s, b))
+            maps = (
+                token_cam(s.detach(), grad_s, ids, s_pad),
+                token_cam(b.detach(), grad_b, ids, b_pad),
+            )
+            objectives = (distilled.item(), residual.item())
+    return UniCAMResult(
+        distilled=maps[0],
+        residual=maps[1],
+        labels=labels.cpu(),
+        indices=None,
+        objective_distilled=objectives[0],
+        objective_residual=objectives[1],
+        unique_fraction=unique_fraction,
+        empty=empty,
+    )
+
+
+def token_columns(
+    student: nn.Module,
+    other: nn.Module,
+    role: str,
+    pairs: list[tuple[str, str]],
+    ids: Tensor,
+    labels: Tensor,
+    label_matrix: Tensor,
+) -> list[tuple[str, Tensor]]:
+    """Per layer pair: Grad-CAM of ``other`` and of the student, UniCAM distilled and residual."""
+    columns = []
+    for s_layer, o_layer in pairs:
+        name = s_layer if s_layer == o_layer else f"{s_layer}/{o_layer}"
+        uc = token_unicam(student, other, (s_layer, o_layer), ids, labels, label_matrix)
+        none = " (none)" if uc.empty else ""
+        columns += [
+            (f"{name}: Grad-CAM {role}", token_grad_cam(other, o_layer, ids)),
+            (f"{name}: Grad-CAM student", token_grad_cam(student, s_layer, ids)),
+            (f"{name}: UniCAM distilled{none}", uc.distilled),
+            (f"{name}: UniCAM residual{none}", uc.residual),
+        ]
+    return columns
