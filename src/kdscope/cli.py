@@ -21,10 +21,11 @@ from rich.table import Table
 
 from kdscope.api import run
 from kdscope.config import ConfigError, build_config, load_config
+from kdscope.data import load_data
 from kdscope.evaluation import evaluate_runs, explain_runs
 from kdscope.explain.relevance import RELEVANCE_COLUMNS, relevance_rows
 from kdscope.methods import METHODS, method_info
-from kdscope.models import describe, zoo_table
+from kdscope.models import MODEL_FITS, describe, list_models, zoo_table
 from kdscope.train import NonFiniteLossError, load_model
 
 app = typer.Typer(
@@ -233,14 +234,42 @@ def models(
     num_classes: Annotated[int, typer.Option(min=2, help="Classes of the classifier.")] = 10,
     in_channels: Annotated[int, typer.Option(min=1, help="Input channels.")] = 3,
     input_size: Annotated[int, typer.Option(min=1, help="Input height = width.")] = 32,
+    data: Annotated[
+        str | None, typer.Option(help="Only list the models that fit this dataset (loads it).")
+    ] = None,
 ) -> None:
-    """List the model zoo with parameters and multiply-adds (MACs) at the given input size."""
+    """List the model zoo with parameters and multiply-adds (MACs) at the given input size, and
+    which models fit which data (task and kind of input)."""
+    if data is not None:
+        bundle = load_data(data)
+        names = list_models(bundle.task, bundle.inputs)
+        view = f", {bundle.view}" if bundle.view else ""
+        console.print(
+            f"{data}: {bundle.task} of {bundle.inputs}{view}, {bundle.num_classes} classes, "
+            f"in_channels {bundle.in_channels}; models: {', '.join(names)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     table = Table("model", "params (M)", "MMACs", "feature layers (C x H x W)")
     for row in zoo_table(num_classes, in_channels, input_size):
         layers = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in row["features"].items())
         table.add_row(row["name"], f"{row['params'] / 1e6:.3f}", f"{row['macs'] / 1e6:.1f}", layers)
     console.print(table)
     console.print("Any torchvision classifier is also available as tv:<name>, e.g. tv:resnet18.")
+    fits = Table("task", "inputs", "models", title="which models fit which data")
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, fit in sorted(MODEL_FITS.items()):
+        for kind in fit.inputs:
+            groups.setdefault((fit.task, kind), []).append(name)
+    for (task, kind), names in sorted(groups.items()):
+        fits.add_row(task, kind, ", ".join(names))
+    console.print(fits)
+    console.print(
+        "Datasets give their task and inputs (kdscope models --data NAME): fsdd is image "
+        "(log-mel) or waveform (data.options.input=waveform), sst2 tokens; any Hugging Face "
+        "sequence classifier is hf:<local path>."
+    )
 
 
 @command
