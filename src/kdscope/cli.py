@@ -199,9 +199,10 @@ def explain(
         str | None, typer.Option(help="Dataset name (default: the student run's dataset).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory (default: STUDENT).")] = None,
-    batches: Annotated[
-        int, typer.Option(min=1, help="Batches of 64 for the ROAD-perturbed FSS/RS.")
-    ] = 8,
+    batches: Annotated[int, typer.Option(min=1, help="Batches for the perturbed FSS/RS.")] = 8,
+    batch_size: Annotated[
+        int, typer.Option(min=4, help="Examples per batch of the perturbed FSS/RS.")
+    ] = 64,
     trust: TrustOpt = False,
 ) -> None:
     """Grad-CAM and UniCAM figures and perturbed FSS/RS: what the student gained and dropped
@@ -217,6 +218,7 @@ def explain(
         out=out,
         trust=trust,
         max_batches=batches,
+        batch_size=batch_size,
     )
     if not result["base"]["layers"]:
         console.print(f"token relevance figures and relevance.json written to {out_dir}")

@@ -124,11 +124,12 @@ def explain_runs(
     out: Path | None = None,
     trust: bool = False,
     max_batches: int | None = 8,
+    batch_size: int = 64,
 ):
     """Explain a student run against its base (and teacher) run; figures go to ``out`` (default:
     the student's run directory). The base must have the student's architecture (UniCAM compares
-    the same layers of the two); ``max_batches`` bounds the ROAD-perturbed FSS/RS batches.
-    Returns ``(relevance dict, output directory)``."""
+    the same layers of the two); ``max_batches`` bounds the ROAD-perturbed FSS/RS batches of
+    ``batch_size``. Returns ``(relevance dict, output directory)``."""
     bundle = _bundle(student, data, trust)
     models = {"student": student, "base": base, "teacher": teacher}
     loaded = {role: load_model(p, trust=trust) for role, p in models.items() if p is not None}
@@ -149,5 +150,6 @@ def explain_runs(
         num_images=num_images,
         out_dir=out_dir,
         max_batches=max_batches,
+        batch_size=batch_size,
     )
     return result, out_dir
