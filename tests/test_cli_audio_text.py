@@ -1,8 +1,7 @@
 """Every CLI command end to end on small real subsets of FSDD (log-mel spectrograms) and SST-2.
 
-The subsets are the workspace's own files: 3 speakers' first 12 takes of every digit (takes 0-4
-are FSDD's test split) and the first 600 / 120 lines of SST-2's train / dev TSVs, so each command
-reads real data in a fraction of a second.
+The subsets are the workspace's own files (tests/_subsets.py), so each command reads real data
+in a fraction of a second.
 """
 
 import json
@@ -12,13 +11,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from _subsets import SST2_LINES, real_subset
 from kdscope.cli import app
 from kdscope.data.registry import dataset_dir
 
 runner = CliRunner()
-SPEAKERS = ("george", "jackson", "theo")
-TAKES = range(12)
-SST2_LINES = {"train.tsv": 600, "dev.tsv": 120}
 # Tiny models: the CIFAR ResNet8 on 1 x 64 x 101 spectrograms, a narrow TextCNN on token ids.
 MODELS = {
     "fsdd": ("resnet8", []),
@@ -32,31 +29,6 @@ MODELS = {
 def _invoke(*args):
     result = runner.invoke(app, [str(a) for a in args])
     return result.exit_code, result.output
-
-
-def _subset(name: str, root: Path) -> Path:
-    source = dataset_dir(name, None)
-    if name == "fsdd":
-        recordings = source / "recordings"
-        if not recordings.is_dir():
-            pytest.skip(f"FSDD recordings not found under {source} (set KDSCOPE_DATA)")
-        folder = root / "fsdd" / "recordings"
-        folder.mkdir(parents=True)
-        for digit in range(10):
-            for speaker in SPEAKERS:
-                for take in TAKES:
-                    file = f"{digit}_{speaker}_{take}.wav"
-                    (folder / file).symlink_to(recordings / file)
-        return folder.parent
-    if not (source / "train.tsv").is_file():
-        pytest.skip(f"SST-2 not found under {source} (set KDSCOPE_DATA)")
-    folder = root / "sst2"
-    folder.mkdir(parents=True)
-    for file, lines in SST2_LINES.items():
-        with open(source / file, encoding="utf-8") as f:
-            head = [next(f) for _ in range(lines + 1)]  # + the header
-        (folder / file).write_text("".join(head), encoding="utf-8")
-    return folder
 
 
 @pytest.fixture(scope="module", params=["fsdd", "sst2"])
@@ -73,7 +45,7 @@ def runs(request, tmp_path_factory):
         "--out",
         root / "runs",
         "--set",
-        f"data.data_dir={_subset(name, root)}",
+        f"data.data_dir={real_subset(name, root)}",
         "--set",
         "data.batch_size=30",
         "--set",

@@ -147,10 +147,16 @@ def _run(cfg, run_dir: RunDirectory, resume, progress, teacher_test_acc, trust) 
                 {"checkpoint": str(cfg.teacher.checkpoint), "spec": spec.to_dict()}, indent=2
             )
         )
+    view = _teacher_view(cfg, data, trust) if teacher is not None else None
+    if view is not None and progress:
+        get_console().print(
+            f"teacher view: {view.view} (the student sees {data.view}), paired by example index"
+        )
     trainer = Trainer(
         student,
         data.train,
         data.val,
+        teacher_view=(view.train, view.val) if view is not None else None,
         teacher=teacher,
         method=method,
         augment=data.augment,
@@ -167,11 +173,29 @@ def _run(cfg, run_dir: RunDirectory, resume, progress, teacher_test_acc, trust) 
     device = trainer.device
     test_acc = accuracy(best.to(device), data.test, cfg.data.eval_batch_size, device)
     if teacher is not None and teacher_test_acc is None:
-        teacher_test_acc = accuracy(teacher, data.test, cfg.data.eval_batch_size, device)
+        teacher_test = view.test if view is not None else data.test
+        teacher_test_acc = accuracy(teacher, teacher_test, cfg.data.eval_batch_size, device)
     result = RunResult(run_dir.path, fit, test_acc, teacher_test_acc, which)
     if trainer.dist.is_main:
         (run_dir.path / "summary.json").write_text(json.dumps(result.summary(), indent=2))
     return result
+
+
+def _teacher_view(cfg: RunConfig, data, trust: bool):
+    """The teacher's representation of the run's examples when the teacher was trained on the same
+    dataset in another one (its checkpoint's ``data.options`` give another ``view``: a log-mel
+    teacher of a waveform student), else None. Both bundles come from the same data settings but
+    those options, so their splits hold the same examples in the same order."""
+    recorded = (
+        read_checkpoint(resolve_checkpoint(cfg.teacher.checkpoint), trust).get("config") or {}
+    ).get("data")
+    if not recorded or recorded.get("name") != cfg.data.name:
+        return None
+    options = dict(recorded.get("options") or {})
+    if options == cfg.data.options:
+        return None
+    view = load_data(cfg.data.model_copy(update={"options": options}))
+    return view if view.view is not None and view.view != data.view else None
 
 
 def _load_teacher(

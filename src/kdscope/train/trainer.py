@@ -59,6 +59,11 @@ class Trainer:
     writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation accuracy)
     atomically; Ctrl-C writes ``last.pt`` at the next step boundary and ``fit(resume=True)``
     continues exactly where the run stopped.
+
+    ``teacher_view``: the (train, val) splits of another representation of the same examples,
+    paired by index (cross-representation KD: a log-mel teacher, a waveform student). The teacher
+    then only ever sees its view: its outputs are cached from it once and served to the
+    student's batches by example index, so only output-only methods apply.
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class Trainer:
         train: TrainConfig | None = None,
         run_dir: str | Path | RunDirectory | None = None,
         progress: bool = True,
+        teacher_view: tuple[Dataset, Dataset | None] | None = None,
     ):
         self.cfg = train or TrainConfig()
         self.data_cfg = data or DataConfig()
@@ -104,6 +110,9 @@ class Trainer:
         self.cache: TeacherCache | None = None
         self.views: ViewBank | None = None
         self._stop_requested = False
+        self.teacher_view = teacher_view
+        if teacher_view is not None:
+            _check_paired(teacher_view, train_set, self.val_set, method)
 
     # ---- set-up -------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -130,7 +139,7 @@ class Trainer:
         built = build_run_cache(
             mode,
             self.teacher,
-            self.train_set,
+            self.train_set if self.teacher_view is None else self.teacher_view[0],
             layers,
             self.cfg,
             augment=self.augment,
@@ -186,6 +195,12 @@ class Trainer:
             needed=self.teacher is not None and self.method.needs.teacher_outputs,
             augmented=self.augment is not None,
         )
+        if self.teacher_view is not None and self.cache_mode not in ("memory", "disk"):
+            raise ValueError(
+                "a teacher on another representation of the data is read from the teacher cache "
+                f"by example index, but this run's cache is {self.cache_mode!r}: use "
+                "data.augment=none and train.cache=auto, memory or disk"
+            )
         with make_progress(self.show_progress and self.dist.is_main) as progress:
             fill_s = self._build_cache(self.cache_mode, progress)
             result = FitResult(None, None, self._teacher_val_acc(), self.cfg.epochs)
@@ -352,13 +367,35 @@ class Trainer:
             return None
         if self.step.ensemble or not self.method.same_label_space:
             return None
-        return accuracy(
-            self.teacher, self.val_set, self.data_cfg.eval_batch_size, self.device, self.amp
-        )
+        val_set = self.val_set if self.teacher_view is None else self.teacher_view[1]
+        return accuracy(self.teacher, val_set, self.data_cfg.eval_batch_size, self.device, self.amp)
 
     def _log(self, message: str) -> None:
         if self.dist.is_main and self.show_progress:
             get_console().print(message, soft_wrap=True)  # log lines stay whole in a file
+
+
+def _check_paired(view: tuple[Dataset, Dataset | None], train_set, val_set, method) -> None:
+    """A teacher view must hold the student's examples in the same order (checked on labels and,
+    where the splits name them, files), and the method may read only the teacher's outputs."""
+    if method.needs.teacher_features:
+        raise ValueError(
+            f"method {method.name!r} reads teacher features, which do not carry across "
+            "representations; a teacher on another representation serves output-only methods "
+            "(kd, dkd, random_control, ...)"
+        )
+    for role, teacher_split, split in (("train", view[0], train_set), ("val", view[1], val_set)):
+        if split is None:
+            continue
+        same = teacher_split is not None and len(teacher_split) == len(split)
+        same = same and bool((teacher_split.labels == split.labels).all())
+        files = getattr(split, "files", None), getattr(teacher_split, "files", None)
+        if not same or files[0] != files[1]:
+            raise ValueError(
+                f"the teacher's view of the {role} split does not hold the student's examples "
+                "in the same order (lengths, labels or files differ): load both from the same "
+                "data settings but the representation"
+            )
 
 
 def _pick_device(name: str) -> torch.device:

@@ -1,0 +1,97 @@
+"""Cross-representation distillation on FSDD: a log-mel teacher, an m5 student on the waveforms of
+the same recordings, the teacher read from its cache by example index."""
+
+import json
+
+import pytest
+import torch
+
+from _subsets import real_subset
+from kdscope.api import run
+from kdscope.config import DataConfig, build_config
+from kdscope.data import load_data
+from kdscope.models import create_model
+from kdscope.train import Trainer, load_model
+from kdscope.train.cache import TeacherCache
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cross")
+    data = {
+        "name": "fsdd",
+        "data_dir": str(real_subset("fsdd", root)),
+        "train_size": 60,
+        "batch_size": 30,
+    }
+    base = {"out_dir": str(root / "runs"), "train": {"epochs": 1, "device": "cpu"}}
+    teacher = run(
+        build_config(base | {"name": "teacher", "data": data, "student": {"name": "resnet8"}}),
+        progress=False,
+    )
+    return base, data, teacher
+
+
+def _views(data: dict):
+    cfg = DataConfig.model_validate(data)
+    return load_data(cfg), load_data(cfg.model_copy(update={"options": {"input": "waveform"}}))
+
+
+@pytest.mark.parametrize("method", ["kd", "dkd", "random_control"])
+def test_waveform_student_learns_from_the_log_mel_teacher(setting, method):
+    base, data, teacher = setting
+    cfg = build_config(
+        base
+        | {
+            "name": method,
+            "data": data | {"options": {"input": "waveform"}},
+            "student": {"name": "m5"},
+            "teacher": {"name": "resnet8", "checkpoint": str(teacher.run_dir)},
+            "method": {"name": method},
+        }
+    )
+    result = run(cfg, progress=False)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["cache"] == "memory"
+    # The teacher was measured on its own representation: as in its own run.
+    assert summary["teacher_test_acc"] == pytest.approx(teacher.test_acc)
+    assert summary["teacher_val_acc"] == pytest.approx(teacher.fit.best_val_acc)
+    assert torch.isfinite(torch.tensor(result.fit.history[-1]["loss"]))
+
+
+def test_the_cache_holds_the_teachers_log_mel_outputs_by_index(setting):
+    _, data, teacher_run = setting
+    logmel, wave = _views(data)
+    assert wave.train.files == logmel.train.files and wave.view == "waveform"
+    teacher = load_model(teacher_run.run_dir).eval()
+    cache = TeacherCache.build(teacher, logmel.train, [])
+    idx = torch.tensor([5, 0, 17])
+    x, _, _ = logmel.train.__getitems__(idx.tolist())
+    with torch.no_grad():
+        assert torch.allclose(cache.lookup(idx, torch.device("cpu"))[0], teacher(x), atol=1e-5)
+
+
+def test_unpaired_views_and_feature_methods_are_refused(setting):
+    _, data, teacher_run = setting
+    logmel, wave = _views(data)
+    other = load_data(DataConfig.model_validate(data | {"seed": 1}))
+    student = create_model("m5", 10, 1)
+    teacher = load_model(teacher_run.run_dir)
+    with pytest.raises(ValueError, match="same order"):
+        Trainer(
+            student,
+            wave.train,
+            wave.val,
+            teacher=teacher,
+            method="kd",
+            teacher_view=(other.train, other.val),
+        )
+    with pytest.raises(ValueError, match="teacher features"):
+        Trainer(
+            student,
+            wave.train,
+            wave.val,
+            teacher=teacher,
+            method="fitnet",
+            teacher_view=(logmel.train, logmel.val),
+        )
