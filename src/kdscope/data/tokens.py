@@ -58,6 +58,8 @@ def encode(tokenizer: Any, sentences: Sequence[str], max_length: int) -> list[li
     WordPiece), truncated to ``max_length`` ids."""
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2 (room for the special tokens), got {max_length}")
+    if not sentences:  # an empty split (val_fraction=0); the tokenizer fails on no input
+        return []
     return tokenizer(list(sentences), truncation=True, max_length=max_length)["input_ids"]
 
 

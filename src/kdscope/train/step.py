@@ -167,7 +167,8 @@ class DistillStep:
         else:
             with torch.no_grad():
                 logits = self.teacher_reader.logits(self.teacher, x)
-            feats = [example_features(self.teacher, x, f) for f in self._taps[1].ordered()]
+            taps = self._taps[1].ordered() if needs.teacher_features else []
+            feats = [example_features(self.teacher, x, f) for f in taps]
         if self.ensemble:
             logits = logits.transpose(0, 1)  # stored per example (B, K, C); methods read (K, B, C)
         return logits, feats
