@@ -18,6 +18,12 @@ class InterruptAt(Dataset):
     def __len__(self):
         return len(self.dataset)
 
+    def __getattr__(self, name):
+        # The wrapped split's attributes (a text split's pad_id, labels) show through.
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
     def __getitem__(self, i):
         return self.dataset[i]
 

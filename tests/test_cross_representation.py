@@ -10,6 +10,7 @@ from _subsets import real_subset
 from kdscope.api import run
 from kdscope.config import DataConfig, build_config
 from kdscope.data import load_data
+from kdscope.metrics import evaluate
 from kdscope.models import create_model
 from kdscope.train import Trainer, load_model
 from kdscope.train.cache import TeacherCache
@@ -95,3 +96,34 @@ def test_unpaired_views_and_feature_methods_are_refused(setting):
             method="fitnet",
             teacher_view=(logmel.train, logmel.val),
         )
+
+
+def test_evaluation_pairs_the_teachers_view_with_the_students(setting):
+    base, data, teacher_run = setting
+    logmel, wave = _views(data)
+    student = run(
+        build_config(
+            base
+            | {
+                "name": "kd-eval",
+                "data": data | {"options": {"input": "waveform"}},
+                "student": {"name": "m5"},
+                "teacher": {"name": "resnet8", "checkpoint": str(teacher_run.run_dir)},
+                "method": {"name": "kd"},
+            }
+        ),
+        progress=False,
+    )
+    teacher = load_model(teacher_run.run_dir)
+    result = evaluate(teacher, load_model(student.run_dir), wave.test, teacher_data=logmel.test)
+    assert result.agreement["student"].all.teacher_accuracy == pytest.approx(teacher_run.test_acc)
+    assert result.agreement["student"].all.student_accuracy == pytest.approx(student.test_acc)
+    assert 0.0 <= result.krs["student"].krs <= 1.0
+    with pytest.raises(ValueError, match="not the same examples"):
+        evaluate(
+            teacher, load_model(student.run_dir), wave.test, teacher_data=_shuffled(logmel.test)
+        )
+
+
+def _shuffled(split):
+    return torch.utils.data.Subset(split, list(range(len(split)))[::-1])

@@ -21,7 +21,7 @@ from kdscope.config import (
     ScheduleConfig,
     TrainConfig,
 )
-from kdscope.data import AUGMENTS, DATASETS, load_data
+from kdscope.data import AUGMENTS, DATASETS, load_data, load_teacher_view
 from kdscope.methods import METHODS, Method, create_method
 from kdscope.metrics import accuracy
 from kdscope.models import MODELS, create_model, describe
@@ -182,20 +182,9 @@ def _run(cfg, run_dir: RunDirectory, resume, progress, teacher_test_acc, trust) 
 
 
 def _teacher_view(cfg: RunConfig, data, trust: bool):
-    """The teacher's representation of the run's examples when the teacher was trained on the same
-    dataset in another one (its checkpoint's ``data.options`` give another ``view``: a log-mel
-    teacher of a waveform student), else None. Both bundles come from the same data settings but
-    those options, so their splits hold the same examples in the same order."""
-    recorded = (
-        read_checkpoint(resolve_checkpoint(cfg.teacher.checkpoint), trust).get("config") or {}
-    ).get("data")
-    if not recorded or recorded.get("name") != cfg.data.name:
-        return None
-    options = dict(recorded.get("options") or {})
-    if options == cfg.data.options:
-        return None
-    view = load_data(cfg.data.model_copy(update={"options": options}))
-    return view if view.view is not None and view.view != data.view else None
+    """The teacher's representation of the run's examples, when it was trained on another."""
+    recorded = read_checkpoint(resolve_checkpoint(cfg.teacher.checkpoint), trust).get("config")
+    return load_teacher_view(cfg.data, (recorded or {}).get("data"), data.view)
 
 
 def _load_teacher(

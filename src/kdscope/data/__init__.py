@@ -26,6 +26,7 @@ from kdscope.data.registry import (
     DatasetNotFoundError,
     list_datasets,
     load_data,
+    load_teacher_view,
     register_dataset,
 )
 from kdscope.data.splits import carve_splits, stratified_sample, stratified_split
@@ -49,6 +50,7 @@ __all__ = [
     "get_augment",
     "list_datasets",
     "load_data",
+    "load_teacher_view",
     "register_dataset",
     "standard_augment",
     "stratified_sample",

@@ -94,12 +94,11 @@ def collate(batch: Batch | list[tuple]) -> tuple:
 
 
 def fetch(dataset: Dataset, indices: Sequence[int]) -> tuple:
-    """The batch of ``dataset`` at ``indices`` as the training loader would assemble it: through
-    the dataset's ``__getitems__`` when it has one (which pads token ids to the batch's longest
-    example), else by :func:`collate` of its items."""
-    getitems = getattr(dataset, "__getitems__", None)
-    if getitems is not None:
-        return collate(getitems(list(indices)))
+    """The examples of ``dataset`` at ``indices`` as one batch: :func:`collate` of its items, or,
+    for a split that pads its batches (token ids, which have a ``pad_id``), the batch its
+    ``__getitems__`` assembles (padded to the longest example)."""
+    if hasattr(dataset, "pad_id"):
+        return collate(dataset.__getitems__(list(indices)))
     return collate([dataset[i] for i in indices])
 
 

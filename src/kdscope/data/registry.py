@@ -95,3 +95,22 @@ def load_data(cfg: DataConfig | str, **fields: Any) -> DataBundle:
     )
     bundle.augment = augment_fn
     return bundle
+
+
+def load_teacher_view(cfg: DataConfig, recorded: dict | None, view: str | None):
+    """The teacher's representation of ``cfg``'s examples, or None when it has the student's.
+
+    ``recorded`` is the data section the teacher was trained with (from its checkpoint) and
+    ``view`` the student's bundle's. When the teacher learnt the same dataset from other options
+    that give another ``view`` (a log-mel teacher, ``view="waveform"``), this loads ``cfg`` with
+    the teacher's options: the same splits and examples in the same order (every loader orders and
+    splits examples without looking at their representation), so example ``i`` of a split is the
+    same in both bundles: what cross-representation KD and its evaluation pair on.
+    """
+    if not recorded or recorded.get("name") != cfg.name:
+        return None
+    options = dict(recorded.get("options") or {})
+    if options == cfg.options:
+        return None
+    bundle = load_data(cfg.model_copy(update={"options": options}))
+    return bundle if bundle.view is not None and bundle.view != view else None

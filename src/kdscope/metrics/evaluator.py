@@ -115,6 +115,25 @@ def _inputs_labels(batch) -> tuple[Tensor, Tensor]:
     return batch[0], batch[1]
 
 
+def _paired(data, teacher_data, batch_size: int):
+    """Batches of ``data`` with the same batches of the teacher's view (``data``'s own without
+    one); a view whose labels differ is not the same examples and is refused."""
+    if teacher_data is None:
+        for batch in _loader(data, batch_size):
+            yield batch, batch
+        return
+    if isinstance(data, DataLoader) or len(teacher_data) != len(data):
+        raise ValueError(
+            "teacher_data must be a Dataset of the same examples as data, in the same order"
+        )
+    for batch, t_batch in zip(
+        _loader(data, batch_size), _loader(teacher_data, batch_size), strict=True
+    ):
+        if not torch.equal(_inputs_labels(batch)[1], _inputs_labels(t_batch)[1]):
+            raise ValueError("teacher_data's labels differ from data's: not the same examples")
+        yield batch, t_batch
+
+
 @contextlib.contextmanager
 def _eval_mode(models: Sequence[nn.Module]):
     modes = [m.training for m in models]
@@ -143,6 +162,8 @@ class Evaluator:
         embeddings: text model name or (classes x dim) matrix for RS (see ``label_embeddings``).
         estimator: dCor estimator for FSS/RS, ``bias_corrected`` (R*) or ``v_statistic``.
         batch_size: used when ``data`` is a Dataset; CKA's minibatch estimator uses the batches.
+        teacher_calibration: the teacher's view of ``calibration`` when the teacher reads
+            another representation of the examples (see :meth:`run`'s ``teacher_data``).
     """
 
     def __init__(
@@ -162,6 +183,7 @@ class Evaluator:
         temperature: float = 1.0,
         batch_size: int = 256,
         device: str | torch.device | None = None,
+        teacher_calibration: Dataset | None = None,
     ):
         unknown = [m for m in metrics if m not in METRICS]
         if unknown or not metrics:
@@ -183,6 +205,7 @@ class Evaluator:
             device = first.device if first is not None else "cpu"
         self.device = torch.device(device)
         self.compared = {"student": student} | ({"base": base} if base is not None else {})
+        self.teacher_calibration = teacher_calibration
 
     def _default_layers(self) -> list[tuple[str, str]]:
         s_layers, t_layers = describe(self.student).stages, describe(self.teacher).stages
@@ -200,17 +223,26 @@ class Evaluator:
             return {"c": None, "source": "evaluation set (no calibration split given)", "n": None}
         kl = {name: OutputAgreement() for name in self.compared}
         with _eval_mode([self.teacher, *self.compared.values()]):
-            for batch in _loader(self.calibration, self.batch_size):
+            for batch, t_batch in _paired(
+                self.calibration, self.teacher_calibration, self.batch_size
+            ):
                 x = _inputs_labels(batch)[0].to(self.device)
-                t_logits = self.teacher(x)
+                t_logits = self.teacher(_inputs_labels(t_batch)[0].to(self.device))
                 for name, model in self.compared.items():
                     kl[name].update(t_logits, model(x))
         n = next(iter(kl.values())).n
         c = max(acc.max_kl for acc in kl.values())
         return {"c": c, "source": f"calibration split, n = {n}", "n": n}
 
-    def run(self, data: Dataset | DataLoader) -> EvaluationResult:
-        """Evaluate over ``data`` (a Dataset or DataLoader of (inputs, labels, ...))."""
+    def run(
+        self, data: Dataset | DataLoader, teacher_data: Dataset | None = None
+    ) -> EvaluationResult:
+        """Evaluate over ``data`` (a Dataset or DataLoader of (inputs, labels, ...)).
+
+        ``teacher_data``: the same examples in the teacher's representation, in the same order
+        (a log-mel teacher of waveform students); the teacher then reads it while the others
+        read ``data``, and CKA compares the two models' features example by example."""
+        self._teacher_data = teacher_data
         calibration = self._calibrate()
         need_feats = {"krs", "fss", "rs"} & set(self.metrics)
         s_layers = list(dict.fromkeys(s for s, _ in self.layers)) if need_feats else []
@@ -299,14 +331,16 @@ class Evaluator:
         with _eval_mode(list(models.values())), torch.no_grad(), contextlib.ExitStack() as stack:
             for tap in taps.values():
                 stack.enter_context(tap)
-            for batch in _loader(data, self.batch_size):
+            for batch, t_batch in _paired(data, self._teacher_data, self.batch_size):
                 x, y = _inputs_labels(batch)
                 x, y = x.to(self.device), y.to(self.device)
-                logits = {who: model(x) for who, model in models.items()}
+                t_x = _inputs_labels(t_batch)[0].to(self.device)
+                inputs = {"teacher": t_x} | {who: x for who in self.compared}
+                logits = {who: model(inputs[who]) for who, model in models.items()}
                 feats = {
                     who: {
                         k: as_features(
-                            example_features(models[who], x, v),
+                            example_features(models[who], inputs[who], v),
                             f"{who} layer {k!r}",
                             float64=False,
                         )
@@ -349,9 +383,12 @@ def evaluate(
 ) -> EvaluationResult:
     """Evaluate ``student`` (and ``base``) against ``teacher`` in one pass over ``data``.
 
-    ``options`` are those of :class:`Evaluator` (layers, c, calibration, alpha, class_names, ...).
+    ``options`` are those of :class:`Evaluator` (layers, c, calibration, alpha, class_names, ...)
+    and ``teacher_data`` (the teacher's view of ``data``, see :meth:`Evaluator.run`).
 
     >>> result = evaluate(teacher, student, bundle.test, base=base, calibration=bundle.val)
     >>> print(result.to_table()); result.save_json("eval.json")
     """
-    return Evaluator(teacher, student, base, metrics=metrics, **options).run(data)
+    teacher_data = options.pop("teacher_data", None)
+    evaluator = Evaluator(teacher, student, base, metrics=metrics, **options)
+    return evaluator.run(data, teacher_data)

@@ -15,9 +15,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from kdscope import api
 from kdscope.config import DataConfig, RunConfig
-from kdscope.data import collate, load_data, stratified_sample
+from kdscope.data import collate, load_data, load_teacher_view, stratified_sample
 from kdscope.metrics import calibration_constant, evaluate
 from kdscope.train import load_model
+from kdscope.train.checkpoint import read_checkpoint, resolve_checkpoint
 
 SPLIT_SUFFIX = {"all": "all", "teacher_correct": "C", "teacher_incorrect": "I"}
 FIGURE_PREFIX = {
@@ -49,6 +50,16 @@ def _bundle(data_json: str):
     return load_data(DataConfig.model_validate(json.loads(data_json)))
 
 
+@functools.lru_cache(maxsize=2)
+def _teacher_bundle(data_json: str, teacher_dir: str):
+    """The bundle the teacher reads: the study's, or the teacher's own representation of the same
+    examples when it was trained on another (cross-representation pairs)."""
+    bundle = _bundle(data_json)
+    recorded = (read_checkpoint(resolve_checkpoint(teacher_dir)).get("config") or {}).get("data")
+    cfg = DataConfig.model_validate(json.loads(data_json))
+    return load_teacher_view(cfg, recorded, bundle.view) or bundle
+
+
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -68,10 +79,12 @@ def calibrate(
 ) -> float | None:
     """The KRS constant C shared by a teacher's students: the largest per-example KL(p_T || p_S)
     of any of them on the validation split (None without one: the evaluation set then sets C)."""
-    val = _bundle(json.dumps(data, sort_keys=True)).val
+    key = json.dumps(data, sort_keys=True)
+    val = _bundle(key).val
     if len(val) == 0:
         return None
-    t_logits = _logits(_model(teacher_dir), val, evaluation["batch_size"])
+    t_val = _teacher_bundle(key, teacher_dir).val
+    t_logits = _logits(_model(teacher_dir), t_val, evaluation["batch_size"])
     return max(
         calibration_constant(t_logits, _logits(_model(s), val, evaluation["batch_size"]))
         for s in student_dirs
@@ -97,7 +110,8 @@ def evaluate_row(
 ) -> dict[str, Any]:
     """Agreement and KRS of one student (its ``which`` checkpoint: best or last) against its
     teacher on the test split, as tidy columns."""
-    bundle = _bundle(json.dumps(data, sort_keys=True))
+    key = json.dumps(data, sort_keys=True)
+    bundle, t_bundle = _bundle(key), _teacher_bundle(key, teacher_dir)
     student = _model(student_dir, which)
     result = evaluate(
         _model(teacher_dir),
@@ -105,6 +119,9 @@ def evaluate_row(
         evaluation_split(bundle, evaluation["test_size"]),
         c=c,
         batch_size=evaluation["batch_size"],
+        teacher_data=(
+            evaluation_split(t_bundle, evaluation["test_size"]) if t_bundle is not bundle else None
+        ),
     )
     return tidy_measures(result) | {
         "student_params": sum(p.numel() for p in student.parameters()),

@@ -1,0 +1,77 @@
+"""The teacher cache, resume after Ctrl-C and DDP on small real subsets of FSDD and SST-2."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from _interrupt import InterruptAt
+from _subsets import real_subset
+from kdscope.config import DataConfig, TrainConfig
+from kdscope.data import load_data
+from kdscope.models import create_model
+from kdscope.train import Trainer
+
+
+def _models(name: str, vocab: int):
+    torch.manual_seed(0)
+    if name == "fsdd":
+        return create_model("resnet8", 10, 1), create_model("resnet8", 10, 1)
+    teacher = create_model("textcnn", 2, vocab, embed_dim=16, filters=8)
+    student = create_model("bilstm", 2, vocab, embed_dim=16, hidden_size=8, mlp_size=8)
+    return teacher, student
+
+
+@pytest.fixture(scope="module", params=["fsdd", "sst2"])
+def subset(request, tmp_path_factory):
+    name = request.param
+    folder = real_subset(name, tmp_path_factory.mktemp(name))
+    return name, folder, load_data(name, data_dir=folder, train_size=40)
+
+
+def _fit(name, data, run_dir=None, resume=False, train_set=None):
+    teacher, student = _models(name, data.in_channels)
+    trainer = Trainer(
+        student,
+        train_set or data.train,
+        data.val,
+        teacher=teacher.eval(),
+        method="kd",
+        data=DataConfig(batch_size=10),
+        train=TrainConfig(epochs=2, seed=0, device="cpu"),
+        run_dir=run_dir,
+        progress=False,
+    )
+    return trainer, trainer.fit(resume=resume)
+
+
+def test_the_cache_holds_each_examples_teacher_outputs_by_index(subset):
+    name, _, data = subset
+    trainer, result = _fit(name, data)
+    assert result.cache == "memory"
+    teacher = trainer.teacher
+    for i in (0, 7, len(data.train) - 1):
+        x = data.train[i][0].unsqueeze(0)  # alone: an SST-2 example without any padding
+        with torch.no_grad():
+            expected = teacher(x)[0]
+        assert torch.allclose(trainer.cache.logits[i], expected, atol=1e-5)
+
+
+def test_ctrl_c_and_resume_end_with_the_uninterrupted_weights(subset, tmp_path):
+    name, _, data = subset
+    reference, _ = _fit(name, data)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(name, data, tmp_path, train_set=InterruptAt(data.train, at=7))
+    resumed, result = _fit(name, data, tmp_path, resume=True)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    ref, res = reference.student.state_dict(), resumed.student.state_dict()
+    assert all(torch.equal(ref[k], res[k]) for k in ref)
+
+
+def test_ddp_two_ranks_agree(subset, tmp_path, torchrun):
+    name, folder, _ = subset
+    torchrun(Path(__file__).with_name("ddp_audio_text_worker.py"), name, folder, tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert torch.equal(ranks[0]["cache"], ranks[1]["cache"])
+    weights = [{k: v for k, v in r["student"].items() if "running" not in k} for r in ranks]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
