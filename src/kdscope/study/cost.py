@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from kdscope.data import collate, load_data
+from kdscope.data import collate, load_data, load_teacher_view
 from kdscope.data.transforms import CropFlip
 from kdscope.models import create_model, reader
 from kdscope.study.config import StudyConfig
@@ -36,9 +36,7 @@ def estimate(cfg: StudyConfig, plan: Plan, todo: list[PlannedRun]) -> tuple[floa
     if not todo:
         return 0.0, []
     data = load_data(cfg.data)
-    x, y, _ = collate(
-        data.train.__getitems__(list(range(min(cfg.data.batch_size, len(data.train)))))
-    )
+    x, y, _ = _batch(data, cfg.data.batch_size)
     steps = len(data.train) // cfg.data.batch_size
     threads = torch.get_num_threads()
     if cfg.train.threads:
@@ -51,9 +49,15 @@ def estimate(cfg: StudyConfig, plan: Plan, todo: list[PlannedRun]) -> tuple[floa
             if arch not in step_s:
                 step_s[arch] = _student_step(arch, data, x, y)
             if run.teacher is not None:
-                t_arch = plan.runs[run.teacher].config.student.name
+                t_config = plan.runs[run.teacher].config
+                t_arch = t_config.student.name
                 if t_arch not in forward_s:
-                    forward_s[t_arch] = _teacher_forward(t_arch, data, x)
+                    # A teacher of another representation (cross-representation pairs) is timed
+                    # on its own view of the batch.
+                    recorded = t_config.data.model_dump(mode="json")
+                    view = load_teacher_view(cfg.data, recorded, data.view)
+                    t_x = x if view is None else _batch(view, cfg.data.batch_size)[0]
+                    forward_s[t_arch] = _teacher_forward(t_arch, view or data, t_x)
     finally:
         torch.set_num_threads(threads)
     total = 0.0
@@ -72,6 +76,10 @@ def estimate(cfg: StudyConfig, plan: Plan, todo: list[PlannedRun]) -> tuple[floa
     lines += [f"  timed: {arch} step {s * 1e3:.0f} ms" for arch, s in step_s.items()]
     lines += [f"  timed: {arch} teacher forward {s * 1e3:.0f} ms" for arch, s in forward_s.items()]
     return total, lines
+
+
+def _batch(data, batch_size: int) -> tuple:
+    return collate(data.train.__getitems__(list(range(min(batch_size, len(data.train))))))
 
 
 def _cached_passes(run: PlannedRun, data) -> int:
