@@ -68,10 +68,12 @@ def test_ctrl_c_and_resume_end_with_the_uninterrupted_weights(subset, tmp_path):
     assert all(torch.equal(ref[k], res[k]) for k in ref)
 
 
-def test_ddp_two_ranks_agree(subset, tmp_path, torchrun):
-    name, folder, _ = subset
-    torchrun(Path(__file__).with_name("ddp_audio_text_worker.py"), name, folder, tmp_path)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
-    assert torch.equal(ranks[0]["cache"], ranks[1]["cache"])
-    weights = [{k: v for k, v in r["student"].items() if "running" not in k} for r in ranks]
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+def test_ddp_two_ranks_agree_on_both_data_sets(tmp_path, torchrun):
+    folders = {name: real_subset(name, tmp_path / name) for name in ("fsdd", "sst2")}
+    worker = Path(__file__).with_name("ddp_audio_text_worker.py")
+    torchrun(worker, tmp_path, *(f"{name}={folder}" for name, folder in folders.items()))
+    for name in folders:
+        ranks = [torch.load(tmp_path / f"{name}-rank{r}.pt") for r in (0, 1)]
+        assert torch.equal(ranks[0]["cache"], ranks[1]["cache"]), name
+        weights = [{k: v for k, v in r["student"].items() if "running" not in k} for r in ranks]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), name
