@@ -123,6 +123,12 @@ def test_evaluation_pairs_the_teachers_view_with_the_students(setting):
     assert result.agreement["student"].all.teacher_accuracy == pytest.approx(teacher_run.test_acc)
     assert result.agreement["student"].all.student_accuracy == pytest.approx(student.test_acc)
     assert 0.0 <= result.krs["student"].krs <= 1.0
+    cli = CliRunner().invoke(
+        app, ["evaluate", "--teacher", str(teacher_run.run_dir), "--student", str(student.run_dir)]
+    )
+    assert cli.exit_code == 0, cli.output
+    saved = json.loads((student.run_dir / "eval.json").read_text())["agreement"]["student"]
+    assert saved["all"]["teacher_accuracy"] == pytest.approx(teacher_run.test_acc)
     with pytest.raises(ValueError, match="not the same examples"):
         evaluate(
             teacher, load_model(student.run_dir), wave.test, teacher_data=_shuffled(logmel.test)

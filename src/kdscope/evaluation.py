@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from kdscope.config import DataConfig
-from kdscope.data import load_data
+from kdscope.data import load_data, load_teacher_view
 from kdscope.explain import explain_student
 from kdscope.metrics import evaluate
 from kdscope.models import describe
@@ -58,6 +58,9 @@ def evaluate_runs(
     loaded = {role: load_model(p, trust=trust) for role, p in models.items() if p is not None}
     _check_inputs(loaded, bundle)
     metrics = metrics or ["agreement", "krs"]
+    # A teacher of another representation (cross-representation KD) reads its own view.
+    view = load_teacher_view(_data_config(bundle, student, data, trust),
+                             _recorded_data(teacher, trust), bundle.view)  # fmt: skip
     result = evaluate(
         loaded["teacher"],
         loaded["student"],
@@ -66,11 +69,22 @@ def evaluate_runs(
         metrics=metrics,
         calibration=bundle.val if split == "test" else None,
         class_names=bundle.class_names if "rs" in metrics else None,
+        teacher_data=None if view is None else (view.test if split == "test" else view.val),
+        teacher_calibration=view.val if view is not None and split == "test" else None,
     )
     path = out or (student if Path(student).is_dir() else Path(student).parent) / "eval.json"
     inputs = {role: str(p) for role, p in models.items() if p is not None}
     merge_eval_json(path, result, inputs | {"data": bundle.name, "split": split})
     return result, path
+
+
+def _recorded_data(run: Path, trust: bool) -> dict | None:
+    return (read_checkpoint(resolve_checkpoint(run), trust).get("config") or {}).get("data")
+
+
+def _data_config(bundle, student: Path, data: str | None, trust: bool) -> DataConfig:
+    cfg = run_data_config(student, trust) or DataConfig(name=bundle.name)
+    return cfg if data is None else cfg.model_copy(update={"name": data})
 
 
 def merge_eval_json(path: Path, result, inputs: dict[str, Any]) -> dict[str, Any]:
