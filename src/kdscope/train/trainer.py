@@ -23,6 +23,7 @@ from kdscope.train.accounting import LossAccumulator, NonFiniteLossError, epoch_
 from kdscope.train.cache import TeacherCache, build_run_cache, cache_mode
 from kdscope.train.interrupt import StopBetweenSteps
 from kdscope.train.optim import build_optimizer, lr_factor, set_lr
+from kdscope.train.paired import check_paired
 from kdscope.train.progress import make_progress
 from kdscope.train.run_dir import RunDirectory
 from kdscope.train.sampler import EpochBatchSampler
@@ -112,7 +113,7 @@ class Trainer:
         self._stop_requested = False
         self.teacher_view = teacher_view
         if teacher_view is not None:
-            _check_paired(teacher_view, train_set, self.val_set, method)
+            check_paired(teacher_view, train_set, self.val_set, method)
 
     # ---- set-up -------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -373,29 +374,6 @@ class Trainer:
     def _log(self, message: str) -> None:
         if self.dist.is_main and self.show_progress:
             get_console().print(message, soft_wrap=True)  # log lines stay whole in a file
-
-
-def _check_paired(view: tuple[Dataset, Dataset | None], train_set, val_set, method) -> None:
-    """A teacher view must hold the student's examples in the same order (checked on labels and,
-    where the splits name them, files), and the method may read only the teacher's outputs."""
-    if method.needs.teacher_features:
-        raise ValueError(
-            f"method {method.name!r} reads teacher features, which do not carry across "
-            "representations; a teacher on another representation serves output-only methods "
-            "(kd, dkd, random_control, ...)"
-        )
-    for role, teacher_split, split in (("train", view[0], train_set), ("val", view[1], val_set)):
-        if split is None:
-            continue
-        same = teacher_split is not None and len(teacher_split) == len(split)
-        same = same and bool((teacher_split.labels == split.labels).all())
-        files = getattr(split, "files", None), getattr(teacher_split, "files", None)
-        if not same or files[0] != files[1]:
-            raise ValueError(
-                f"the teacher's view of the {role} split does not hold the student's examples "
-                "in the same order (lengths, labels or files differ): load both from the same "
-                "data settings but the representation"
-            )
 
 
 def _pick_device(name: str) -> torch.device:
