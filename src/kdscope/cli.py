@@ -21,7 +21,8 @@ from rich.table import Table
 
 from kdscope.api import run
 from kdscope.config import ConfigError, build_config, load_config
-from kdscope.evaluation import evaluate_runs, explain_runs
+from kdscope.data import collate, load_data
+from kdscope.evaluation import evaluate_runs, explain_runs, generate_runs
 from kdscope.explain.relevance import RELEVANCE_COLUMNS, relevance_rows
 from kdscope.methods import METHODS, method_info
 from kdscope.models import describe, zoo_table
@@ -214,18 +215,77 @@ def explain(
 
 
 @command
+def generate(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories (or .pt) of language models.")
+    ],
+    prompt: Annotated[str, typer.Option(help="Text the samples continue.")] = "\n",
+    tokens: Annotated[int, typer.Option(min=0, help="Tokens to sample after the prompt.")] = 200,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, help="Softmax temperature (0: greedy).")
+    ] = 1.0,
+    top_k: Annotated[
+        int | None, typer.Option(min=1, help="Sample among the k likeliest tokens only.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling (the same for every run).")] = 0,
+    data: Annotated[
+        str | None, typer.Option(help="Dataset name (default: the first run's dataset).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the samples to this file.")] = None,
+    trust: TrustOpt = False,
+) -> None:
+    """Sample text from trained language models, one after the other from the same prompt."""
+    samples = generate_runs(
+        runs, prompt, tokens, temperature=temperature, top_k=top_k, seed=seed, data=data,
+        trust=trust,
+    )  # fmt: skip
+    settings = f"temperature {temperature}, top-k {top_k or 'off'}, seed {seed}"
+    parts = [f"## {run}\n\n({settings})\n\n```\n{text}\n```\n" for run, text in samples]
+    for part in parts:
+        console.print(part, markup=False, highlight=False)
+    if out is not None:
+        out.write_text("\n".join(parts))
+        console.print(f"samples written to {out}", highlight=False)
+
+
+@command
 def models(
     num_classes: Annotated[int, typer.Option(min=2, help="Classes of the classifier.")] = 10,
     in_channels: Annotated[int, typer.Option(min=1, help="Input channels.")] = 3,
     input_size: Annotated[int, typer.Option(min=1, help="Input height = width.")] = 32,
+    data: Annotated[
+        str | None,
+        typer.Option(help="List the models for this dataset, sized on one of its examples."),
+    ] = None,
 ) -> None:
     """List the model zoo with parameters and multiply-adds (MACs) at the given input size."""
-    table = Table("model", "params (M)", "MMACs", "feature layers (C x H x W)")
-    for row in zoo_table(num_classes, in_channels, input_size):
+    if data is None:
+        rows = zoo_table(num_classes, in_channels, input_size)
+        shape = "C x H x W"
+    else:
+        bundle = load_data(data)
+        example = collate([bundle.train[0]])[0]
+        rows = zoo_table(
+            bundle.num_classes,
+            bundle.in_channels,
+            task=bundle.task,
+            inputs=bundle.inputs,
+            example=example,
+        )
+        shape = "per example"
+        console.print(f"{data}: {bundle.task}, {bundle.num_classes} classes, one example is "
+                      f"{bundle.inputs} of shape {tuple(example.shape[1:])}")  # fmt: skip
+    table = Table("model", "params (M)", "MMACs", f"feature layers ({shape})")
+    for row in rows:
         layers = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in row["features"].items())
         table.add_row(row["name"], f"{row['params'] / 1e6:.3f}", f"{row['macs'] / 1e6:.1f}", layers)
     console.print(table)
-    console.print("Any torchvision classifier is also available as tv:<name>, e.g. tv:resnet18.")
+    if data is None:
+        console.print(
+            "Any torchvision classifier is also available as tv:<name>, e.g. tv:resnet18."
+        )
+    elif bundle.task == "language-modelling":
+        console.print("Any local Hugging Face causal LM folder is also available as hf:<path>.")
 
 
 @command

