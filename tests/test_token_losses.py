@@ -77,8 +77,11 @@ def test_generalized_jsd_limits_are_forward_and_reverse_kl():
     assert (generalized_jsd(s.double(), t.double(), 1 - eps) / eps).item() == pytest.approx(
         reverse_kl(s.double(), t.double()).item(), rel=1e-3
     )
-    for beta in (0.0, 1.0):
-        with pytest.raises(ValueError, match=r"beta must lie in \(0, 1\)"):
+    # TRL's convention at the ends: beta 0 is the forward KL, beta 1 the reverse KL, exactly.
+    assert torch.equal(generalized_jsd(s, t, 0.0), token_kd(s, t))
+    assert torch.equal(generalized_jsd(s, t, 1.0, temperature=2.0), reverse_kl(s, t, 2.0))
+    for beta in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"beta must lie in \[0, 1\]"):
             generalized_jsd(s, t, beta)
 
 
