@@ -10,6 +10,7 @@ import torch
 from scipy.spatial.distance import jensenshannon
 from torch.distributions import Categorical, kl_divergence
 
+from kdscope.methods import Outputs, create_method
 from kdscope.methods.response import kd_div
 from kdscope.methods.token_losses import (
     TopKTargets,
@@ -179,3 +180,47 @@ def test_topk_errors_and_bytes_per_token():
     targets = topk_targets(torch.randn(3, 5, 65), 8)
     stored = sum(x.element_size() * x.numel() for x in targets[:3])
     assert stored == 15 * topk_bytes_per_token(8, 65)
+
+
+# --- the methods --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "loss"),
+    [
+        ("kd", {"temperature": 2.0, "alpha": 0.7}, lambda s, t: token_kd(s, t, 2.0)),
+        ("reverse_kl", {"temperature": 2.0, "alpha": 0.7}, lambda s, t: reverse_kl(s, t, 2.0)),
+        ("jsd", {"beta": 0.3, "temperature": 2.0, "alpha": 0.7},
+         lambda s, t: generalized_jsd(s, t, 0.3, 2.0)),
+    ],
+)  # fmt: skip
+def test_token_methods_weigh_their_loss_by_alpha_over_every_layout(name, params, loss):
+    method = create_method(name, **params)
+    assert method.ce_weight == pytest.approx(0.3)
+    s, t = logits_pair(shape=(2, 5, 7))
+    y = torch.zeros(2, 5, dtype=torch.long)
+    (term,) = method(Outputs(student_logits=s, labels=y, teacher_logits=t, class_dim=-1)).values()
+    assert term.item() == pytest.approx(0.7 * loss(s, t).item(), rel=1e-6)
+    # A segmenter's (B, C, H, W) scores are read along C: the same loss per pixel.
+    pixels = Outputs(
+        student_logits=s.permute(0, 2, 1)[..., None],
+        labels=y,
+        teacher_logits=t.permute(0, 2, 1)[..., None],
+        class_dim=1,
+    )
+    (per_pixel,) = method(pixels).values()
+    assert per_pixel.item() == pytest.approx(term.item(), rel=1e-6)
+
+
+def test_random_control_per_token_keeps_each_positions_teacher_moments():
+    s, t = logits_pair(shape=(3, 8, 65))
+    method = create_method("random_control", temperature=1.0)
+    out = Outputs(student_logits=s, labels=torch.zeros(3, 8), teacher_logits=t, class_dim=-1)
+    noise = method.target_logits(out)
+    assert noise.shape == t.shape
+    assert torch.allclose(noise.mean(-1), t.mean(-1), atol=1e-5)
+    assert torch.allclose(noise.std(-1), t.std(-1), atol=1e-5)
+    # The teacher's ranking is gone: its top-1 survives at chance level (1/65) only.
+    assert (noise.argmax(-1) == t.argmax(-1)).float().mean() < 0.2
+    (term,) = method(out).values()
+    assert torch.isfinite(term) and term.item() > 0
