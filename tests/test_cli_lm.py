@@ -93,6 +93,19 @@ def test_distill_with_token_and_feature_methods(runs, method, term):
     assert record["terms"][term] > 0
 
 
+def test_distill_from_a_top_k_teacher_cache(runs):
+    code, text = _invoke(
+        "distill", "--teacher", runs["teacher"], "--student", "gpt-micro", "--method", "kd",
+        "--data", "tinyshakespeare", "--epochs", 1, "--name", "kd-top8", "--out", runs["out"],
+        *SMALL, "--set", "train.cache_topk=8", "--set", "train.cache_dtype=float16",
+    )  # fmt: skip
+    assert code == 0, text
+    # 192 blocks x 32 positions x (8 x (2 + 2) + 2) bytes
+    assert "top-8 of 65 per position, 0.2 MiB (34 bytes per position, float16)" in text
+    record = json.loads((runs["out"] / "kd-top8" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["terms"]["kd"] > 0
+
+
 def test_evaluate_measures_every_position_and_writes_token_figures(runs):
     student = _distill(runs, "kd", name="kd-evaluated")
     code, text = _invoke(

@@ -8,19 +8,20 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
+from torch import Tensor
 from torch.distributions import Categorical, kl_divergence
+from torch.utils.data import DataLoader
 
+from kdscope.config import DataConfig, TrainConfig
+from kdscope.data.lm import TokenBlocks
+from kdscope.data.memory import collate
 from kdscope.methods import Outputs, create_method
 from kdscope.methods.response import kd_div
-from kdscope.methods.token_losses import (
-    TopKTargets,
-    generalized_jsd,
-    reverse_kl,
-    token_kd,
-    topk_bytes_per_token,
-    topk_kd,
-    topk_targets,
-)
+from kdscope.methods.token_losses import generalized_jsd, reverse_kl, token_kd
+from kdscope.methods.topk import TopKTargets, topk_bytes_per_token, topk_kd, topk_targets
+from kdscope.models.gpt import GPT
+from kdscope.train import Trainer
+from kdscope.train.cache import TeacherCache, TopKCache
 
 
 def logits_pair(shape=(2, 3, 7), seed=0):
@@ -224,3 +225,57 @@ def test_random_control_per_token_keeps_each_positions_teacher_moments():
     assert (noise.argmax(-1) == t.argmax(-1)).float().mean() < 0.2
     (term,) = method(out).values()
     assert torch.isfinite(term) and term.item() > 0
+
+
+# --- the Trainer's top-k teacher cache ----------------------------------------------------------
+
+
+def _lm_step_losses(cache_cfg: dict, steps: int = 3) -> tuple[list[Tensor], object]:
+    """The first ``steps`` losses of kd (T = 2) from a GPT teacher to a GPT student on random
+    token blocks, with the teacher cache ``cache_cfg`` (TrainConfig fields)."""
+    tokens = torch.randint(0, 13, (24 * 8 + 1,), generator=torch.Generator().manual_seed(0))
+    train = TokenBlocks(tokens, 8)
+    torch.manual_seed(0)
+    teacher = GPT(13, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    student = GPT(13, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    trainer = Trainer(
+        student, train, teacher=teacher, method=create_method("kd", temperature=2.0),
+        data=DataConfig(batch_size=8, eval_batch_size=16),
+        train=TrainConfig(epochs=1, device="cpu", **cache_cfg), progress=False,
+    )  # fmt: skip
+    trainer._setup()
+    trainer._build_cache("memory", None)
+    losses = []
+    with trainer.step.taps():
+        for x, y, idx in DataLoader(train, batch_size=8, collate_fn=collate):
+            losses.append(trainer.step(x, y, idx).terms["kd"].detach())
+            if len(losses) == steps:
+                break
+    return losses, trainer.cache
+
+
+def test_a_top_k_cache_of_the_whole_vocabulary_gives_the_full_caches_loss_bitwise():
+    full, full_cache = _lm_step_losses({"cache_dtype": "float32"})
+    top, top_cache = _lm_step_losses({"cache_dtype": "float32", "cache_topk": 13})
+    assert isinstance(full_cache, TeacherCache) and isinstance(top_cache, TopKCache)
+    assert top_cache.targets.logprobs.shape == (24, 8, 13) and top_cache.targets.temperature == 2.0
+    assert all(torch.equal(a, b) for a, b in zip(full, top, strict=True))
+    # k < V: a lower bound (the tail is one bucket), within float16 rounding of it.
+    small, small_cache = _lm_step_losses({"cache_topk": 4, "cache_dtype": "float16"})
+    assert small_cache.targets.logprobs.dtype == torch.float16
+    assert small_cache.targets.ids.dtype == torch.int16
+    assert all(0 < s.item() <= f.item() * (1 + 1e-3) for s, f in zip(small, full, strict=True))
+
+
+def test_a_top_k_cache_is_refused_where_it_cannot_serve():
+    with pytest.raises(ValueError, match="train.cache_topk is read by method kd"):
+        Trainer(
+            GPT(13, block_size=8, n_layer=1, n_head=2, n_embd=8),
+            TokenBlocks(torch.arange(17) % 13, 8),
+            teacher=GPT(13, block_size=8, n_layer=1, n_head=2, n_embd=8),
+            method="reverse_kl",
+            train=TrainConfig(epochs=1, cache_topk=4),
+            progress=False,
+        ).fit()
+    with pytest.raises(ValueError, match="exceeds the teacher's 13 classes"):
+        _lm_step_losses({"cache_topk": 14})

@@ -98,6 +98,10 @@ class TrainConfig(_Strict):
     view_store: Literal["memory", "disk"] = "memory"
     cache_dtype: Literal["float32", "float16"] = "float32"
     cache_max_gb: float = Field(4.0, gt=0.0)
+    # Keep only the teacher's k likeliest classes (tokens) per position, with the remaining mass
+    # (methods/topk.py; method kd), in cache_dtype (float16: 4k + 2 bytes per position at a
+    # vocabulary under 32,768). None: the full distribution.
+    cache_topk: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)
     # Stop after this many epochs without a new best validation accuracy (by more than the delta).
     early_stop: int | None = Field(None, ge=1)

@@ -18,6 +18,7 @@ from kdscope.methods.base import (
     register_method,
 )
 from kdscope.methods.params import POSITIVE, UNIT, Interval, Options
+from kdscope.methods.topk import TopKTargets, topk_kd
 
 
 def kd_div(
@@ -52,11 +53,14 @@ class VanillaKD(Method):
 
     loss = alpha * T^2 * KL(p_t^T || p_s^T), batch mean; the run adds (1 - alpha) * CE (0.1 * CE at
     the defaults) unless it sets its own CE weight. Defaults T=4, alpha=0.9 follow the common CIFAR
-    recipe (mdistiller, CRD); the paper gives no single value.
+    recipe (mdistiller, CRD); the paper gives no single value. Against a top-k teacher cache
+    (``train.cache_topk``) the KL is :func:`~kdscope.methods.topk.topk_kd`'s, the remaining mass
+    one bucket.
     """
 
     paper = "Hinton et al. 2015, arXiv:1503.02531"
     constraints = {"temperature": POSITIVE, "alpha": UNIT}
+    reads_topk = True
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9):
         super().__init__(LOGITS, ce_weight=1.0 - alpha)
@@ -64,7 +68,10 @@ class VanillaKD(Method):
         self.alpha = alpha
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:
-        kd = kd_div(out.student_logits, out.teacher_logits, self.temperature, out.class_dim)
+        if isinstance(out.teacher_logits, TopKTargets):
+            kd = topk_kd(out.student_logits.movedim(out.class_dim, -1), out.teacher_logits)
+        else:
+            kd = kd_div(out.student_logits, out.teacher_logits, self.temperature, out.class_dim)
         return {"kd": self.alpha * kd}
 
 

@@ -140,6 +140,8 @@ class Trainer:
             directory=self.run.cache_dir if self.run else None,
             progress=progress,
             log=self._log,
+            # A top-k cache holds log-probabilities, so at the temperature the method reads.
+            temperature=getattr(self.method, "temperature", 1.0),
         )
         self.cache, self.views, self.cache_mode = built.cache, built.views, built.mode
         if self.cache is not None:
@@ -181,6 +183,12 @@ class Trainer:
             if self.cfg.early_stop:
                 raise ValueError("train.early_stop needs a validation set (data.val_fraction > 0)")
             self._log("no validation set: the last epoch is the run's result (no best epoch)")
+        if self.cfg.cache_topk is not None and not self.method.reads_topk:
+            raise ValueError(
+                f"train.cache_topk is read by method kd (forward KL against the cached top-k); "
+                f"method {self.method.name or type(self.method).__name__!r} needs the teacher's "
+                "full outputs: unset train.cache_topk"
+            )
         self.cache_mode = cache_mode(
             self.cfg.cache,
             needed=self.teacher is not None and self.method.needs.teacher_outputs,
