@@ -39,7 +39,8 @@ def check_config(cfg: RunConfig) -> list[str]:
     if cfg.data.augment not in AUGMENTS:
         problems.append(f"data.augment: {cfg.data.augment!r} is not one of {', '.join(AUGMENTS)}")
     for field, model in (("student", cfg.student), ("teacher", cfg.teacher)):
-        if model is not None and not model.name.startswith("tv:") and model.name not in MODELS:
+        external = model is not None and model.name.startswith(("tv:", "hf:"))
+        if model is not None and not external and model.name not in MODELS:
             problems.append(f"{field}.name: {MODELS.unknown_message(model.name)}")
     if cfg.method.name not in METHODS:
         problems.append(f"method.name: {METHODS.unknown_message(cfg.method.name)}")
