@@ -82,7 +82,7 @@ def test_train_writes_a_language_model_run(runs):
 @pytest.mark.parametrize(
     ("method", "term"),
     [("kd", "kd"), ("reverse_kl", "reverse_kl"), ("jsd", "jsd"), ("random_control", "kd"),
-     ("fitnet", "hint"), ("cka", "cka")],
+     ("fitnet", "hint"), ("cka", "cka"), ("on_policy", "jsd")],
 )  # fmt: skip
 def test_distill_with_token_and_feature_methods(runs, method, term):
     run = _distill(runs, method)

@@ -15,10 +15,11 @@ from torch.utils.data import DataLoader
 from kdscope.config import DataConfig, TrainConfig
 from kdscope.data.lm import TokenBlocks
 from kdscope.data.memory import collate
-from kdscope.methods import Outputs, create_method
+from kdscope.methods import BindContext, Outputs, create_method
 from kdscope.methods.response import kd_div
 from kdscope.methods.token_losses import generalized_jsd, reverse_kl, token_kd
 from kdscope.methods.topk import TopKTargets, topk_bytes_per_token, topk_kd, topk_targets
+from kdscope.models.generate import generate
 from kdscope.models.gpt import GPT
 from kdscope.train import Trainer
 from kdscope.train.cache import TeacherCache, TopKCache
@@ -279,3 +280,37 @@ def test_a_top_k_cache_is_refused_where_it_cannot_serve():
         ).fit()
     with pytest.raises(ValueError, match="exceeds the teacher's 13 classes"):
         _lm_step_losses({"cache_topk": 14})
+
+
+# --- on-policy distillation ---------------------------------------------------------------------
+
+
+def _on_policy_step(lmbda: float, seed: int):
+    torch.manual_seed(0)
+    teacher = GPT(13, block_size=8, n_layer=2, n_head=2, n_embd=16).eval()
+    student = GPT(13, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    method = create_method("on_policy", lmbda=lmbda, beta=0.3, alpha=0.8, prompt=0.25)
+    method.bind(BindContext(student=student, teacher=teacher, num_classes=13, num_train=4))
+    x = torch.randint(0, 13, (4, 8), generator=torch.Generator().manual_seed(1))
+    out = Outputs(
+        student_logits=student(x), labels=x, teacher_logits=teacher(x).detach(), inputs=x,
+        class_dim=-1,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return method(out)["jsd"], out, (method, student, teacher, x)
+
+
+def test_on_policy_scores_the_students_own_samples_with_the_teachers_jsd():
+    term, _, (method, student, teacher, x) = _on_policy_step(lmbda=1.0, seed=5)
+    torch.manual_seed(5)
+    torch.rand(())  # the draw that chose an on-policy step
+    sequences = generate(student, x[:, :2], 6)
+    assert torch.equal(sequences[:, :2], x[:, :2]) and not torch.equal(sequences, x)
+    with torch.no_grad():
+        expected = generalized_jsd(student(sequences)[:, 1:-1], teacher(sequences)[:, 1:-1], 0.3)
+    assert term.item() == pytest.approx(0.8 * expected.item(), rel=1e-6)
+    assert term.requires_grad  # the student learns through its scores of its samples
+    # lmbda = 0 never samples: it is the jsd method on the data.
+    supervised, out, _ = _on_policy_step(lmbda=0.0, seed=5)
+    (jsd,) = create_method("jsd", beta=0.3, alpha=0.8)(out).values()
+    assert torch.equal(supervised, jsd)
