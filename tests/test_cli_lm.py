@@ -11,9 +11,13 @@ from typer.testing import CliRunner
 
 from kdscope.api import check_config
 from kdscope.cli import app
-from kdscope.config import load_config
+from kdscope.config import build_config, load_config
+from kdscope.data import load_data
+from kdscope.models.generate import generate
+from kdscope.pipelines import sequence_kd
 from kdscope.study import expand, load_study
 from kdscope.study.plan import check_plan
+from kdscope.train import load_model
 
 runner = CliRunner()
 BLOCK = 32
@@ -170,6 +174,30 @@ def test_a_hugging_face_causal_lm_as_the_student(runs, tmp_path):
         "model.transformer.h.0<->blocks.1",
         "model.transformer.h.1<->blocks.3",
     }
+
+
+def test_sequence_level_kd_trains_the_student_on_the_teachers_text(runs, tmp_path):
+    overrides = [o for o in SMALL if o != "--set"] + ["data.train_size=32"]
+    cfg = build_config(
+        {"name": "seqkd", "out_dir": str(tmp_path), "data": {"name": "tinyshakespeare"},
+         "student": {"name": "gpt-micro"},
+         "teacher": {"name": "gpt-mini", "checkpoint": str(runs["teacher"])},
+         "train": {"epochs": 1}},
+        overrides,
+    )  # fmt: skip
+    result = sequence_kd(cfg, prompt=4, progress=False)
+    text = (tmp_path / "seqkd" / "teacher-text.txt").read_text()
+    assert len(text) == 32 * BLOCK  # every training block, rewritten after its first 4 characters
+    student = result.final
+    assert student.run_dir.name == "0-student-gpt-micro" and 0.0 < student.test_acc < 1.0
+    # Greedy decoding: the student's training blocks are the teacher's argmax continuations.
+    bundle = load_data(cfg.data)
+    first = bundle.train[0][0][None, :4]
+    greedy = generate(load_model(runs["teacher"]), first, BLOCK - 4, temperature=0.0)
+    assert text[:BLOCK] == bundle.vocab.decode(greedy[0])
+    config = yaml.safe_load((student.run_dir / "config.yaml").read_text())
+    assert config["data"]["options"]["train_text"] == str(tmp_path / "seqkd" / "teacher-text.txt")
+    assert config["teacher"] is None and len(config["data"]["options"]["vocab"]) == 65
 
 
 def test_text_data_from_a_users_file(tmp_path):
