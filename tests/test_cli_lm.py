@@ -17,7 +17,7 @@ from kdscope.models.generate import generate
 from kdscope.pipelines import sequence_kd
 from kdscope.study import expand, load_study
 from kdscope.study.plan import check_plan
-from kdscope.train import load_model
+from kdscope.train import load_model, read_checkpoint
 
 runner = CliRunner()
 BLOCK = 32
@@ -108,6 +108,17 @@ def test_distill_from_a_top_k_teacher_cache(runs):
     assert "top-8 of 65 per position, 0.2 MiB (34 bytes per position, float16)" in text
     record = json.loads((runs["out"] / "kd-top8" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["terms"]["kd"] > 0
+
+
+def test_random_control_permute_gives_each_block_another_blocks_teacher_outputs(runs):
+    code, text = _invoke(
+        "distill", "--teacher", runs["teacher"], "--student", "gpt-micro", "--method",
+        "random_control", "--data", "tinyshakespeare", "--epochs", 1, "--name", "permute",
+        "--out", runs["out"], *SMALL, "--set", "method.params={mode: permute}",
+    )  # fmt: skip
+    assert code == 0, text
+    state = read_checkpoint(runs["out"] / "permute" / "checkpoints" / "last.pt")["method"]
+    assert state["bank"].shape == (192, BLOCK, 65) and bool(state["seen"].all())
 
 
 def test_evaluate_measures_every_position_and_writes_token_figures(runs):

@@ -68,7 +68,8 @@ class Outputs:
 @dataclass
 class BindContext:
     """What ``Method.bind`` sees before training: the models, their ModelInfo and the shapes of
-    features at every layer the method reads (from one dry forward pass)."""
+    features at every layer the method reads (from one dry forward pass on ``example``, a batch of
+    two or more inputs on the training device, there for a method that probes more)."""
 
     student: nn.Module
     teacher: nn.Module | None
@@ -76,6 +77,7 @@ class BindContext:
     num_train: int
     student_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    example: Tensor | None = None
 
 
 class Method(nn.Module):
