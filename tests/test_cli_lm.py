@@ -9,6 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from kdscope.analysis.run_report import run_sections, write_run_report
 from kdscope.api import check_config
 from kdscope.cli import app
 from kdscope.config import build_config, load_config
@@ -144,7 +145,10 @@ def test_evaluate_measures_every_position_and_writes_token_figures(runs):
         assert 0.0 <= result["krs"][model]["krs"] <= 1.0
     assert set(result["fss"]) == {"blocks.0", "blocks.1"}
     assert "positions drawn per batch" in result["estimators"]["fss_cka"]
-    assert (student / "figures" / "token-agreement.png").stat().st_size > 0
+    assert (student / "token-agreement.png").stat().st_size > 0
+    titles = [s.title for s in run_sections(student)]
+    assert titles == ["Training", "Result", "Transfer metrics", "Configuration"]
+    assert "perplexity" in write_run_report(student).read_text()
 
 
 def test_generate_samples_every_run_from_the_same_prompt(runs, tmp_path):

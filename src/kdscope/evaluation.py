@@ -15,7 +15,7 @@ from kdscope.config import DataConfig
 from kdscope.data import load_data
 from kdscope.explain import explain_student
 from kdscope.metrics import evaluate
-from kdscope.metrics.tokens import agreement_profile_figure
+from kdscope.metrics.tokens import TOKEN_FIGURE, agreement_profile_figure
 from kdscope.models import describe
 from kdscope.models.generate import generate_text
 from kdscope.train.checkpoint import load_model, read_checkpoint, resolve_checkpoint
@@ -53,7 +53,7 @@ def evaluate_runs(
     directory): the metrics computed now replace their earlier values, the others are kept, and
     ``inputs`` records per metric what produced it. For language models the student's top-1
     agreement by position in the block and by teacher confidence is drawn beside it, in
-    ``figures/token-agreement.png``.
+    ``token-agreement.png`` (which the run's report shows with its transfer metrics).
 
     Returns ``(EvaluationResult, path written)``.
     """
@@ -77,12 +77,10 @@ def evaluate_runs(
     inputs = {role: str(p) for role, p in models.items() if p is not None}
     merge_eval_json(path, result, inputs | {"data": bundle.name, "split": split})
     if result.tokens:
-        figures = Path(path).parent / "figures"
-        figures.mkdir(exist_ok=True)
         figure = agreement_profile_figure(
             result.tokens["student"], f"{Path(student).name}, {split}"
         )
-        figure.savefig(figures / "token-agreement.png", dpi=110)
+        figure.savefig(Path(path).parent / TOKEN_FIGURE, dpi=110)
     return result, path
 
 

@@ -9,6 +9,7 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import MaxNLocator
 
 from kdscope.analysis.report import Code, Figure, Section, Table, key_value_table, write_report
+from kdscope.metrics.tokens import TOKEN_FIGURE
 
 
 def read_history(run_dir: Path) -> list[dict]:
@@ -75,9 +76,12 @@ def run_sections(run_dir: Path) -> list[Section]:
         )
     eval_json = run_dir / "eval.json"
     if eval_json.exists():
-        sections.append(
-            Section("Transfer metrics", blocks=[_eval_table(json.loads(eval_json.read_text()))])
-        )
+        blocks = [_eval_table(json.loads(eval_json.read_text()))]
+        if (run_dir / TOKEN_FIGURE).exists():
+            blocks.append(
+                Figure(run_dir / TOKEN_FIGURE, "top-1 agreement by position and teacher confidence")
+            )
+        sections.append(Section("Transfer metrics", blocks=blocks))
     figures = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").exists() else []
     if figures:
         sections.append(Section("Explanations", blocks=[Figure(p, p.stem) for p in figures]))
@@ -89,20 +93,15 @@ def run_sections(run_dir: Path) -> list[Section]:
 
 def _eval_table(result: dict) -> Table:
     rows = []
+    tokens = result.get("tokens", {})
     for model, krs in result.get("krs", {}).items():
         agreement = result.get("agreement", {}).get(model, {}).get("all", {})
-        rows.append(
-            [
-                model,
-                agreement.get("student_accuracy"),
-                agreement.get("top1_agreement"),
-                krs["krs"],
-                krs["fss"],
-                krs["aoa"],
-            ]
-        )
+        row = [model, agreement.get("student_accuracy"), agreement.get("top1_agreement")]
+        row += [krs["krs"], krs["fss"], krs["aoa"]]
+        rows.append(row + ([tokens.get(model, {}).get("student_perplexity")] if tokens else []))
     return Table(
-        ["model", "accuracy", "top-1 agreement", "KRS", "FSS (CKA)", "AOA"],
+        ["model", "accuracy", "top-1 agreement", "KRS", "FSS (CKA)", "AOA"]
+        + (["perplexity"] if tokens else []),
         rows,
         f"against the teacher, n = {result.get('n')}",
         id="eval",
