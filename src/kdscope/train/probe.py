@@ -7,8 +7,9 @@ same examples. The teacher's probe logits and its centred Gram matrices at its s
 once; each epoch one eval-mode forward of the student over the probe gives
 
 - ``probe_agree_all``, ``probe_agree_C``, ``probe_agree_I``: top-1 agreement with the teacher on all
-  probe examples, on those the teacher classifies correctly (C) and on those it gets wrong (I), the
-  split of Mason-Williams et al. (2025, "Rethinking Knowledge Distillation"); None on an empty split;
+  probe examples, on those the teacher classifies correctly (C) and on those it gets wrong (I),
+  the split of Mason-Williams et al. (2025, "Rethinking Knowledge Distillation"); None on an empty
+  split;
 - ``probe_aoa``: the output agreement of KRS (Alba & Villaverde 2025), mean clip(1 - KL(p_T || p_S)
   / C, 0, 1). Deviation: C is set by the teacher alone, the largest KL(p_T || uniform) over the
   probe (what a student that knows nothing scores), so that every epoch and every student of one

@@ -29,8 +29,8 @@ def summary_writer_class():
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ImportError(
-            "train.log=tensorboard needs the tensorboard package: pip install 'kdscope[tensorboard]'"
-            " (or use train.log=jsonl)"
+            "train.log=tensorboard needs the tensorboard package: pip install "
+            "'kdscope[tensorboard]' (or use train.log=jsonl)"
         ) from None
     return SummaryWriter
 
