@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import Subset, TensorDataset
 
 from _interrupt import InterruptAt
 from kdscope.analysis.plots import retention_curves
@@ -56,6 +56,9 @@ def test_probe_set_is_stratified_and_seeded(digits):
     assert np.abs(shares - np.bincount(labels, minlength=10) / len(labels)).max() <= 1 / 50
     with pytest.raises(ValueError, match=r"train.probe=5000 must be between 4 and 144"):
         probe_indices(digits.val, 5000, seed=0)
+    # A dataset without a labels attribute: its labels are read through a loader.
+    pairs = TensorDataset(torch.zeros(20, 1), torch.arange(20) % 2)
+    assert np.bincount(np.arange(20)[probe_indices(pairs, 10, seed=0)] % 2).tolist() == [5, 5]
 
 
 def test_probe_figures_match_references_and_leave_training_unchanged(digits, tmp_path):

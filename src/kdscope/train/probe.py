@@ -46,8 +46,6 @@ PROBE_CHUNK = 256
 MIN_PROBE = 4  # HSIC_1, so minibatch CKA, needs 4 examples per chunk
 _PROBE_STREAM = 16  # the probe's own random stream from the run seed
 
-PROBE_KEYS = ("probe_agree_all", "probe_agree_C", "probe_agree_I", "probe_aoa")
-
 
 @dataclass
 class _Chunk:

@@ -238,6 +238,7 @@ class Trainer:
                 finally:
                     if self.scalar_log is not None:
                         self.scalar_log.close()
+                        self.scalar_log = None
         result.best_val_acc = state.best_val_acc
         result.final_val_acc = state.history[-1]["val_acc"] if state.history else None
         result.history = state.history
