@@ -225,7 +225,10 @@ def models(
         layers = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in row["features"].items())
         table.add_row(row["name"], f"{row['params'] / 1e6:.3f}", f"{row['macs'] / 1e6:.1f}", layers)
     console.print(table)
-    console.print("Any torchvision classifier is also available as tv:<name>, e.g. tv:resnet18.")
+    console.print(
+        "Any torchvision classifier is also available as tv:<name> (e.g. tv:resnet18), any timm "
+        "model as timm:<name> (e.g. timm:resnet10t; pip install 'kdscope[timm]')."
+    )
 
 
 @command

@@ -38,6 +38,7 @@ RESUMABLE = {
     "train.threads",
     "train.cache",
     "train.cache_max_gb",
+    "train.log",
     "data.num_workers",
     "data.eval_batch_size",
     "data.data_dir",

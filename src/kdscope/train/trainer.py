@@ -23,9 +23,11 @@ from kdscope.train.accounting import LossAccumulator, NonFiniteLossError, epoch_
 from kdscope.train.cache import TeacherCache, build_run_cache, cache_mode
 from kdscope.train.interrupt import StopBetweenSteps
 from kdscope.train.optim import build_optimizer, lr_factor, set_lr
+from kdscope.train.probe import Probe, check_probe
 from kdscope.train.progress import make_progress
 from kdscope.train.run_dir import RunDirectory
 from kdscope.train.sampler import EpochBatchSampler
+from kdscope.train.scalar_log import TensorBoardLog, summary_writer_class
 from kdscope.train.seeding import derived_seed, seed_everything
 from kdscope.train.state import LoopState
 from kdscope.train.step import DistillStep
@@ -58,7 +60,9 @@ class Trainer:
     :class:`~kdscope.train.run_dir.RunDirectory`), each epoch appends to ``metrics.jsonl`` and
     writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation accuracy)
     atomically; Ctrl-C writes ``last.pt`` at the next step boundary and ``fit(resume=True)``
-    continues exactly where the run stopped.
+    continues exactly where the run stopped. ``train.probe`` adds retention curves to each epoch's
+    record (:mod:`~kdscope.train.probe`); ``train.log=tensorboard`` also writes the records'
+    scalars as TensorBoard events (:mod:`~kdscope.train.scalar_log`).
     """
 
     def __init__(
@@ -103,7 +107,13 @@ class Trainer:
         self.dist = ddp.DistInfo()
         self.cache: TeacherCache | None = None
         self.views: ViewBank | None = None
+        self.probe: Probe | None = None
+        self.scalar_log: TensorBoardLog | None = None
         self._stop_requested = False
+        if self.cfg.log == "tensorboard":
+            if self.run is None:
+                raise ValueError("train.log=tensorboard needs a run directory to write events to")
+            summary_writer_class()  # a missing package fails here, before any training
 
     # ---- set-up -------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -181,6 +191,12 @@ class Trainer:
             if self.cfg.early_stop:
                 raise ValueError("train.early_stop needs a validation set (data.val_fraction > 0)")
             self._log("no validation set: the last epoch is the run's result (no best epoch)")
+        one_teacher = self.teacher is not None and not self.step.ensemble
+        check_probe(
+            self.cfg.probe,
+            one_teacher=one_teacher and self.method.same_label_space,
+            has_val=self.val_set is not None,
+        )
         self.cache_mode = cache_mode(
             self.cfg.cache,
             needed=self.teacher is not None and self.method.needs.teacher_outputs,
@@ -188,6 +204,16 @@ class Trainer:
         )
         with make_progress(self.show_progress and self.dist.is_main) as progress:
             fill_s = self._build_cache(self.cache_mode, progress)
+            if self.cfg.probe and self.dist.is_main:
+                self.probe = Probe(
+                    self.teacher,
+                    self.student,
+                    self.val_set,
+                    self.cfg.probe,
+                    self.cfg.seed,
+                    device=self.device,
+                    amp=self.amp,
+                )
             result = FitResult(None, None, self._teacher_val_acc(), self.cfg.epochs)
             result.cache, result.cache_fill_s = self.cache_mode, fill_s
             # Last of the set-up: a resume restores every RNG stream, which nothing above draws on.
@@ -198,6 +224,8 @@ class Trainer:
                 )
             if self.run is not None and self.dist.is_main:
                 self.run.start(state)
+                if self.cfg.log == "tensorboard":
+                    self.scalar_log = TensorBoardLog(self.run.path / "tensorboard", state.epoch + 1)
             with self.step.taps():
                 try:
                     while state.epoch < self.cfg.epochs and not state.stopped:
@@ -207,6 +235,10 @@ class Trainer:
                     raise
                 except NonFiniteLossError as err:
                     raise NonFiniteLossError(f"{err}; {self._last_good()}") from None
+                finally:
+                    if self.scalar_log is not None:
+                        self.scalar_log.close()
+                        self.scalar_log = None
         result.best_val_acc = state.best_val_acc
         result.final_val_acc = state.history[-1]["val_acc"] if state.history else None
         result.history = state.history
@@ -229,6 +261,8 @@ class Trainer:
         record = self._train_epoch(state, progress)
         record["val_acc"] = self._val_acc()
         record["teacher_val_acc"] = teacher_val_acc
+        if self.probe is not None:
+            record |= self.probe.score(self.student)
         improved = state.finish_epoch(record, self.cfg.early_stop_delta)
         state.stopped = state.plateaued(self.cfg.early_stop)
         if self.dist.is_main:
@@ -238,6 +272,8 @@ class Trainer:
                     f"stopped early: no better validation accuracy for {self.cfg.early_stop} "
                     f"epochs (best {state.best_val_acc:.4f} at epoch {state.best_epoch})"
                 )
+            if self.scalar_log is not None:
+                self.scalar_log.write(record)
             if self.run is not None:
                 self.run.epoch_end(state, self._parts(), improved)
         ddp.barrier(self.dist)  # other ranks may read the checkpoints next
