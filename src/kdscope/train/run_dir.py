@@ -27,6 +27,7 @@ from kdscope.train.checkpoint import (
     restore_training_state,
     save_training_state,
 )
+from kdscope.train.scalar_log import TensorBoardLog
 from kdscope.train.state import LoopState
 
 # Fields a resumed run may change: they do not change what is trained, only where, how fast, or
@@ -93,6 +94,7 @@ class RunDirectory:
         self.path = Path(path)
         self.config = config or {}
         self._locked = False
+        self._scalars: TensorBoardLog | None = None
 
     @property
     def checkpoints(self) -> Path:
@@ -188,11 +190,14 @@ class RunDirectory:
         """Load :meth:`read_last`'s checkpoint into ``parts`` (and the RNG states)."""
         return LoopState.from_dict(restore_training_state(ckpt, parts))
 
-    def start(self, state: LoopState) -> None:
+    def start(self, state: LoopState, tensorboard: bool = False) -> None:
         """Write ``config.yaml`` and ``metrics.jsonl`` as the state knows it: a kill between the
         log line and the checkpoint, or a fresh start in an old directory, must leave no duplicate
-        or orphan epochs."""
+        or orphan epochs. ``tensorboard``: also write each epoch's scalars to ``tensorboard/``
+        (:mod:`~kdscope.train.scalar_log`) until :meth:`close_log`."""
         self.path.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            self._scalars = TensorBoardLog(self.path / "tensorboard", state.epoch + 1)
         if self.config:
             text = yaml.safe_dump(self.config, sort_keys=False)
             (self.path / "config.yaml").write_text(text)
@@ -202,9 +207,16 @@ class RunDirectory:
     def epoch_end(self, state: LoopState, parts: dict[str, Any], improved: bool) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(state.history[-1]) + "\n")
+        if self._scalars is not None:
+            self._scalars.write(state.history[-1])
         save_training_state(self.last, parts, state, self.config)
         if improved:
             save_training_state(self.checkpoints / "best.pt", parts, state, self.config)
+
+    def close_log(self) -> None:
+        if self._scalars is not None:
+            self._scalars.close()
+            self._scalars = None
 
     def interrupted(self, state: LoopState, parts: dict[str, Any]) -> Path:
         """Checkpoint the loop where it stopped (at a step boundary); the path written."""
