@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
+from kdscope.config import RunConfig
 from kdscope.train.checkpoint import (
     CheckpointError,
     read_checkpoint,
@@ -61,6 +63,16 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
         elif a != b:
             changes[name] = (a, b)
     return changes
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's run config with the fields added to kdscope since it was written at their
+    defaults (a new field's default keeps the old behaviour), so that they do not count as
+    changes on resume; a config the schema cannot read is compared as it is."""
+    try:
+        return RunConfig.model_validate(config).model_dump(mode="json")
+    except ValidationError:
+        return config
 
 
 def resume_conflicts(old: dict[str, Any], new: dict[str, Any], epochs_done: int) -> list[str]:
@@ -176,7 +188,8 @@ class RunDirectory:
         if not self.last.exists():
             return None
         ckpt = read_checkpoint(self.last)
-        problems = resume_conflicts(ckpt.get("config") or {}, self.config, ckpt.get("epoch", 0))
+        old = with_defaults(ckpt.get("config") or {})
+        problems = resume_conflicts(old, self.config, ckpt.get("epoch", 0))
         if self.config and problems:
             raise CheckpointError(
                 f"Cannot resume {str(self.path)!r}: its config changed in fields that change the "
