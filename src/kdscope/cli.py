@@ -398,7 +398,7 @@ def audit(
                 result = audit_runs(
                     cfg,
                     runner,
-                    log=lambda m: console.print(m, markup=False, highlight=False),
+                    log=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True),
                     relevance=relevance,
                     dry_run=dry_run,
                 )
@@ -408,8 +408,8 @@ def audit(
         if result is None:
             return
     for line in result.summary:
-        console.print(line, markup=False, highlight=False)
-    console.print(f"report: {result.report}; numbers: {result.json}", highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"report: {result.report}; numbers: {result.json}", soft_wrap=True)
 
 
 def main() -> None:

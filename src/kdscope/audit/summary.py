@@ -25,17 +25,16 @@ def _pct(x: float | None) -> str:
 
 
 def sentences(functional: Section | None, rows: Sequence[Row]) -> list[str]:
-    """Three sentences per distilled condition (fewer when an arm is missing)."""
-    if functional is None or not any(r["arm"] == "kd" for r in rows):
+    """Up to three sentences per distilled condition: its agreement on C and I beside the
+    control's, the tests against the control, and against the random control where it ran."""
+    if not any(r["arm"] == "kd" for r in rows):
         return ["Audit: no distilled student was measured, so there is nothing to summarise."]
-    try:
-        tests = functional.table("ft-tests").records()
-    except KeyError:
-        tests = []
-    try:
-        payoff = {r["condition"]: r for r in functional.table("ft-payoff").records()}
-    except KeyError:
-        payoff = {}
+    tests, payoff = [], {}
+    if functional is not None:
+        ids = {b.id for b in functional.blocks}
+        tests = functional.table("ft-tests").records() if "ft-tests" in ids else []
+        if "ft-payoff" in ids:
+            payoff = {r["condition"]: r for r in functional.table("ft-payoff").records()}
     if not tests:
         return [_without_control(rows)]
     out = []
@@ -51,7 +50,10 @@ def sentences(functional: Section | None, rows: Sequence[Row]) -> list[str]:
             )
             verdict = f"on C {c['verdict']}, on I {i['verdict']}"
             pay = payoff.get(condition)
-            tail = f"; asymmetric payoff: {pay['verdict']}" if pay else ""
+            verdict_payoff = pay["verdict"] if pay else ""
+            if verdict_payoff and "payoff" not in verdict_payoff:
+                verdict_payoff = f"asymmetric payoff: {verdict_payoff}"
+            tail = f"; {verdict_payoff}" if verdict_payoff else ""
             out.append(
                 f"Distillation against the control: over n = {c['n']} seeds agreement moved by "
                 f"{w.ci(_diff(c))} on C and {w.ci(_diff(i))} on I (paired t-test, Holm): "
@@ -64,11 +66,6 @@ def sentences(functional: Section | None, rows: Sequence[Row]) -> list[str]:
                 f"agreement on I moved by {w.ci(_diff(r))} over n = {r['n']} seeds, "
                 f"{r['verdict']}; a difference here is the teacher's knowledge, not the "
                 "soft-target regulariser."
-            )
-        else:
-            out.append(
-                "Random control: not run, so whether the loss alone (with noise for the teacher) "
-                "gives the same agreement is not tested."
             )
     return out
 
