@@ -101,8 +101,10 @@ def test_rerunning_an_audit_trains_nothing_and_a_teacher_run_is_reused(audited):
         (["--student", "resnet8"], "needs --teacher and --student"),
         (["--teacher", "resnet8", "--student", "resnet8"], "--data is needed"),
         (["--teacher", "resnet8", "--student", "nonet", "--data", "digits"], "nonet"),
-        (["--teacher", "resnet8", "--student", "resnet8", "--data", "digits", "--seeds", 0],
-         "--seeds must be >= 1"),
+        (
+            ["--teacher", "resnet8", "--student", "resnet8", "--data", "digits", "--seeds", 0],
+            "--seeds must be >= 1",
+        ),
     ],
 )
 def test_audit_of_runs_refuses_bad_arguments_in_one_sentence(tmp_path, args, words):
@@ -146,7 +148,9 @@ def test_from_logits_matches_reference_values(tmp_path):
     assert row["teacher_accuracy"] == pytest.approx(0.75)
     p_t, p_s = softmax(t.astype(np.float64), 1), softmax(s.astype(np.float64), 1)
     kl = (p_t * np.log(p_t / p_s)).sum(1)
-    assert row["kl_all"] == pytest.approx(kl.mean()) and row["kl_I"] == pytest.approx(kl[150:].mean())
+    assert row["kl_all"] == pytest.approx(kl.mean()) and row["kl_I"] == pytest.approx(
+        kl[150:].mean()
+    )
     js = jensenshannon(p_t, p_s, axis=1) ** 2
     assert row["js_C"] == pytest.approx(js[:150].mean())
     assert row["aoa"] == pytest.approx(np.clip(1 - kl / kl.max(), 0, 1).mean())

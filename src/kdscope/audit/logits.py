@@ -102,7 +102,7 @@ def audit_logits(
     # One C for every compared model, as the Evaluator shares one across student and base.
     c = max(float(t["kl"].max()) for t in terms.values())
     rows = []
-    for (arm, i, path), name in zip(models, model_names, strict=True):
+    for (arm, i, _), name in zip(models, model_names, strict=True):
         row: dict[str, Any] = {
             "study": "audit", "dataset": "saved outputs", "teacher": t_name, "student": "student",
             "method": "kd" if arm == "kd" else "none", "arm": arm, "seed": i, "alpha": None,
@@ -132,7 +132,10 @@ def audit_logits(
         "c": c,
     }
     students_json = {r["file"]: r for r in rows}
-    subtitle = f"Saved outputs: teacher {t_name}, {len(s_paths)} student file(s), {len(c_paths)} control file(s), {len(y)} examples"
+    subtitle = (
+        f"Saved outputs: teacher {t_name}, {len(s_paths)} student file(s), {len(c_paths)} "
+        f"control file(s), {len(y)} examples"
+    )
     return write_audit(
         out, "Audit of saved outputs", sections, students_json, meta, summary, subtitle
     )
@@ -149,7 +152,7 @@ def _features(paths, t_name, model_names, n) -> dict[str, dict[str, Tensor]]:
             f"--from-features takes the teacher's file and one per student (then optionally one "
             f"per control): at most {len(owners)} file(s), got {len(paths)}"
         )
-    out = {owner: read_features(p) for owner, p in zip(owners, paths)}
+    out = {owner: read_features(p) for owner, p in zip(owners, paths, strict=False)}
     check_examples(
         {f"features of {k}": len(next(iter(v.values()))) for k, v in out.items()}
         | {"the logits": n}
@@ -211,7 +214,7 @@ def _sections(rows, terms, y, t_logits, level, n_resamples, seed) -> list[Sectio
             Table(
                 ["file", *cka],
                 [[r["file"], *(r.get(k) for k in cka)] for r in rows if "fss" in r],
-                "Debiased linear CKA with the teacher's features, per layer pair (student<->teacher)",
+                "Debiased linear CKA with the teacher, per layer pair (student<->teacher)",
                 "audit-cka",
             )
         )

@@ -1,5 +1,5 @@
-"""``kdscope audit --teacher RUN_OR_MODEL --student ARCH --method kd --data NAME --seeds 5``: a study
-built for the one question "did my student learn the teacher's function, or was distillation a
+"""``kdscope audit --teacher RUN_OR_MODEL --student ARCH --method kd --data NAME --seeds 5``: a
+study built for the one question "did my student learn the teacher's function, or was distillation a
 regulariser?" (shared/specs/functional-transfer.md), run by the study runner.
 
 Arms, with the same recipe and seeds: each distilled method (``kd`` at the spec's alpha = 0.9,
@@ -37,6 +37,8 @@ from kdscope.study.plan import Plan, check_plan, expand
 from kdscope.study.runner import run_status, run_study
 
 AUDITS_DIR = Path("runs/audits")
+# Batches of the test split for FSS/RS: Grad-CAM and UniCAM per layer make it the costliest
+# measure; explain_student defaults to 8 batches of 64.
 RELEVANCE_BATCHES = 4
 SHOWN = ("accuracy", "agree_all", "agree_C", "agree_I", "kl_all", "krs", "fss", "aoa",
          "fss_gradcam", "rs_student")  # fmt: skip
@@ -101,9 +103,15 @@ def audit_config(
         "analyses": ["functional", "krs"],
     }
     try:
-        return StudyConfig.model_validate(apply_overrides(config, list(overrides)))
+        cfg = StudyConfig.model_validate(apply_overrides(config, list(overrides)))
     except ValidationError as err:
         raise ConfigError(format_validation_error(err).replace("configuration", "audit")) from None
+    if len(cfg.evaluation.checkpoints) > 1:
+        raise ConfigError(
+            f"an audit measures one checkpoint per run, got evaluation.checkpoints="
+            f"{cfg.evaluation.checkpoints}; set best or last"
+        )
+    return cfg
 
 
 def plan_lines(cfg: StudyConfig, plan: Plan) -> list[str]:
@@ -168,13 +176,9 @@ def audit_runs(
         sections.append(relevance_section(rows))
     out = cfg.study_dir
     summary = sentences(sections[0], rows)
-    head = _overview(cfg, plan, result, rows, summary)
+    head = _overview(result, rows, summary)
     sections = [head, *sections, _configuration(cfg, out)]
-    students = {
-        r["run"]: {k: v for k, v in r.items() if k != "relevance_layers"}
-        | {"run_dir": f"runs/{r['run']}"}
-        for r in rows
-    }
+    students = {r["run"]: r | {"run_dir": f"runs/{r['run']}"} for r in rows}
     meta = {
         "kind": "runs",
         "study": cfg.name,
@@ -182,7 +186,8 @@ def audit_runs(
         "failed": result.failed,
     }
     pair = cfg.pairs[0]
-    subtitle = f"{pair.teacher} \u2192 {pair.student} on {cfg.data.name}, seeds {', '.join(map(str, cfg.seeds))}"
+    seeds = ", ".join(map(str, cfg.seeds))
+    subtitle = f"{pair.teacher} \u2192 {pair.student} on {cfg.data.name}, seeds {seeds}"
     return write_audit(out, f"Audit {cfg.name}", sections, students, meta, summary, subtitle)
 
 
@@ -220,6 +225,7 @@ def _add_relevance(cfg: StudyConfig, plan: Plan, rows: list[dict], executor: Exe
             str(plan.runs[b["run"]].run_dir),
             evaluation,
             RELEVANCE_BATCHES,
+            cfg.evaluation.checkpoints[0],
         )
         for r, b, _, _ in todo
     ]
@@ -264,7 +270,7 @@ def _overview(
         Table(
             ["arm", "method", "seeds", *shown],
             table,
-            "Mean over seeds per arm (intervals and tests in the sections below; every number per run in audit.json)",
+            "Mean over seeds per arm (intervals and tests below; every run in audit.json)",
             "audit-arms",
         )  # fmt: skip
     )
@@ -274,7 +280,8 @@ def _overview(
     )
     if result.failed:
         section.notes.append(
-            f"{len(result.failed)} run(s) or evaluation(s) failed: {', '.join(sorted(result.failed))}; the analyses use the rest."
+            f"{len(result.failed)} run(s) or evaluation(s) failed: "
+            f"{', '.join(sorted(result.failed))}; the analyses use the rest."
         )
     return section
 
