@@ -57,7 +57,7 @@ def audit_config(
     """The audit's study: ``teacher`` a kdscope run directory or an architecture name; ``data``
     defaults to the teacher run's dataset (with its splits); ``seeds`` students per arm (seeds
     0..seeds-1); ``out`` the audit directory (default ``runs/audits/<teacher>-<student>-<data>``);
-    ``overrides`` ``key.sub=value`` on the study config (e.g. ``methods.0.params.alpha=0.5``)."""
+    ``overrides`` ``key.sub=value`` on the study config (e.g. ``sweeps.alpha=[0.1,0.9]``)."""
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if not methods:
@@ -172,8 +172,13 @@ def audit_runs(
     rows = [dict(r) for r in result.rows if r["status"] == "ok"]
     sections = [functional_transfer(rows), krs_validation(rows)]
     if relevance:
-        _add_relevance(cfg, plan, rows, executor, log)
-        sections.append(relevance_section(rows))
+        failed = _add_relevance(cfg, plan, rows, executor, log)
+        section = relevance_section(rows)
+        if failed:
+            section.notes.append(
+                f"FSS/RS failed for {len(failed)} student(s), left out: {failed[0]}"
+            )
+        sections.append(section)
     out = cfg.study_dir
     summary = sentences(sections[0], rows)
     head = _overview(result, rows, summary)
@@ -198,9 +203,12 @@ def _teacher_dir(plan: Plan, out: Path) -> str:
     return relative(teacher.run_dir, out)
 
 
-def _add_relevance(cfg: StudyConfig, plan: Plan, rows: list[dict], executor: Executor, log) -> None:
+def _add_relevance(
+    cfg: StudyConfig, plan: Plan, rows: list[dict], executor: Executor, log
+) -> list[str]:
     """FSS/RS columns on every distilled row (against its seed's control), cached per pair of
-    trained runs in ``relevance/``; a control row takes its own RS from one of them."""
+    trained runs in ``relevance/``; a control row takes its own RS from one of them. Returns
+    the errors of the students that failed."""
     controls = {r["seed"]: r for r in rows if r["arm"] == "control"}
     cache = cfg.study_dir / "relevance"
     cache.mkdir(exist_ok=True)
@@ -229,12 +237,14 @@ def _add_relevance(cfg: StudyConfig, plan: Plan, rows: list[dict], executor: Exe
         )
         for r, b, _, _ in todo
     ]
+    failed = []
     for i, outcome in executor.map(relevance_task, args):
         r, _, key, path = todo[i]
         if outcome.ok:
             r |= outcome.value
             path.write_text(json.dumps({"key": key, "measures": outcome.value}))
         else:
+            failed.append(f"{r['run']}: {outcome.error}")
             log(f"{r['run']}: FSS/RS failed: {outcome.error}")
     if todo:
         log(f"measured FSS/RS of {len(todo)} student(s) against their controls")
@@ -247,11 +257,10 @@ def _add_relevance(cfg: StudyConfig, plan: Plan, rows: list[dict], executor: Exe
             and r.get("rs_base") is not None
         ):
             base["rs_student"] = r["rs_base"]
+    return failed
 
 
-def _overview(
-    cfg: StudyConfig, plan: Plan, result, rows: list[dict], summary: list[str]
-) -> Section:
+def _overview(result, rows: list[dict], summary: list[str]) -> Section:
     section = Section("Audit", id="audit", findings=list(summary))
     arms = [("kd", m) for m in dict.fromkeys(r["method"] for r in rows if r["arm"] == "kd")]
     arms += [("random_control", "kd"), ("control", "none")]
