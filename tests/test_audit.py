@@ -112,6 +112,26 @@ def test_audit_of_runs_refuses_bad_arguments_in_one_sentence(tmp_path, args, wor
     assert code == 2 and words in output and "Traceback" not in output
 
 
+def test_several_methods_and_a_sweep_are_planned_with_their_controls(tmp_path):
+    code, output = invoke(
+        "audit", "--teacher", "resnet8", "--student", "resnet8", "--method", "kd", "dkd",
+        "--data", "digits", "--seeds", 2, "--set", "sweeps.alpha=[0.5,0.9]", "--out",
+        tmp_path / "a", "--dry-run", *TINY,
+    )  # fmt: skip
+    assert code == 0, output
+    # kd at two alphas and dkd (which sweeps alpha too), a random control per kd setting.
+    assert "distilled (kd): 4 to train" in output and "distilled (dkd): 4 to train" in output
+    assert "random control: 4 to train" in output and "teacher: 1 to train" in output
+    assert "15 run(s) to train" in output
+
+
+def test_an_unfinished_teacher_run_is_refused(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "config.yaml").write_text("student: {name: resnet8}\n")
+    code, output = invoke("audit", "--teacher", tmp_path / "t", "--student", "resnet8")
+    assert code == 2 and "has not finished training" in output
+
+
 # --- saved logits ---
 
 

@@ -7,6 +7,7 @@ are then its ``logits`` / ``labels`` entry or its only entry; features may be se
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ def read_arrays(path: str | Path) -> dict[str, Tensor]:
                     "(pip install safetensors)"
                 ) from err
             loaded = load_file(path)
-    except (ValueError, OSError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError, pickle.UnpicklingError) as err:
         raise ValueError(f"{path.name}: not a readable {path.suffix} file ({err})") from None
     if isinstance(loaded, np.ndarray):
         loaded = torch.from_numpy(loaded)

@@ -70,6 +70,11 @@ def audit_config(
             raise ConfigError(
                 f"--teacher {teacher!r} is a directory but not a kdscope run (no config.yaml)"
             )
+        if run_status(path) != "finished":
+            raise ConfigError(
+                f"--teacher {teacher!r} has not finished training (no summary.json); finish it "
+                "first (kdscope train ... --resume)"
+            )
         run = RunConfig.model_validate(yaml.safe_load((path / "config.yaml").read_text()))
         if data is not None and data != run.data.name:
             raise ConfigError(
@@ -217,7 +222,14 @@ def _add_relevance(
         base = controls.get(r["seed"])
         if r["arm"] not in ("kd", "random_control") or base is None:
             continue
-        key = {"student": r["fingerprint"], "base": base["fingerprint"]}
+        # The runs' identities and when they finished: a retrained run is measured again.
+        key = {
+            who: [
+                row["fingerprint"],
+                (plan.runs[row["run"]].run_dir / "summary.json").stat().st_mtime,
+            ]
+            for who, row in (("student", r), ("base", base))
+        }
         path = cache / f"{r['run']}.json"
         stored = json.loads(path.read_text()) if path.exists() else {}
         if stored.get("key") == key:
