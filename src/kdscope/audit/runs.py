@@ -64,7 +64,6 @@ def audit_config(
         raise ConfigError("an audit needs at least one --method to distil with (e.g. kd)")
     pair: dict[str, Any] = {"student": student}
     path = Path(teacher)
-    data_section: dict[str, Any] = {"name": data or "digits"}
     if path.is_dir():
         if not (path / "config.yaml").is_file():
             raise ConfigError(
@@ -93,7 +92,7 @@ def audit_config(
         if data is None:
             raise ConfigError("--data is needed when the teacher is a model to train (not a run)")
         pair["teacher"] = teacher
-        t_name = teacher
+        t_name, data_section = teacher, {"name": data}
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{t_name}-{student}-{data_section['name']}")
     out = Path(out) if out is not None else AUDITS_DIR / name
     config = {
@@ -129,17 +128,17 @@ def plan_lines(cfg: StudyConfig, plan: Plan) -> list[str]:
         f"Audit {cfg.name}: teacher {teacher}, student {pair.student}, data {cfg.data.name}, "
         f"seeds {', '.join(map(str, cfg.seeds))}, {cfg.train.epochs} epoch(s) per student"
     ]
+    arm_of = {r.run: (r.labels["arm"], r.labels["train_method"]) for r in plan.rows}
     kinds: dict[str, list[int]] = {}
     for run in plan.runs.values():
         if run.external is not None:
             continue
-        kind = run.id.split("-")[0]
-        method = run.config.method.name
+        arm, method = arm_of.get(run.id, ("teacher", None))
         key = {
             "kd": f"distilled ({method})",
-            "random": "random control",
+            "random_control": "random control",
             "control": "control (labels alone)",
-        }.get(kind, kind)
+        }.get(arm, arm)
         done = run_status(run.config.run_dir) == "finished"
         kinds.setdefault(key, [0, 0])[done] += 1
     for key, (todo, done) in kinds.items():
