@@ -237,6 +237,7 @@ def test_several_seeds_give_the_paired_tests_and_features_give_cka(tmp_path):
         ("classes", "student.npy has 3 classes but teacher.npy has 4"),
         ("controls", "2 control file(s) for 1 student file(s)"),
         ("no_labels", "--from-logits needs --labels"),
+        ("features", "--from-features takes the teacher's file and one per student"),
     ],
 )
 def test_from_logits_errors_name_the_file_and_the_bad_value(tmp_path, damage, words):
@@ -258,6 +259,8 @@ def test_from_logits_errors_name_the_file_and_the_bad_value(tmp_path, damage, wo
         student.write_text("1,2\n")
     elif damage == "controls":
         extra = ["--control", student, student]
+    elif damage == "features":
+        extra = ["--from-features", tmp_path / "teacher.npy"]
     np.save(tmp_path / "teacher.npy", t)
     np.save(tmp_path / "labels.npy", y)
     if student.suffix == ".npy":

@@ -97,7 +97,7 @@ def audit_logits(
     check_examples(
         {t_name: len(t_logits), names[1]: len(y)} | {k: len(v) for k, v in logits.items()}
     )
-    feats = _features(features, t_name, model_names, len(t_logits))
+    feats = _features(features, t_name, model_names, len(s_paths), len(t_logits))
     terms = {k: agreement_per_example(t_logits, v, y) for k, v in logits.items()}
     # One C for every compared model, as the Evaluator shares one across student and base.
     c = max(float(t["kl"].max()) for t in terms.values())
@@ -141,16 +141,16 @@ def audit_logits(
     )
 
 
-def _features(paths, t_name, model_names, n) -> dict[str, dict[str, Tensor]]:
+def _features(paths, t_name, model_names, students, n) -> dict[str, dict[str, Tensor]]:
     """Features by model name: the teacher's, then the students' (and controls') in order."""
     if not paths:
         return {}
     paths = [Path(p) for p in paths]
     owners = [t_name, *model_names]
-    if len(paths) < 2 or len(paths) > len(owners):
+    if len(paths) not in (1 + students, len(owners)):
         raise ValueError(
             f"--from-features takes the teacher's file and one per student (then optionally one "
-            f"per control): at most {len(owners)} file(s), got {len(paths)}"
+            f"per control): {1 + students} or {len(owners)} file(s), got {len(paths)}"
         )
     out = {owner: read_features(p) for owner, p in zip(owners, paths, strict=False)}
     check_examples(
