@@ -272,3 +272,34 @@ def test_from_logits_errors_name_the_file_and_the_bad_value(tmp_path, damage, wo
     )  # fmt: skip
     assert code == 2, output
     assert words in output.replace("\n", " ") and "Traceback" not in output
+
+
+def test_fss_rs_are_tested_kd_against_both_controls_paired_by_seed():
+    from kdscope.audit.relevance import relevance_section
+
+    def row(arm, seed, fss, rs):
+        return {"arm": arm, "method": "kd" if arm != "control" else "none", "seed": seed,
+                "fss_gradcam": fss, "rs_student": rs}  # fmt: skip
+
+    kd_fss, rc_fss = [0.61, 0.55, 0.66, 0.59], [0.40, 0.45, 0.38, 0.47]
+    kd_rs, c_rs = [0.30, 0.28, 0.35, 0.33], [0.25, 0.27, 0.24, 0.22]
+    rows = [row("kd", s, kd_fss[s], kd_rs[s]) for s in range(4)]
+    rows += [row("random_control", s, rc_fss[s], 0.2) for s in range(4)]
+    rows += [row("control", s, None, c_rs[s]) for s in range(4)]
+    tests = relevance_section(rows).table("relevance-tests").records()
+    by = {(t["comparison"], t["measure"]): t for t in tests}
+    assert set(by) == {
+        ("kd vs random_control", "fss_gradcam"),
+        ("kd vs random_control", "rs_student"),
+        ("kd vs control", "rs_student"),
+    }
+    fss = by["kd vs random_control", "fss_gradcam"]
+    assert fss["p (t)"] == pytest.approx(stats.ttest_rel(kd_fss, rc_fss).pvalue)
+    # Holm over the two measures of the kd vs random_control family.
+    rs = by["kd vs random_control", "rs_student"]
+    p_fss, p_rs = fss["p (t)"], rs["p (t)"]
+    holm = 2 * p_fss if p_fss <= p_rs else max(2 * p_rs, p_fss)
+    assert fss["p Holm (t)"] == pytest.approx(min(1.0, holm))
+    assert by["kd vs control", "rs_student"]["p (t)"] == pytest.approx(
+        stats.ttest_rel(kd_rs, c_rs).pvalue
+    )

@@ -134,10 +134,11 @@ def relevance_section(
                 "relevance-tests",
             )
         )
-        for t in tests:
-            section.findings.append(
-                f"{t['method']}, {t['comparison']}, {t['measure']}: \u0394 = "
-                f"{w.ci(t[next(k for k in t if k.startswith(chr(0x394)))])} over n = {t['n']} "
-                f"seeds, {t['verdict']}."
+        diff = next(k for k in tests[0] if k.startswith("\u0394"))
+        for key in dict.fromkeys((t["method"], t["comparison"]) for t in tests):
+            family = [t for t in tests if (t["method"], t["comparison"]) == key]
+            parts = "; ".join(
+                f"{t['measure']} \u0394 = {w.ci(t[diff])}, {t['verdict']}" for t in family
             )
+            section.findings.append(f"{key[0]}, {key[1]} (n = {family[0]['n']} seeds): {parts}.")
     return section
