@@ -175,8 +175,9 @@ def test_from_logits_matches_reference_values(tmp_path):
     assert row["js_C"] == pytest.approx(js[:150].mean())
     assert row["aoa"] == pytest.approx(np.clip(1 - kl / kl.max(), 0, 1).mean())
     boot = {r["measure"]: r for r in doc["tables"]["audit-bootstrap"]}
-    ci = next(v for k, v in boot["agree_C"].items() if "bootstrap" in k)
-    assert ci["low"] < 0.8 < ci["high"] and ci["n"] == 150
+    ci = boot["agree_C"]["student.pt"]
+    assert ci["low"] < 0.8 < ci["high"] and ci["n"] == boot["agree_C"]["n"] == 150
+    assert ci["value"] == pytest.approx(0.8) and boot["kl_I"]["n"] == 50
     html = (tmp_path / "out" / "report.html").read_text()
     assert str(tmp_path) not in html and "agree_I" in html
 

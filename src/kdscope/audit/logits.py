@@ -179,29 +179,22 @@ def _sections(rows, terms, y, t_logits, level, n_resamples, seed) -> list[Sectio
     )
     records = []
     for measure, (term, where) in BOOTSTRAPPED.items():
+        record: dict[str, Any] = {"measure": measure, "n": int(split[where].sum())}
         for r in rows:
             x = terms[r["file"]][term].numpy()[split[where]]
-            ci = (
+            record[r["file"]] = (
                 bootstrap_ci(x, level=level, n_resamples=n_resamples, seed=seed, batch=BATCH)
                 if len(x)
                 else None
             )
-            records.append(
-                {
-                    "measure": measure,
-                    "file": r["file"],
-                    "arm": r["arm"],
-                    "n": len(x),
-                    f"value [{level:.0%} bootstrap CI]": ci,
-                }
-            )
+        records.append(record)
     audit.blocks.append(
         Table.from_records(
             records,
-            f"Per measure and file: mean over examples with a BCa bootstrap interval across "
-            f"examples ({n_resamples} resamples); C = teacher correct, I = teacher wrong",
+            f"Per measure (rows) and file (columns): the mean over the n examples with a "
+            f"{level:.0%} BCa bootstrap interval across them ({n_resamples} resamples); C = "
+            "teacher correct, I = teacher wrong",
             "audit-bootstrap",
-            group=1,
         )
     )
     audit.notes.append(
