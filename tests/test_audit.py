@@ -225,6 +225,9 @@ def test_several_seeds_give_the_paired_tests_and_features_give_cka(tmp_path):
     assert test["n"] == 3 and test["mean kd"] == pytest.approx(np.mean(kd))
     assert test["p (t)"] == pytest.approx(stats.ttest_rel(kd, ctl).pvalue)
     assert "ft-payoff" in doc["tables"] and len(result.summary) == 2
+    # One seed's student minus its control, example by example.
+    diff = {r["measure"]: r for r in doc["tables"]["audit-vs-control"]}["agree_I"]
+    assert diff["s1.safetensors \u2212 c1.npy"]["value"] == pytest.approx(kd[1] - ctl[1])
 
 
 @pytest.mark.parametrize(

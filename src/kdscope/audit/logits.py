@@ -160,6 +160,37 @@ def _features(paths, t_name, model_names, students, n) -> dict[str, dict[str, Te
     return out
 
 
+def _paired_examples(rows, terms, split, level, n_resamples, seed) -> Table | None:
+    """Each student minus the control of its seed, example by example, on agreement, KL and JS
+    of C and I: a bootstrap interval across the examples of one pair of files (it holds no
+    variation across seeds, which the paired tests over seeds measure)."""
+    controls = {r["seed"]: r["file"] for r in rows if r["arm"] == "control"}
+    records = []
+    for measure, (term, where) in BOOTSTRAPPED.items():
+        if where == "all" or term == "student_correct":
+            continue
+        record: dict[str, Any] = {"measure": measure, "n": int(split[where].sum())}
+        for r in rows:
+            if r["arm"] != "kd" or r["seed"] not in controls:
+                continue
+            d = (terms[r["file"]][term] - terms[controls[r["seed"]]][term]).numpy()[split[where]]
+            record[f"{r['file']} \u2212 {controls[r['seed']]}"] = (
+                bootstrap_ci(d, level=level, n_resamples=n_resamples, seed=seed, batch=BATCH)
+                if len(d)
+                else None
+            )
+        records.append(record)
+    if not records or len(records[0]) == 2:
+        return None
+    return Table.from_records(
+        records,
+        f"Student minus the control of its seed, paired by example: mean difference with a "
+        f"{level:.0%} BCa bootstrap interval across the n examples (one pair of files each; the "
+        "tests over seeds are in Functional transfer)",
+        "audit-vs-control",
+    )
+
+
 def _sections(rows, terms, y, t_logits, level, n_resamples, seed) -> list[Section]:
     t_correct = terms[rows[0]["file"]]["teacher_correct"].bool().numpy()
     split = {"all": np.ones_like(t_correct), "C": t_correct, "I": ~t_correct}
@@ -201,6 +232,9 @@ def _sections(rows, terms, y, t_logits, level, n_resamples, seed) -> list[Sectio
         f"AOA uses C = {rows[0]['c']:.4g}, the largest per-example KL(teacher || model) of any "
         "file given (no calibration split), shared by every file so that their AOA compare."
     )
+    paired = _paired_examples(rows, terms, split, level, n_resamples, seed)
+    if paired is not None:
+        audit.blocks.append(paired)
     cka = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("cka ")]
     if cka:
         audit.blocks.append(
