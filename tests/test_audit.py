@@ -82,6 +82,8 @@ def test_rerunning_an_audit_trains_nothing_and_a_teacher_run_is_reused(audited):
     )  # fmt: skip
     assert code == 0, output
     assert "0 run(s) trained, 7 already finished" in output and "measured FSS/RS" not in output
+    code, output = invoke("report", out)  # would write a study report over the audit's
+    assert code == 2 and "is an audit" in output
     # A finished teacher run: its dataset and splits are taken over, nothing trains it again.
     teacher = out / "runs" / "teacher-resnet8-s0"
     code, output = invoke(

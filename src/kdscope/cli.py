@@ -326,6 +326,11 @@ def report(
     """Re-read a study's table, run its analyses and write STUDY_DIR/report.html."""
     from kdscope.study import study_report
 
+    if (study_dir / "audit.json").is_file():
+        raise ConfigError(
+            f"{study_dir} is an audit: rerun its kdscope audit command to rewrite its report "
+            "(finished runs are reused)"
+        )
     path = study_report(study_dir)
     console.print(f"report written to {path}", highlight=False)
 
