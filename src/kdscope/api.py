@@ -24,7 +24,7 @@ from kdscope.config import (
 from kdscope.data import AUGMENTS, DATASETS, load_data
 from kdscope.methods import METHODS, Method, create_method
 from kdscope.metrics import accuracy
-from kdscope.models import MODELS, create_model, describe
+from kdscope.models import MODEL_PREFIXES, MODELS, create_model, describe
 from kdscope.train import FitResult, RunDirectory, Trainer, load_model
 from kdscope.train.checkpoint import load_weights, read_checkpoint, resolve_checkpoint
 from kdscope.train.seeding import seed_everything
@@ -39,7 +39,7 @@ def check_config(cfg: RunConfig) -> list[str]:
     if cfg.data.augment not in AUGMENTS:
         problems.append(f"data.augment: {cfg.data.augment!r} is not one of {', '.join(AUGMENTS)}")
     for field, model in (("student", cfg.student), ("teacher", cfg.teacher)):
-        external = model is not None and model.name.startswith(("tv:", "hf:"))
+        external = model is not None and model.name.startswith(MODEL_PREFIXES)
         if model is not None and not external and model.name not in MODELS:
             problems.append(f"{field}.name: {MODELS.unknown_message(model.name)}")
     if cfg.method.name not in METHODS:

@@ -106,6 +106,11 @@ class TrainConfig(_Strict):
     # Stop after this many epochs without a new best validation accuracy (by more than the delta).
     early_stop: int | None = Field(None, ge=1)
     early_stop_delta: float = Field(0.0, ge=0.0)
+    # Retention curves: N stratified validation examples scored against the teacher every epoch
+    # (0: off; kdscope.train.probe).
+    probe: int = Field(0, ge=0)
+    # Where the epoch scalars go besides metrics.jsonl: nowhere else, or TensorBoard event files.
+    log: Literal["jsonl", "tensorboard"] = "jsonl"
 
 
 class RunConfig(_Strict):

@@ -8,6 +8,7 @@ from pathlib import Path
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import MaxNLocator
 
+from kdscope.analysis.plots import retention_curves
 from kdscope.analysis.report import Code, Figure, Section, Table, key_value_table, write_report
 from kdscope.metrics.tokens import TOKEN_FIGURE
 
@@ -67,6 +68,8 @@ def run_sections(run_dir: Path) -> list[Section]:
                 ],
             )
         )
+    if any(key.startswith("probe_") for r in history for key in r):
+        sections.append(_retention_section(run_dir.name, history))
     summary = run_dir / "summary.json"
     if summary.exists():
         sections.append(
@@ -89,6 +92,32 @@ def run_sections(run_dir: Path) -> list[Section]:
     if config.exists():
         sections.append(Section("Configuration", blocks=[Code(config.read_text(), "config.yaml")]))
     return sections
+
+
+def _retention_section(name: str, history: list[dict]) -> Section:
+    last = history[-1]
+    agree_c, agree_i = last.get("probe_agree_C"), last.get("probe_agree_I")
+    findings = []
+    if agree_c is not None and agree_i is not None:
+        findings.append(
+            f"Retention at the last epoch: the student agrees with the teacher on {agree_c:.1%} "
+            f"of the probe examples the teacher gets right and repeats {agree_i:.1%} of its "
+            "mistakes."
+        )
+    return Section(
+        "Retention curves",
+        findings=findings,
+        blocks=[
+            Figure(
+                retention_curves({name: history}),
+                "agreement with the teacher on the probe set (teacher correct: C, teacher wrong: "
+                "I), AOA and CKA at the stages, per epoch (train.probe)",
+                id="retention",
+                alt="Retention curves: agreement with the teacher on teacher-correct and "
+                "teacher-wrong probe examples, AOA and CKA per epoch",
+            )
+        ],
+    )
 
 
 def _eval_table(result: dict) -> Table:

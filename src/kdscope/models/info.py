@@ -55,6 +55,8 @@ class ModelInfo:
         num_classes: classes scored (the vocabulary size for ``"tokens"``); None if unknown.
         in_channels: input channels (or the input's feature size); None if unknown.
         stages: stage outputs, shallow to deep (the analogue of ResNet's conv2_x..conv5_x).
+        channels, reductions: the stages' channel counts and strides from the input, where the
+            model declares them (timm's ``feature_info``); empty otherwise.
         preact: pre-activation features at those stages (OFD), empty where there are none.
         classifier: the final ``nn.Linear`` producing the class scores, if there is one.
         pooled_map: the feature map the classifier sees through global pooling.
@@ -68,6 +70,8 @@ class ModelInfo:
     num_classes: int | None = None
     in_channels: int | None = None
     stages: tuple[str, ...] = ()
+    channels: tuple[int, ...] = ()
+    reductions: tuple[int, ...] = ()
     preact: tuple[str, ...] = ()
     classifier: str | None = None
     pooled_map: str | None = None

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from kdscope import api
 from kdscope.config import DataConfig, RunConfig
 from kdscope.data import collate, load_data, stratified_sample
-from kdscope.metrics import calibration_constant, evaluate
+from kdscope.metrics import AgreementResult, calibration_constant, evaluate
 from kdscope.train import load_model
 
 SPLIT_SUFFIX = {"all": "all", "teacher_correct": "C", "teacher_incorrect": "I"}
@@ -120,27 +120,35 @@ def evaluate_row(
 
 def tidy_measures(result) -> dict[str, Any]:
     """The tidy-table columns (:mod:`kdscope.analysis.tidy`) of an EvaluationResult's student."""
-    ag, krs = result.agreement["student"], result.krs["student"]
-    row = {
-        "accuracy": ag.all.student_accuracy,
-        "teacher_accuracy": ag.all.teacher_accuracy,
-        "ece": ag.all.student_ece,
-        "same_wrong_I": ag.same_error,
+    krs = result.krs["student"]
+    row = agreement_columns(result.agreement["student"]) | {
         "krs": krs.krs,
         "fss": krs.fss,
         "aoa": krs.aoa,
         "c": result.calibration["c"],
         "n_test": result.n,
     }
-    for split, suffix in SPLIT_SUFFIX.items():
-        figures = getattr(ag, split)
-        for name, prefix in FIGURE_PREFIX.items():
-            row[f"{prefix}_{suffix}"] = getattr(figures, name)
     tokens = result.tokens.get("student")
-    if tokens is not None:
+    if tokens is not None:  # a language model's: n_test counts positions
         row |= {
             "perplexity": tokens.student_perplexity,
             "teacher_perplexity": tokens.teacher_perplexity,
             "topk_overlap": tokens.topk_overlap,
         }
+    return row
+
+
+def agreement_columns(ag: AgreementResult) -> dict[str, Any]:
+    """The tidy-table columns of an AgreementResult: accuracies, ECE, ``same_wrong_I`` and every
+    figure per split (``agree_all``, ``agree_C``, ``agree_I``, ``kl_all``, ...)."""
+    row = {
+        "accuracy": ag.all.student_accuracy,
+        "teacher_accuracy": ag.all.teacher_accuracy,
+        "ece": ag.all.student_ece,
+        "same_wrong_I": ag.same_error,
+    }
+    for split, suffix in SPLIT_SUFFIX.items():
+        figures = getattr(ag, split)
+        for name, prefix in FIGURE_PREFIX.items():
+            row[f"{prefix}_{suffix}"] = getattr(figures, name)
     return row

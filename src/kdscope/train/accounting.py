@@ -87,4 +87,6 @@ def epoch_line(r: dict[str, Any]) -> str:
     speed = f" {r['images_per_s']:.0f} img/s" if r.get("images_per_s") else ""
     acc = f" train_acc={r['train_acc']:.4f}" if r.get("train_acc") is not None else ""
     loss = f"loss={r['loss']:.4f} {terms}{acc}"
-    return f"epoch {r['epoch']}: {loss}{val}{speed}"
+    c, i = r.get("probe_agree_C"), r.get("probe_agree_I")
+    probe = f" probe agree C={c:.4f} I={i:.4f}" if c is not None and i is not None else ""
+    return f"epoch {r['epoch']}: {loss}{val}{probe}{speed}"

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdscope.config import TrainConfig
 from kdscope.data import collate
 from kdscope.features import FeatureTap
+from kdscope.methods import Method
 from kdscope.methods.topk import TopKTargets, topk_bytes_per_token, topk_targets
 from kdscope.models import describe, reader
 from kdscope.train.views import ViewBank
@@ -52,17 +53,25 @@ def build_run_cache(
     directory: Path | None,
     progress,
     log,
-    temperature: float = 1.0,
+    method: Method | None = None,
 ) -> RunCache:
     """The teacher cache of a run in ``mode`` (:func:`cache_mode`), within
     ``train.cache_max_gb``: over it, ``auto`` turns the cache off (saying so) and an asked-for
     cache is an error. A view cache's cost is logged before its fill. With ``train.cache_topk``,
-    a :class:`TopKCache` of the teacher's log-probabilities at ``temperature`` (the method's)."""
+    a :class:`TopKCache` for ``method``, which must read one (``Method.reads_topk``)."""
     if mode == "off":
         return RunCache(None, None, mode)
     dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
     x = collate([train_set[0]])[0].to(device)
     if cfg.cache_topk is not None:
+        if method is None or not method.reads_topk:
+            name = None if method is None else method.name or type(method).__name__
+            raise ValueError(
+                "train.cache_topk is read by method kd (forward KL against the cached top-k); "
+                f"method {name!r} needs the teacher's full outputs: unset train.cache_topk"
+            )
+        # A top-k cache holds log-probabilities, so at the temperature the method reads.
+        temperature = getattr(method, "temperature", 1.0)
         return _topk_cache(mode, teacher, train_set, x, cfg, temperature, batch_size, device, amp,
                            progress, log)  # fmt: skip
     views = None

@@ -23,9 +23,11 @@ from kdscope.train.accounting import LossAccumulator, NonFiniteLossError, epoch_
 from kdscope.train.cache import TeacherCache, build_run_cache, cache_mode
 from kdscope.train.interrupt import StopBetweenSteps
 from kdscope.train.optim import build_optimizer, lr_factor, set_lr
+from kdscope.train.probe import Probe, check_probe
 from kdscope.train.progress import make_progress
 from kdscope.train.run_dir import RunDirectory
 from kdscope.train.sampler import EpochBatchSampler
+from kdscope.train.scalar_log import check_scalar_log
 from kdscope.train.seeding import derived_seed, seed_everything
 from kdscope.train.state import LoopState
 from kdscope.train.step import DistillStep
@@ -58,7 +60,8 @@ class Trainer:
     :class:`~kdscope.train.run_dir.RunDirectory`), each epoch appends to ``metrics.jsonl`` and
     writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation accuracy)
     atomically; Ctrl-C writes ``last.pt`` at the next step boundary and ``fit(resume=True)``
-    continues exactly where the run stopped.
+    continues exactly where the run stopped. ``train.probe``: retention curves in each epoch's
+    record (:mod:`~kdscope.train.probe`); ``train.log=tensorboard``: their scalars as events too.
     """
 
     def __init__(
@@ -103,7 +106,9 @@ class Trainer:
         self.dist = ddp.DistInfo()
         self.cache: TeacherCache | None = None
         self.views: ViewBank | None = None
+        self.probe: Probe | None = None
         self._stop_requested = False
+        check_scalar_log(self.cfg.log, has_run_dir=self.run is not None)
 
     # ---- set-up -------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -140,8 +145,7 @@ class Trainer:
             directory=self.run.cache_dir if self.run else None,
             progress=progress,
             log=self._log,
-            # A top-k cache holds log-probabilities, so at the temperature the method reads.
-            temperature=getattr(self.method, "temperature", 1.0),
+            method=self.method,
         )
         self.cache, self.views, self.cache_mode = built.cache, built.views, built.mode
         if self.cache is not None:
@@ -183,12 +187,12 @@ class Trainer:
             if self.cfg.early_stop:
                 raise ValueError("train.early_stop needs a validation set (data.val_fraction > 0)")
             self._log("no validation set: the last epoch is the run's result (no best epoch)")
-        if self.cfg.cache_topk is not None and not self.method.reads_topk:
-            raise ValueError(
-                f"train.cache_topk is read by method kd (forward KL against the cached top-k); "
-                f"method {self.method.name or type(self.method).__name__!r} needs the teacher's "
-                "full outputs: unset train.cache_topk"
-            )
+        one_teacher = self.teacher is not None and not self.step.ensemble
+        check_probe(
+            self.cfg.probe,
+            one_teacher=one_teacher and self.method.same_label_space,
+            has_val=self.val_set is not None,
+        )
         self.cache_mode = cache_mode(
             self.cfg.cache,
             needed=self.teacher is not None and self.method.needs.teacher_outputs,
@@ -196,6 +200,16 @@ class Trainer:
         )
         with make_progress(self.show_progress and self.dist.is_main) as progress:
             fill_s = self._build_cache(self.cache_mode, progress)
+            if self.cfg.probe and self.dist.is_main:
+                self.probe = Probe(
+                    self.teacher,
+                    self.student,
+                    self.val_set,
+                    self.cfg.probe,
+                    self.cfg.seed,
+                    device=self.device,
+                    amp=self.amp,
+                )
             result = FitResult(None, None, self._teacher_val_acc(), self.cfg.epochs)
             result.cache, result.cache_fill_s = self.cache_mode, fill_s
             # Last of the set-up: a resume restores every RNG stream, which nothing above draws on.
@@ -205,7 +219,7 @@ class Trainer:
                     f"resuming from {self.run.last}: epoch {state.epoch + 1}, step {state.step}"
                 )
             if self.run is not None and self.dist.is_main:
-                self.run.start(state)
+                self.run.start(state, tensorboard=self.cfg.log == "tensorboard")
             with self.step.taps():
                 try:
                     while state.epoch < self.cfg.epochs and not state.stopped:
@@ -215,6 +229,9 @@ class Trainer:
                     raise
                 except NonFiniteLossError as err:
                     raise NonFiniteLossError(f"{err}; {self._last_good()}") from None
+                finally:
+                    if self.run is not None:
+                        self.run.close_log()
         result.best_val_acc = state.best_val_acc
         result.final_val_acc = state.history[-1]["val_acc"] if state.history else None
         result.history = state.history
@@ -237,6 +254,8 @@ class Trainer:
         record = self._train_epoch(state, progress)
         record["val_acc"] = self._val_acc()
         record["teacher_val_acc"] = teacher_val_acc
+        if self.probe is not None:
+            record |= self.probe.score(self.student)
         improved = state.finish_epoch(record, self.cfg.early_stop_delta)
         state.stopped = state.plateaued(self.cfg.early_stop)
         if self.dist.is_main:
