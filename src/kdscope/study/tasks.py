@@ -17,6 +17,7 @@ from kdscope import api
 from kdscope.config import DataConfig, RunConfig
 from kdscope.data import collate, load_data, stratified_sample
 from kdscope.metrics import AgreementResult, calibration_constant, evaluate
+from kdscope.models import describe
 from kdscope.train import load_model
 
 SPLIT_SUFFIX = {"all": "all", "teacher_correct": "C", "teacher_incorrect": "I"}
@@ -71,15 +72,16 @@ def calibrate(
     val = _bundle(json.dumps(data, sort_keys=True)).val
     if len(val) == 0:
         return None
-    t_logits = _logits(_model(teacher_dir), val, evaluation["batch_size"])
+    teacher = _model(teacher_dir)
     # A language model's positions are its examples: (N, T, V) logits are read as (N * T, V).
-    return max(
-        calibration_constant(
-            t_logits.flatten(0, -2),
-            _logits(_model(s), val, evaluation["batch_size"]).flatten(0, -2),
-        )
-        for s in student_dirs
-    )
+    tokens = describe(teacher).output == "tokens"
+
+    def logits(model: torch.nn.Module) -> torch.Tensor:
+        z = _logits(model, val, evaluation["batch_size"])
+        return z.flatten(0, 1) if tokens else z
+
+    t_logits = logits(teacher)
+    return max(calibration_constant(t_logits, logits(_model(s))) for s in student_dirs)
 
 
 def evaluation_split(bundle, test_size: int | None) -> Dataset:
