@@ -58,10 +58,10 @@ class Trainer:
     seed, epoch, step). ``data`` gives the batch sizes and loader workers; ``optim``, ``schedule``
     and ``train`` the rest of the recipe. With ``run_dir`` (a path or a
     :class:`~kdscope.train.run_dir.RunDirectory`), each epoch appends to ``metrics.jsonl`` and
-    writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation accuracy)
-    atomically; Ctrl-C writes ``last.pt`` at the next step boundary and ``fit(resume=True)``
-    continues exactly where the run stopped. ``train.probe``: retention curves in each epoch's
-    record (:mod:`~kdscope.train.probe`); ``train.log=tensorboard``: their scalars as events too.
+    writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation accuracy) atomically;
+    Ctrl-C writes ``last.pt`` at the next step boundary; ``fit(resume=True)`` continues exactly.
+    ``train.probe``: retention curves in each epoch's record (:mod:`~kdscope.train.probe`);
+    ``train.log=tensorboard``: their scalars as TensorBoard events too.
     """
 
     def __init__(
