@@ -60,8 +60,7 @@ class Trainer:
     :class:`~kdscope.train.run_dir.RunDirectory`), each epoch appends to ``metrics.jsonl`` and
     writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation accuracy) atomically;
     Ctrl-C writes ``last.pt`` at the next step boundary; ``fit(resume=True)`` continues exactly.
-    ``train.probe``: retention curves in each epoch's record (:mod:`~kdscope.train.probe`);
-    ``train.log=tensorboard``: their scalars as TensorBoard events too.
+    ``train.probe`` adds retention curves (:mod:`~kdscope.train.probe`); ``train.log`` TensorBoard.
     """
 
     def __init__(
