@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,11 +28,25 @@ def check_name(name: str) -> str:
 RunName = Annotated[str, AfterValidator(check_name)]
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true and false. YAML 1.1, PyYAML's default, also reads on, off, yes
+    and no as booleans, which turned ``train.cache=off`` into False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def parse_yaml(text: str, source: str) -> Any:
-    """YAML ``text`` parsed safely; a syntax error is a ConfigError naming ``source`` and the
-    line."""
+    """YAML ``text`` parsed safely, with YAML 1.2's booleans (``off`` is a string); a syntax error
+    is a ConfigError naming ``source`` and the line."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
