@@ -43,7 +43,7 @@ def test_planted_gain_on_teacher_errors_is_found_and_nothing_else():
 
 
 def test_lead_is_a_forest_of_the_headline_differences_and_tests_are_ordered_by_effect():
-    section = functional_transfer(functional_rows({"agree_I": 0.1}))
+    section = functional_transfer(functional_rows({"agree_I": 0.1}, noise=0.005))
     lead = section.lead
     assert lead.figure.id == "ft-forest" and len(lead.sentences) == 3
     items = lead.figure.alt.split(": ", 1)[1].rstrip(".").split("; ")

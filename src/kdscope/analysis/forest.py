@@ -260,17 +260,25 @@ def _counted(cells: dict, groups: list[str]) -> list[str]:
         out.append(
             f"Across {n} settings, KD made the student significantly more accurate in {up}, less "
             f"accurate in {down} and made no significant difference in {n - up - down}."
+            if up or down
+            else f"KD changed the student's accuracy significantly in none of the {n} settings."
         )
     if any((g, m) in cells for g in groups for m in ("agree_C", "agree_I")):
+        right, wrong = count("agree_C", 1), count("agree_I", 1)
         out.append(
-            f"Agreement with the teacher rose significantly in {count('agree_C', 1)} of {n} "
-            f"settings where the teacher is right and in {count('agree_I', 1)} where it is wrong."
+            f"Agreement with the teacher rose significantly in {right} of {n} settings where the "
+            f"teacher is right and in {wrong} where it is wrong."
+            if right or wrong
+            else "Agreement with the teacher rose significantly in none of them, neither where "
+            "the teacher is right nor where it is wrong."
         )
     if any((g, "payoff") in cells for g in groups):
         neg, pos = count("payoff", 1), count("payoff", -1)
         out.append(
             f"The payoff was negative asymmetric (relatively more of the teacher's mistakes taken "
             f"on) in {neg} of {n} settings and positive in {pos}."
+            if neg or pos
+            else "No setting showed a significant asymmetric payoff."
         )
     elif any((g, "krs") in cells for g in groups):
         out.append(f"KRS rose significantly in {count('krs', 1)} of {n} settings.")
