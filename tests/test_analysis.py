@@ -69,6 +69,15 @@ def test_no_planted_effect_gives_no_significant_result():
     assert sum("no significant difference for any" in f for f in section.findings) == 2
 
 
+def test_conditions_without_a_difference_share_one_finding():
+    section = functional_transfer(functional_rows({}, alphas=(0.1, 0.5, 0.9), rng_seed=2))
+    quiet = [f for f in section.findings if "3 of 3 conditions: no significant difference" in f]
+    assert len(quiet) == 2 and quiet[0].startswith("kd vs control")
+    assert "α=0.1" in quiet[0] and "α=0.9" in quiet[0]
+    payoff = [f for f in section.findings if "asymmetric payoff" in f.lower()]
+    assert payoff == [next(f for f in payoff if "in 3 of 3 conditions" in f)]
+
+
 def test_test_table_numbers_match_a_direct_computation():
     rows = functional_rows({"agree_I": 0.1})
     rec = _tests(functional_transfer(rows))["agree_I"]

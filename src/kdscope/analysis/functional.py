@@ -102,13 +102,24 @@ def functional_transfer(
         _agreement_figure(conditions, level),
         _test_table(tests, level),
     ]
-    for cond in conditions:
-        for other in OTHER_ARMS:
+    for other in OTHER_ARMS:
+        quiet = []  # conditions with enough seeds and nothing significant: one finding for all
+        for cond in conditions:
             family = [t for t in tests if t.cond is cond and t.other == other]
-            if family:
+            if len(conditions) > 1 and _quiet(family, alpha, min_seeds):
+                quiet.append(family)
+            elif family:
                 section.findings.append(_comparison_sentence(family, alpha, min_seeds))
             elif other == "control" or cond.arms["random_control"]:
                 section.notes.append(f"{cond.label}: no paired kd/{other} runs, not tested.")
+        if quiet:
+            ns = sorted({t.cmp.n for f in quiet for t in f})
+            n = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}\u2013{ns[-1]}"
+            section.findings.append(
+                f"kd vs {other}, {len(quiet)} of {len(conditions)} conditions: no significant "
+                f"difference for any measure (paired t, n = {n} seeds, Holm, \u03b1 = {alpha}): "
+                f"{', '.join(f[0].cond.short for f in quiet)}."
+            )
     if not any(c.arms["random_control"] for c in conditions):
         section.notes.append("No random_control runs: KD vs random-control is not tested.")
     note = w.wilcoxon_floor_note({t.cmp.n for t in tests if t.cmp.n >= min_seeds}, alpha)
@@ -299,6 +310,12 @@ def _comparison_sentence(family: list[_Test], alpha: float, min_seeds: int) -> s
     shown = "; ".join(f"{t.measure} {w.ci(t.cmp.diff)} ({_closer(t)})" for t in sig[:3])
     more = f"; {len(sig) - 3} more in the test table" if len(sig) > 3 else ""
     return f"{head} {len(sig)} of {len(testable)} measures differ {how}, largest: {shown}{more}."
+
+
+def _quiet(family: list[_Test], alpha: float, min_seeds: int) -> bool:
+    """Tested with enough seeds, and no measure significant after Holm."""
+    tested = [t for t in family if t.cmp.n >= min_seeds and not math.isnan(t.p_t_adj)]
+    return bool(tested) and all(t.p_t_adj >= alpha for t in tested)
 
 
 def _closer(t: _Test) -> str:

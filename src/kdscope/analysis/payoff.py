@@ -112,9 +112,18 @@ def add_payoff(
                 "verdict": verdict,
             }
         )
+        if len(results) == 1 or verdict != "no significant asymmetry":
+            section.findings.append(
+                f"{cond.label}, asymmetric payoff: relative \u0394I \u2212 \u0394C = "
+                f"{w.ci(rel.diff)} (n = {rel.n} seeds, paired t, Holm {w.peq('p', p)}): {verdict}."
+            )
+    quiet = [r for r in rows if r["verdict"] == "no significant asymmetry"]
+    if len(results) > 1 and quiet:
+        smallest = min(r["p Holm (t), rel."] for r in quiet)
         section.findings.append(
-            f"{cond.label}, asymmetric payoff: relative \u0394I \u2212 \u0394C = "
-            f"{w.ci(rel.diff)} (n = {rel.n} seeds, paired t, Holm {w.peq('p', p)}): {verdict}."
+            f"Asymmetric payoff: no significant asymmetry in {len(quiet)} of {len(results)} "
+            f"conditions (paired t, Holm across conditions, smallest Holm {w.peq('p', smallest)}); "
+            "the table 'Asymmetric payoff' has each."
         )
     caption = (
         f"Asymmetric payoff: \u0394 = agreement(kd) \u2212 agreement(control) on C (teacher "
