@@ -67,3 +67,4 @@ def test_demo_config_is_the_fashion_mnist_kd_student():
     assert cfg["data"]["val_fraction"] == setup.val_fraction
     assert cfg["teacher"]["name"] == setup.teacher and cfg["student"]["name"] == setup.student
     assert cfg["train"]["epochs"] == setup.epochs and cfg["optim"]["lr"] == setup.lr
+    assert cfg["train"]["threads"] == setup.threads

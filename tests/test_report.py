@@ -243,6 +243,11 @@ def test_forest_sentences_say_what_moved_in_plain_words():
     words = forest_sentences(one_run)
     assert "less accurate" in words[0] and "untested" in words[0]
     assert words[1] == "Its Knowledge Retention Score rose (+0.03)."
+    both = [ForestRow(m, 0.05, 0.01, 0.09, True) for m in ("agree_C", "agree_I")]
+    assert forest_sentences(both) == [
+        "Its agreement with the teacher rose where the teacher is right (+5.0 points) and where "
+        "it is wrong (+5.0 points)."
+    ]
     grouped = [ForestRow("accuracy", 0.02, 0.01, 0.03, g == "kd", g) for g in ("kd", "at")]
     assert "more accurate in 1, less accurate in 0" in forest_sentences(grouped)[0]
 

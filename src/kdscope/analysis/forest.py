@@ -197,11 +197,10 @@ def forest_sentences(
             f"KD did not change the student's accuracy significantly against {versus} "
             f"({_change(acc)})."
         )
-    parts = [
-        f"{_verb(r)} where the teacher is {where} ({_change(r)})"
-        for r, where in ((c, "right"), (i, "wrong"))
-        if r is not None
-    ]
+    splits = [(r, where) for r, where in ((c, "right"), (i, "wrong")) if r is not None]
+    parts = [f"{_verb(r)} where the teacher is {where} ({_change(r)})" for r, where in splits]
+    if len(splits) == 2 and _verb(c) == _verb(i):  # one verb for both: "rose where ... and where"
+        parts[1] = f"where it is wrong ({_change(i)})"
     if parts:
         out.append(f"Its agreement with the teacher {' and '.join(parts)}.")
     if payoff and not _moved(payoff):
