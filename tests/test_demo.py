@@ -41,7 +41,10 @@ def test_demo_trains_evaluates_explains_and_reports(tmp_path):
 
     titles = [s.title for s in run_sections(demo / "kd")]
     assert titles == ["Training", "Result", "Transfer metrics", "Explanations", "Configuration"]
-    assert write_run_report(demo / "kd").read_text().count("<table") >= 3
+    run_html = write_run_report(demo / "kd").read_text()
+    assert run_html.count("<table") >= 3
+    assert str(tmp_path) not in run_html and "checkpoint: ../teacher" in run_html
+    assert str(tmp_path) not in html
 
 
 def test_demo_uses_fashion_mnist_when_installed_and_digits_otherwise(monkeypatch):

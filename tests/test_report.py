@@ -16,6 +16,7 @@ from kdscope.analysis.report import (
     Table,
     Text,
     key_value_table,
+    relative_paths,
     render_report,
     write_report,
 )
@@ -127,6 +128,13 @@ def test_table_access_and_validation():
         table.column("w")
     with pytest.raises(ValueError, match="row 0 has 1 cells, expected 2"):
         Table(["a", "b"], [[1]])
+
+
+def test_paths_are_written_relative_to_the_report_directory(tmp_path):
+    run = tmp_path / "runs" / "kd"
+    text = f"checkpoint: {tmp_path}/runs/teacher\nlog: {run}/metrics.jsonl\nhere: {run}\n"
+    assert relative_paths(text, run) == ("checkpoint: ../teacher\nlog: metrics.jsonl\nhere: .\n")
+    assert relative_paths("/usr/share/x", "/") == "/usr/share/x"  # the root relativises nothing
 
 
 def test_unknown_block_type_is_rejected():

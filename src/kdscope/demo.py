@@ -2,9 +2,10 @@
 the audit of what moved from the teacher to the student.
 
 On Fashion-MNIST when it is installed (a 3000-image training subset, so that the demo takes under
-three minutes on two CPU cores), else on the bundled digits. The setups (:data:`SETUPS`) are chosen so
-that the teacher beats the baseline student: a student that outscores its teacher has nothing to
-learn from it. ``configs/demo.yaml`` is the Fashion-MNIST KD student as a run config.
+three minutes on two CPU cores), else on the bundled digits. The setups (:data:`SETUPS`) are
+chosen so that the teacher beats the baseline student: a student that outscores its teacher has
+nothing to learn from it. ``configs/demo.yaml`` is the Fashion-MNIST KD student as a run config.
+The last step, :func:`audit`, is one call from the trained runs to the report and its sentences.
 """
 
 from __future__ import annotations

@@ -171,6 +171,18 @@ def key_value_table(values: Mapping[str, Any], caption: str = "", id: str | None
     return Table(["name", "value"], [[k, v] for k, v in values.items()], caption, id)
 
 
+def relative_paths(text: str, root: str | Path) -> str:
+    """``text`` with the absolute paths of ``root`` (a study or run directory) and of its parent
+    written relative to ``root``, so that a report names no absolute path of the machine that
+    wrote it: ``/x/runs/kd/best.pt`` -> ``best.pt``, ``/x/runs/teacher`` -> ``../teacher``."""
+    here = Path(root).resolve()
+    for base, rel in ((here, ""), (here.parent, "../")):
+        if base.parent == base:  # the filesystem root: every path would match
+            break
+        text = text.replace(f"{base}/", rel).replace(str(base), rel.rstrip("/") or ".")
+    return text
+
+
 def write_report(
     path: str | Path, title: str, sections: Sequence[Section], subtitle: str = ""
 ) -> Path:

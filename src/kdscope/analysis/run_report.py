@@ -8,7 +8,15 @@ from pathlib import Path
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import MaxNLocator
 
-from kdscope.analysis.report import Code, Figure, Section, Table, key_value_table, write_report
+from kdscope.analysis.report import (
+    Code,
+    Figure,
+    Section,
+    Table,
+    key_value_table,
+    relative_paths,
+    write_report,
+)
 
 
 def read_history(run_dir: Path) -> list[dict]:
@@ -68,11 +76,11 @@ def run_sections(run_dir: Path) -> list[Section]:
         )
     summary = run_dir / "summary.json"
     if summary.exists():
-        sections.append(
-            Section(
-                "Result", blocks=[key_value_table(json.loads(summary.read_text()), id="summary")]
-            )
-        )
+        result = {
+            k: relative_paths(v, run_dir) if isinstance(v, str) else v
+            for k, v in json.loads(summary.read_text()).items()
+        }
+        sections.append(Section("Result", blocks=[key_value_table(result, id="summary")]))
     eval_json = run_dir / "eval.json"
     if eval_json.exists():
         sections.append(
@@ -83,7 +91,8 @@ def run_sections(run_dir: Path) -> list[Section]:
         sections.append(Section("Explanations", blocks=[Figure(p, p.stem) for p in figures]))
     config = run_dir / "config.yaml"
     if config.exists():
-        sections.append(Section("Configuration", blocks=[Code(config.read_text(), "config.yaml")]))
+        text = relative_paths(config.read_text(), run_dir)
+        sections.append(Section("Configuration", blocks=[Code(text, "config.yaml")]))
     return sections
 
 

@@ -16,7 +16,7 @@ import yaml
 from kdscope.analysis import tidy
 from kdscope.analysis.functional import functional_transfer
 from kdscope.analysis.krs_validation import krs_validation
-from kdscope.analysis.report import Code, Section, Table, write_report
+from kdscope.analysis.report import Code, Section, Table, relative_paths, write_report
 from kdscope.config import ConfigError
 from kdscope.study.config import StudyConfig
 from kdscope.study.plan import expand
@@ -60,7 +60,7 @@ def study_report(study_dir: str | Path) -> Path:
         if row is not None and row.get("status") == "ok":
             continue
         reason = (
-            _relative(str(row["error"]), study_dir)
+            relative_paths(str(row["error"]), study_dir)
             if row is not None
             else _not_run(study_dir, p["id"].split("@")[0])
         )
@@ -75,7 +75,7 @@ def study_report(study_dir: str | Path) -> Path:
             f"Partial study: {len(planned) - len(ok)} of {len(planned)} planned rows missing in "
             f"{len(missing)} cell(s) (table 'Missing cells'); analyses use the rows present."
         )
-    status.blocks.append(Code(_relative(cfg_text, study_dir), caption="study.yaml (resolved)"))
+    status.blocks.append(Code(relative_paths(cfg_text, study_dir), caption="study.yaml (resolved)"))
     sections = [status]
     # With both checkpoints measured, each analysis runs once per checkpoint: never mixed.
     by_checkpoint: dict[str | None, list] = {}
@@ -98,17 +98,6 @@ def study_report(study_dir: str | Path) -> Path:
         "this report"
     )
     return write_report(study_dir / "report.html", f"Study {cfg.name}", sections, subtitle)
-
-
-def _relative(text: str, study_dir: Path) -> str:
-    """``text`` with the absolute paths of the study directory and of its parent (the study's
-    ``out_dir``) written relative to the study directory."""
-    here = study_dir.resolve()
-    for root, rel in ((here, ""), (here.parent, "../")):
-        if root.parent == root:  # the filesystem root: every path would match
-            break
-        text = text.replace(f"{root}/", rel).replace(str(root), rel.rstrip("/") or ".")
-    return text
 
 
 def _not_run(study_dir: Path, run: str) -> str:
