@@ -344,13 +344,19 @@ def methods(
 @command
 def demo(
     out: Annotated[Path, typer.Option(help="Directory of runs.")] = Path("runs"),
-    epochs: Annotated[int, typer.Option(help="Epochs per model.")] = 15,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs for every model (default: the setup's).")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="fashion-mnist or digits (default: Fashion-MNIST when installed)."),
+    ] = None,
 ) -> None:
-    """Teacher, baseline and KD student on the bundled digits data, with what the student
-    retained."""
+    """Teacher, baseline and KD student on Fashion-MNIST (or the bundled digits), then what
+    moved from the teacher to the student."""
     from kdscope.demo import run_demo  # here: its report (matplotlib, scipy) takes seconds to load
 
-    run_demo(out / "demo", epochs=epochs, console=console)
+    run_demo(out / "demo", epochs=epochs, console=console, data=data)
 
 
 @command

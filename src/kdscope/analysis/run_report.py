@@ -9,7 +9,15 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import MaxNLocator
 
 from kdscope.analysis.plots import retention_curves
-from kdscope.analysis.report import Code, Figure, Section, Table, key_value_table, write_report
+from kdscope.analysis.report import (
+    Code,
+    Figure,
+    Section,
+    Table,
+    key_value_table,
+    relative_paths,
+    write_report,
+)
 from kdscope.metrics.tokens import TOKEN_FIGURE
 
 
@@ -72,11 +80,11 @@ def run_sections(run_dir: Path) -> list[Section]:
         sections.append(_retention_section(run_dir.name, history))
     summary = run_dir / "summary.json"
     if summary.exists():
-        sections.append(
-            Section(
-                "Result", blocks=[key_value_table(json.loads(summary.read_text()), id="summary")]
-            )
-        )
+        result = {
+            k: relative_paths(v, run_dir) if isinstance(v, str) else v
+            for k, v in json.loads(summary.read_text()).items()
+        }
+        sections.append(Section("Result", blocks=[key_value_table(result, id="summary")]))
     eval_json = run_dir / "eval.json"
     if eval_json.exists():
         blocks = [_eval_table(json.loads(eval_json.read_text()))]
@@ -90,7 +98,8 @@ def run_sections(run_dir: Path) -> list[Section]:
         sections.append(Section("Explanations", blocks=[Figure(p, p.stem) for p in figures]))
     config = run_dir / "config.yaml"
     if config.exists():
-        sections.append(Section("Configuration", blocks=[Code(config.read_text(), "config.yaml")]))
+        text = relative_paths(config.read_text(), run_dir)
+        sections.append(Section("Configuration", blocks=[Code(text, "config.yaml")]))
     return sections
 
 
