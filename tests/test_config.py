@@ -45,7 +45,8 @@ def test_yaml_reads_off_on_yes_no_as_strings_and_only_true_false_as_booleans(tmp
     assert cfg.train.cache == "off" and cfg.train.amp is False and cfg.train.deterministic is True
     path = tmp_path / "c.yaml"
     path.write_text(
-        "student: {name: resnet8}\ntrain: {cache: off, amp: true}\ndata: {options: {maps: on, x: yes, y: no}}\n"
+        "student: {name: resnet8}\ntrain: {cache: off, amp: true}\n"
+        "data: {options: {maps: on, x: yes, y: no}}\n"
     )
     loaded = load_config(path)
     assert loaded.train.cache == "off" and loaded.train.amp is True
