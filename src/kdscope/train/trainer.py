@@ -18,7 +18,7 @@ from kdscope import distributed as ddp
 from kdscope.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
 from kdscope.data import check_labels, collate, to_device
 from kdscope.methods import Method, create_method
-from kdscope.metrics import accuracy
+from kdscope.metrics import task_score
 from kdscope.train.accounting import LossAccumulator, NonFiniteLossError, epoch_line
 from kdscope.train.cache import TeacherCache, build_run_cache, cache_mode
 from kdscope.train.interrupt import StopBetweenSteps
@@ -58,7 +58,8 @@ class Trainer:
     seed, epoch, step). ``data`` gives the batch sizes and loader workers; ``optim``, ``schedule``
     and ``train`` the rest of the recipe. With ``run_dir`` (a path or a
     :class:`~kdscope.train.run_dir.RunDirectory`), each epoch appends to ``metrics.jsonl`` and
-    writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation accuracy)
+    writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation score: accuracy, or
+    mean IoU / mAP for dense tasks, :func:`~kdscope.metrics.task_score`)
     atomically; Ctrl-C writes ``last.pt`` at the next step boundary and ``fit(resume=True)``
     continues exactly where the run stopped. ``train.probe`` adds retention curves to each epoch's
     record (:mod:`~kdscope.train.probe`); ``train.log=tensorboard`` also writes the records'
@@ -377,7 +378,7 @@ class Trainer:
         if self.val_set is None or not self.dist.is_main:
             ddp.barrier(self.dist)
             return None
-        acc = accuracy(
+        acc = task_score(
             self.student, self.val_set, self.data_cfg.eval_batch_size, self.device, self.amp
         )
         ddp.barrier(self.dist)
@@ -388,7 +389,7 @@ class Trainer:
             return None
         if self.step.ensemble or not self.method.same_label_space:
             return None
-        return accuracy(
+        return task_score(
             self.teacher, self.val_set, self.data_cfg.eval_batch_size, self.device, self.amp
         )
 
