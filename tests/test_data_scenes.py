@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdscope.data import fashion_mnist, scenes
-from kdscope.data import collate
+from kdscope.data import collate, fashion_mnist, scenes
 from kdscope.data.dense import IGNORE_INDEX
 from kdscope.data.dense_augment import dense_augment
 from kdscope.data.registry import DATASETS, load_data

@@ -94,7 +94,9 @@ def task_score(
             if info.output == "pixels":
                 pixels.update(read.logits(model, x.to(device)).argmax(1).cpu(), y)
             else:
-                detections = [{k: v.float().cpu() for k, v in d.items()} for d in model(x.to(device))]
+                detections = [
+                    {k: v.float().cpu() for k, v in d.items()} for d in model(x.to(device))
+                ]
                 boxes.update(detections, y)
     model.train(was_training)
     score = pixels.compute().mean_iou if info.output == "pixels" else boxes.compute().map
