@@ -39,7 +39,7 @@ from kdscope.train.cache import TeacherCache
 BATCH, LR, MOMENTUM, WEIGHT_DECAY = 32, 0.01, 0.9, 5e-4
 SETUPS = {
     "segmentation": ("fcn_resnet20", "fcn_resnet8", "pixel_kd", {}),
-    "detection": ("fcos_resnet20", "fcos_resnet8", "cwd", {"on": "features"}),
+    "detection": ("fcos_resnet20", "fcos_resnet8", "cwd", {"maps": "features"}),
 }
 LEVELS = ["detector.backbone.fpn.layer_blocks.0", "detector.backbone.fpn.layer_blocks.1"]
 

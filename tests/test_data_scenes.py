@@ -177,6 +177,16 @@ def test_registered_and_loaded_by_name(tmp_path):
     assert data.image_size == (48, 48) and data.test.images.shape[-2:] == (48, 48)
 
 
+def test_dense_data_takes_only_the_augmentation_that_moves_targets(tmp_path):
+    write_constant_fashion(tmp_path / "fm")
+    options = {"data_dir": tmp_path / "fm", "cache_dir": tmp_path / "c", **SMALL}
+    assert load_data("fmnist-scenes", augment="dense", **options).augment is dense_augment
+    with pytest.raises(ValueError, match="'dense'"):
+        load_data("fmnist-scenes", augment="standard", **options)
+    with pytest.raises(ValueError, match="image augmentation"):
+        load_data("digits", augment="dense")
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

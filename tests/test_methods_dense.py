@@ -69,7 +69,7 @@ def test_channel_wise_divergence_is_the_kl_of_per_channel_spatial_softmaxes():
 
 def test_cwd_refuses_detection_logits_on_logits():
     method = create_method("cwd")
-    with pytest.raises(ValueError, match="on='features'"):
+    with pytest.raises(ValueError, match="maps=.features."):
         method(_outputs(torch.zeros(2, 7, 3), torch.zeros(2, 7, 3), class_dim=-1))
 
 
@@ -93,7 +93,7 @@ def test_cwd_on_fpn_levels_of_detectors():
     student = copy.deepcopy(teacher).train()
     x = torch.randn(2, 1, 32, 32)
     y = [{"boxes": torch.tensor([[2.0, 3.0, 20.0, 25.0]]), "labels": torch.tensor([1])}] * 2
-    method = create_method("cwd", on="features")
+    method = create_method("cwd", maps="features")
     harness = Harness(method, student, teacher, x, num_classes=3)
     for module in student.modules():  # the teacher's running statistics, not the batch's
         if isinstance(module, torch.nn.BatchNorm2d):

@@ -9,6 +9,7 @@
 from kdscope.data import (  # noqa: F401  (register the datasets and augmentations)
     audio,
     audio_augment,
+    dense_augment,
     dense_formats,
     digits,
     fashion_mnist,

@@ -76,9 +76,9 @@ class ChannelWiseKD(Method):
     Prediction", ICCV 2021, arXiv:2011.13256.
 
     loss = weight * :func:`channel_wise_divergence` (each channel's map turned into a distribution
-    over positions, the student's matched to the teacher's), CE weight 1. ``on="logits"``: the
+    over positions, the student's matched to the teacher's), CE weight 1. ``maps="logits"``: the
     segmenters' score maps (B, classes, H, W), the paper's main setting, defaults T=4, weight 3.
-    ``on="features"``: feature maps, by default a detector's FPN levels paired one to one (the
+    ``maps="features"``: feature maps, by default a detector's FPN levels paired one to one (the
     paper's detection setting), each student map through a 1x1 convolution to the teacher's
     channels when they differ (as the authors' code does); terms are averaged over the levels.
     """
@@ -88,7 +88,7 @@ class ChannelWiseKD(Method):
     constraints = {
         "weight": NON_NEGATIVE,
         "temperature": POSITIVE,
-        "on": Options(("logits", "features")),
+        "maps": Options(("logits", "features")),
         "student_layers": LAYERS,
         "teacher_layers": LAYERS,
     }
@@ -97,21 +97,21 @@ class ChannelWiseKD(Method):
         self,
         weight: float = 3.0,
         temperature: float = 4.0,
-        on: str = "logits",
+        maps: str = "logits",
         student_layers: list[str] | None = None,
         teacher_layers: list[str] | None = None,
     ):
         super().__init__(
-            LOGITS if on == "logits" else FEATURES, 1.0, student_layers, teacher_layers
+            LOGITS if maps == "logits" else FEATURES, 1.0, student_layers, teacher_layers
         )
         # Which layers it reads depends on what it distils.
-        self.layers = Layers.NONE if on == "logits" else Layers.LEVELS
+        self.layers = Layers.NONE if maps == "logits" else Layers.LEVELS
         self.weight = weight
         self.temperature = temperature
-        self.on = on
+        self.maps = maps
 
     def bind(self, ctx: BindContext) -> None:
-        if self.on == "logits":
+        if self.maps == "logits":
             return
         self.connectors = nn.ModuleList()
         for s, t in zip(self.student_layers, self.teacher_layers, strict=True):
@@ -119,11 +119,11 @@ class ChannelWiseKD(Method):
             self.connectors.append(nn.Conv2d(cs, ct, 1) if cs != ct else nn.Identity())
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:
-        if self.on == "logits":
+        if self.maps == "logits":
             if out.student_logits.dim() != 4:
                 raise ValueError(
-                    "cwd on='logits' reads score maps (B, C, H, W); for a detector's "
-                    "(B, locations, C) logits use on='features'"
+                    "cwd maps='logits' reads score maps (B, C, H, W); for a detector's "
+                    "(B, locations, C) logits use maps='features'"
                 )
             loss = channel_wise_divergence(out.student_logits, out.teacher_logits, self.temperature)
         else:

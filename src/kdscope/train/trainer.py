@@ -348,7 +348,10 @@ class Trainer:
             x, rows = self.views.inputs(x, idx, view), self.views.entry(idx, view)
         elif self.augment is not None:
             gen = torch.Generator(self.device).manual_seed(derived_seed(self.cfg.seed, epoch, step))
-            x = self.augment(x, gen)
+            if getattr(self.augment, "moves_targets", False):  # dense: masks and boxes move too
+                x, y = self.augment(x, y, gen)
+            else:
+                x = self.augment(x, gen)
         out = self.step(x, y, idx, epoch, step, rows)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
