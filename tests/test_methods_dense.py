@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdscope.methods import create_method
+from kdscope.methods import Outputs, create_method
 from kdscope.methods.dense import channel_wise_divergence
 from kdscope.models import create_model
 from method_harness import Harness
@@ -24,8 +24,6 @@ def _kl(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def _outputs(s, t, class_dim=1):
-    from kdscope.methods import Outputs
-
     return Outputs(student_logits=s, labels=None, teacher_logits=t, class_dim=class_dim)
 
 
