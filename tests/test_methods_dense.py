@@ -108,3 +108,23 @@ def test_cwd_on_fpn_levels_of_detectors():
             p.add_(0.1 * torch.randn_like(p))
     terms, _ = harness.step(x, y)
     assert terms["cwd"].item() > 0
+
+
+def test_gld_scores_a_segmenters_pooled_stage_with_its_1x1_scorer():
+    torch.manual_seed(0)
+    student = create_model("fcn_resnet8", 3, 1)
+    teacher = create_model("fcn_resnet14", 3, 1).eval()
+    x, y = torch.randn(4, 1, 16, 16), torch.randint(0, 3, (4, 16, 16))
+    method = create_method("gld")
+    harness = Harness(method, student, teacher, x, num_classes=3)
+    assert method.student_layers == ["backbone.layer3"]
+    f = torch.randn(4, student.score.in_channels, 4, 4)
+    global_logits, local_logits = method.logits(f, student.score)
+    # The scorer on the image-mean map, and on each of the 2 x 2 regions' means.
+    expected = student.score(f.mean((2, 3), keepdim=True)).flatten(1)
+    assert torch.allclose(global_logits, expected, atol=1e-6)
+    region = student.score(f[:, :, :2, 2:].mean((2, 3), keepdim=True)).flatten(1)
+    assert torch.allclose(local_logits.view(4, 4, 3)[:, 1], region, atol=1e-6)
+    terms, _ = harness.step(x, y)
+    assert set(terms) == {"gld_global", "gld_local", "gld_relation"}
+    assert all(math.isfinite(v.item()) for v in terms.values())
