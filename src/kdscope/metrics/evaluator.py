@@ -183,6 +183,11 @@ class Evaluator:
         self.teacher, self.student, self.base = teacher, student, base
         info = describe(student)
         self.task, self.num_classes = task_of(info.output), info.num_classes
+        if "rs" in metrics and self.task != "classification":
+            raise ValueError(
+                f"metric 'rs' relates features to one label per example, which {self.task} data "
+                "has not; kdscope explain gives RS of dense models through image-level labels"
+            )
         self.metrics = list(dict.fromkeys(metrics))
         if layers is None:
             layers = self._default_layers() if set(self.metrics) - {"agreement"} else []
