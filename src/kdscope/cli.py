@@ -16,6 +16,7 @@ from typing import Annotated
 
 import click
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 
@@ -60,8 +61,32 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def command(fn):
-    """Register ``fn`` as a command whose errors are reported as one sentence."""
+class GreedyOptions(typer.core.TyperCommand):
+    """A command whose options named in ``greedy`` take every value up to the next option:
+    ``--from-logits t.npy s0.npy s1.npy`` is read as ``--from-logits t.npy --from-logits s0.npy
+    --from-logits s1.npy`` (click options otherwise take one value each)."""
+
+    greedy: tuple[str, ...] = ()
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        spread, flag = [], None
+        for arg in args:
+            if arg.startswith("-"):
+                name = arg.partition("=")[0]
+                flag = name if name in self.greedy else None
+                spread.append(arg)
+            elif flag is not None and spread[-1] != flag:
+                spread += [flag, arg]
+            else:
+                spread.append(arg)
+        return super().parse_args(ctx, spread)
+
+
+def command(fn=None, *, greedy: tuple[str, ...] = ()):
+    """Register ``fn`` as a command whose errors are reported as one sentence (``greedy``: see
+    :class:`GreedyOptions`)."""
+    if fn is None:
+        return functools.partial(command, greedy=greedy)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -77,7 +102,10 @@ def command(fn):
             text = str(err) if known and str(err) else f"{type(err).__name__}: {err}"
             _fail(f"{text} (--debug shows the traceback)" if not known else text, code)
 
-    return app.command()(wrapper)
+    if not greedy:
+        return app.command()(wrapper)
+    cls = type("Greedy", (GreedyOptions,), {"greedy": greedy})
+    return app.command(cls=cls)(wrapper)
 
 
 def _run_config(config, overrides, shortcuts, resume, need_teacher: bool, trust: bool) -> None:
@@ -299,8 +327,95 @@ def report(
     """Re-read a study's table, run its analyses and write STUDY_DIR/report.html."""
     from kdscope.study import study_report
 
+    if (study_dir / "audit.json").is_file():
+        raise ConfigError(
+            f"{study_dir} is an audit: rerun its kdscope audit command to rewrite its report "
+            "(finished runs are reused)"
+        )
     path = study_report(study_dir)
     console.print(f"report written to {path}", highlight=False)
+
+
+FileList = list[Path] | None
+
+
+@command(greedy=("--from-logits", "--control", "--from-features", "--method"))
+def audit(
+    teacher: Annotated[
+        str | None, typer.Option(help="Teacher: a kdscope run directory or a model to train.")
+    ] = None,
+    student: Annotated[str | None, typer.Option(help="Student architecture.")] = None,
+    method: Annotated[
+        list[str] | None, typer.Option(help="Distillation method(s) to audit (default kd).")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset (default: the teacher run's).")] = None,
+    seeds: Annotated[int, typer.Option(help="Students per arm (seeds 0..N-1).")] = 5,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per student.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Audit directory (default runs/audits/<name>).")
+    ] = None,
+    set_: SetOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print what would be trained and its cost; train nothing.")
+    ] = False,
+    relevance: Annotated[bool, typer.Option(help="Measure UniCAM's FSS/RS (runs).")] = True,
+    workers: Annotated[int, typer.Option(help="Parallel local runs (processes).")] = 1,
+    from_logits: Annotated[
+        FileList, typer.Option(help="Saved logits: the teacher's file, then the students'.")
+    ] = None,
+    control: Annotated[
+        FileList, typer.Option(help="Saved logits of independent students, one per seed.")
+    ] = None,
+    labels: Annotated[Path | None, typer.Option(help="Saved labels (with --from-logits).")] = None,
+    from_features: Annotated[
+        FileList, typer.Option(help="Saved features: the teacher's, then the students'.")
+    ] = None,
+) -> None:
+    """Did the student learn the teacher's function, or was distillation a regulariser? Trains
+    distilled, control and random-control students per seed (or reads saved logits) and writes
+    DIR/report.html and DIR/audit.json."""
+    # here, as in study: the analyses (matplotlib, scipy) take seconds to import
+    from kdscope.audit import audit_config, audit_logits, audit_runs
+    from kdscope.study import make_executor
+
+    if from_logits:
+        given = {"--teacher": teacher, "--student": student, "--method": method, "--data": data}
+        clash = [k for k, v in given.items() if v]
+        if clash:
+            raise ConfigError(f"--from-logits audits saved outputs; drop {', '.join(clash)}")
+        if labels is None:
+            raise ConfigError("--from-logits needs --labels FILE (the examples' classes)")
+        result = audit_logits(
+            from_logits[0],
+            from_logits[1:],
+            labels,
+            out or Path("runs/audits") / Path(from_logits[0]).stem,
+            controls=control or [],
+            features=from_features or [],
+        )
+    else:
+        if control or labels or from_features:
+            raise ConfigError("--control, --labels and --from-features go with --from-logits")
+        if teacher is None or student is None:
+            raise ConfigError("audit needs --teacher and --student (or --from-logits FILES)")
+        cfg = audit_config(teacher, student, method or ["kd"], data, seeds, epochs, out, set_ or [])
+        try:
+            with make_executor("local", workers) as runner:
+                result = audit_runs(
+                    cfg,
+                    runner,
+                    log=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True),
+                    relevance=relevance,
+                    dry_run=dry_run,
+                )
+        except KeyboardInterrupt:
+            console.print("interrupted; rerun the same command to resume (finished runs are kept)")
+            raise typer.Exit(130) from None
+        if result is None:
+            return
+    for line in result.summary:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"report: {result.report}; numbers: {result.json}", soft_wrap=True)
 
 
 def main() -> None:

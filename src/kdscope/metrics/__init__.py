@@ -6,6 +6,7 @@ from kdscope.metrics.agreement import (
     AgreementFigures,
     AgreementResult,
     agreement,
+    agreement_per_example,
     kl_per_example,
 )
 from kdscope.metrics.dcor import (
@@ -74,6 +75,7 @@ __all__ = [
     "ZeroVarianceError",
     "accuracy",
     "agreement",
+    "agreement_per_example",
     "calibration_constant",
     "cka_from_grams",
     "detection_map",

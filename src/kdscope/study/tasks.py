@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from kdscope import api
 from kdscope.config import DataConfig, RunConfig
 from kdscope.data import collate, load_data, stratified_sample
-from kdscope.metrics import evaluate
+from kdscope.metrics import AgreementResult, evaluate
 from kdscope.metrics.task_agreement import CALIBRATED, aoa_accumulator, task_of
 from kdscope.models import describe, reader
 from kdscope.train import load_model
@@ -122,24 +122,30 @@ def tidy_measures(result) -> dict[str, Any]:
     """The tidy-table columns (:mod:`kdscope.analysis.tidy`) of an EvaluationResult's student.
     For dense tasks ``accuracy`` is the task's score (mean IoU, mAP@[.5:.95]), so the KRS
     analyses correlate KRS with it, as the KRS paper does."""
-    ag, krs = result.agreement["student"], result.krs["student"]
-    common = {
+    krs = result.krs["student"]
+    return task_columns(result.task, result.agreement["student"]) | {
         "krs": krs.krs,
         "fss": krs.fss,
         "aoa": krs.aoa,
         "c": result.calibration["c"],
         "n_test": result.n,
     }
-    if result.task == "segmentation":
-        return common | {
+
+
+def task_columns(task: str, ag) -> dict[str, Any]:
+    """The tidy-table columns of a task's agreement figures: :func:`agreement_columns` for
+    classification; each model's score, pixel accuracy and mask IoU with the teacher for
+    segmentation; mAP and box agreement (recall on all, C and I teacher boxes) for detection."""
+    if task == "segmentation":
+        return {
             "accuracy": ag.student.mean_iou,
             "teacher_accuracy": ag.teacher.mean_iou,
             "pixel_accuracy": ag.student.pixel_accuracy,
             "mask_iou_teacher": ag.mask_agreement,
         }
-    if result.task == "detection":
+    if task == "detection":
         boxes = ag.boxes
-        return common | {
+        return {
             "accuracy": ag.student.map,
             "teacher_accuracy": ag.teacher.map,
             "map_50": ag.student.map_50,
@@ -149,16 +155,17 @@ def tidy_measures(result) -> dict[str, Any]:
             "box_precision": boxes.all.precision,
             "box_f1": boxes.all.f1,
         }
+    return agreement_columns(ag)
+
+
+def agreement_columns(ag: AgreementResult) -> dict[str, Any]:
+    """The tidy-table columns of an AgreementResult: accuracies, ECE, ``same_wrong_I`` and every
+    figure per split (``agree_all``, ``agree_C``, ``agree_I``, ``kl_all``, ...)."""
     row = {
         "accuracy": ag.all.student_accuracy,
         "teacher_accuracy": ag.all.teacher_accuracy,
         "ece": ag.all.student_ece,
         "same_wrong_I": ag.same_error,
-        "krs": krs.krs,
-        "fss": krs.fss,
-        "aoa": krs.aoa,
-        "c": result.calibration["c"],
-        "n_test": result.n,
     }
     for split, suffix in SPLIT_SUFFIX.items():
         figures = getattr(ag, split)

@@ -35,6 +35,14 @@ def summary_writer_class():
     return SummaryWriter
 
 
+def check_scalar_log(log: str, has_run_dir: bool) -> None:
+    """Refuse, before any training, a TensorBoard log without a run directory or the package."""
+    if log == "tensorboard":
+        if not has_run_dir:
+            raise ValueError("train.log=tensorboard needs a run directory to write events to")
+        summary_writer_class()
+
+
 class TensorBoardLog:
     """Writes each epoch record's :func:`scalars` to event files in ``directory``.
 

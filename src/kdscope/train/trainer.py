@@ -27,7 +27,7 @@ from kdscope.train.probe import Probe, check_probe
 from kdscope.train.progress import make_progress
 from kdscope.train.run_dir import RunDirectory
 from kdscope.train.sampler import EpochBatchSampler
-from kdscope.train.scalar_log import TensorBoardLog, summary_writer_class
+from kdscope.train.scalar_log import check_scalar_log
 from kdscope.train.seeding import derived_seed, seed_everything
 from kdscope.train.state import LoopState
 from kdscope.train.step import DistillStep
@@ -61,9 +61,8 @@ class Trainer:
     writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation score: accuracy, or
     mean IoU / mAP for dense tasks, :func:`~kdscope.metrics.task_score`)
     atomically; Ctrl-C writes ``last.pt`` at the next step boundary and ``fit(resume=True)``
-    continues exactly where the run stopped. ``train.probe`` adds retention curves to each epoch's
-    record (:mod:`~kdscope.train.probe`); ``train.log=tensorboard`` also writes the records'
-    scalars as TensorBoard events (:mod:`~kdscope.train.scalar_log`).
+    continues exactly where the run stopped. ``train.probe``: retention curves in each epoch's
+    record (:mod:`~kdscope.train.probe`); ``train.log=tensorboard``: their scalars as events too.
     """
 
     def __init__(
@@ -109,12 +108,8 @@ class Trainer:
         self.cache: TeacherCache | None = None
         self.views: ViewBank | None = None
         self.probe: Probe | None = None
-        self.scalar_log: TensorBoardLog | None = None
         self._stop_requested = False
-        if self.cfg.log == "tensorboard":
-            if self.run is None:
-                raise ValueError("train.log=tensorboard needs a run directory to write events to")
-            summary_writer_class()  # a missing package fails here, before any training
+        check_scalar_log(self.cfg.log, has_run_dir=self.run is not None)
 
     # ---- set-up -------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -224,9 +219,7 @@ class Trainer:
                     f"resuming from {self.run.last}: epoch {state.epoch + 1}, step {state.step}"
                 )
             if self.run is not None and self.dist.is_main:
-                self.run.start(state)
-                if self.cfg.log == "tensorboard":
-                    self.scalar_log = TensorBoardLog(self.run.path / "tensorboard", state.epoch + 1)
+                self.run.start(state, tensorboard=self.cfg.log == "tensorboard")
             with self.step.taps():
                 try:
                     while state.epoch < self.cfg.epochs and not state.stopped:
@@ -237,9 +230,8 @@ class Trainer:
                 except NonFiniteLossError as err:
                     raise NonFiniteLossError(f"{err}; {self._last_good()}") from None
                 finally:
-                    if self.scalar_log is not None:
-                        self.scalar_log.close()
-                        self.scalar_log = None
+                    if self.run is not None:
+                        self.run.close_log()
         result.best_val_acc = state.best_val_acc
         result.final_val_acc = state.history[-1]["val_acc"] if state.history else None
         result.history = state.history
@@ -273,8 +265,6 @@ class Trainer:
                     f"stopped early: no better validation accuracy for {self.cfg.early_stop} "
                     f"epochs (best {state.best_val_acc:.4f} at epoch {state.best_epoch})"
                 )
-            if self.scalar_log is not None:
-                self.scalar_log.write(record)
             if self.run is not None:
                 self.run.epoch_end(state, self._parts(), improved)
         ddp.barrier(self.dist)  # other ranks may read the checkpoints next
