@@ -30,7 +30,13 @@ from kdscope.data.registry import (
     register_dataset,
 )
 from kdscope.data.splits import carve_splits, stratified_sample, stratified_split
-from kdscope.data.transforms import AUGMENTS, CropFlip, get_augment, standard_augment
+from kdscope.data.transforms import (
+    AUGMENTS,
+    CropFlip,
+    augment_batch,
+    get_augment,
+    standard_augment,
+)
 from kdscope.data.vision import FolderDataset
 
 __all__ = [
@@ -43,6 +49,7 @@ __all__ = [
     "DatasetNotFoundError",
     "FolderDataset",
     "InMemoryDataset",
+    "augment_batch",
     "carve_splits",
     "check_labels",
     "collate",

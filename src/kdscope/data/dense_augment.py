@@ -76,6 +76,6 @@ def dense_augment(
     return out, moved
 
 
-# The Trainer passes the labels through augmentations that move them with the image.
+# augment_batch (what the Trainer calls) passes the labels to an augmentation that moves them.
 dense_augment.moves_targets = True
 AUGMENTS.register("dense")(dense_augment)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdscope import distributed as ddp
 from kdscope.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
-from kdscope.data import check_labels, collate, to_device
+from kdscope.data import augment_batch, check_labels, collate, to_device
 from kdscope.methods import Method, create_method
 from kdscope.metrics import task_score
 from kdscope.train.accounting import LossAccumulator, NonFiniteLossError, epoch_line
@@ -58,10 +58,10 @@ class Trainer:
     seed, epoch, step). ``data`` gives the batch sizes and loader workers; ``optim``, ``schedule``
     and ``train`` the rest of the recipe. With ``run_dir`` (a path or a
     :class:`~kdscope.train.run_dir.RunDirectory`), each epoch appends to ``metrics.jsonl`` and
-    writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation score: accuracy, or
-    mean IoU / mAP for dense tasks, :func:`~kdscope.metrics.task_score`)
-    atomically; Ctrl-C writes ``last.pt`` at the next step boundary and ``fit(resume=True)``
-    continues exactly where the run stopped. ``train.probe``: retention curves in each epoch's
+    writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation score,
+    :func:`~kdscope.metrics.task_score`: accuracy, mIoU, mAP) atomically; Ctrl-C writes
+    ``last.pt`` at the next step boundary and ``fit(resume=True)`` continues exactly where the run
+    stopped. ``train.probe``: retention curves in each epoch's
     record (:mod:`~kdscope.train.probe`); ``train.log=tensorboard``: their scalars as events too.
     """
 
@@ -338,10 +338,7 @@ class Trainer:
             x, rows = self.views.inputs(x, idx, view), self.views.entry(idx, view)
         elif self.augment is not None:
             gen = torch.Generator(self.device).manual_seed(derived_seed(self.cfg.seed, epoch, step))
-            if getattr(self.augment, "moves_targets", False):  # dense: masks and boxes move too
-                x, y = self.augment(x, y, gen)
-            else:
-                x = self.augment(x, gen)
+            x, y = augment_batch(self.augment, x, y, gen)
         out = self.step(x, y, idx, epoch, step, rows)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
