@@ -123,7 +123,8 @@ def _run_config(config, overrides, shortcuts, resume, need_teacher: bool, trust:
         raise typer.Exit(130) from None
     s = result.summary()
     teacher = f", teacher {s['teacher_test_acc']:.4f}" if s["teacher_test_acc"] is not None else ""
-    console.print(f"test accuracy {s['test_acc']:.4f}{teacher}; run written to {s['run_dir']}")
+    score = s["score"].replace("_", " ")
+    console.print(f"test {score} {s['test_acc']:.4f}{teacher}; run written to {s['run_dir']}")
 
 
 @command

@@ -2,6 +2,7 @@
 
 from kdscope.methods import (  # noqa: F401  (registers)
     contrastive,
+    dense,
     feature,
     relation,
     response,

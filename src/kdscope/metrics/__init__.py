@@ -1,6 +1,6 @@
 """Knowledge-transfer metrics: similarity, output agreement, KRS, FSS/RS and the Evaluator."""
 
-from kdscope.metrics.accuracy import accuracy
+from kdscope.metrics.accuracy import SCORE_NAMES, accuracy, task_score
 from kdscope.metrics.agreement import (
     AgreementAccumulator,
     AgreementFigures,
@@ -20,6 +20,7 @@ from kdscope.metrics.dcor import (
     u_distance_correlation_sqr,
     u_distance_covariance_sqr,
 )
+from kdscope.metrics.dense import detection_map, mean_iou
 from kdscope.metrics.evaluator import METRICS, EvaluationResult, Evaluator, evaluate
 from kdscope.metrics.matrices import (
     ZeroVarianceError,
@@ -57,6 +58,7 @@ from kdscope.metrics.similarity import (
 
 __all__ = [
     "METRICS",
+    "SCORE_NAMES",
     "TASK_WEIGHTS",
     "AgreementAccumulator",
     "AgreementFigures",
@@ -76,6 +78,7 @@ __all__ = [
     "agreement_per_example",
     "calibration_constant",
     "cka_from_grams",
+    "detection_map",
     "distance_correlation",
     "distance_correlation_sqr",
     "distance_covariance",
@@ -88,6 +91,7 @@ __all__ = [
     "krs_from_components",
     "label_embeddings",
     "linear_cka",
+    "mean_iou",
     "output_agreement",
     "pairwise_distances",
     "partial_distance_correlation",
@@ -96,6 +100,7 @@ __all__ = [
     "relevance_score",
     "segmentation_agreement",
     "semipartial_distance_correlation",
+    "task_score",
     "u_centered",
     "u_correlation",
     "u_distance_correlation_sqr",

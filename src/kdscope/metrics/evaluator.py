@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdscope.data import collate
+from kdscope.data import collate, to_device
 from kdscope.features import FeatureTap, pair_layers
-from kdscope.metrics.agreement import AgreementAccumulator, AgreementResult
+from kdscope.metrics.agreement import AgreementResult
 from kdscope.metrics.matrices import as_features, u_centered
 from kdscope.metrics.relevance import (
     ESTIMATOR_NAMES,
@@ -35,10 +35,19 @@ from kdscope.metrics.relevance import (
     RelevanceAccumulator,
     label_embeddings,
 )
-from kdscope.metrics.retention import KRSResult, OutputAgreement, krs_from_components
+from kdscope.metrics.retention import KRSResult, krs_from_components
 from kdscope.metrics.similarity import MinibatchCKA, linear_gram
+from kdscope.metrics.task_agreement import (
+    CALIBRATED,
+    DetectionAgreement,
+    SegmentationAgreement,
+    agreement_accumulator,
+    aoa_accumulator,
+    dense_table_rows,
+    task_of,
+)
 from kdscope.metrics.tokens import TokenAgreement, TokenAgreementResult
-from kdscope.models import describe
+from kdscope.models import describe, reader
 
 METRICS = ("agreement", "krs", "fss", "rs")
 
@@ -49,6 +58,7 @@ class EvaluationResult:
 
     ``agreement`` and ``krs`` are keyed by the compared model (``student``, ``base``), ``fss`` by
     student layer (student vs base), ``rs`` by model then layer. ``layers`` are (student, teacher).
+    ``agreement`` holds the task's figures (:mod:`~kdscope.metrics.task_agreement`).
     ``tokens``: a language model's token-level figures by compared model (with ``agreement``);
     ``n`` then counts positions.
     """
@@ -59,7 +69,9 @@ class EvaluationResult:
     layers: list[tuple[str, str]]
     calibration: dict
     estimators: dict[str, str]
-    agreement: dict[str, AgreementResult] = field(default_factory=dict)
+    agreement: dict[str, AgreementResult | SegmentationAgreement | DetectionAgreement] = field(
+        default_factory=dict
+    )
     krs: dict[str, KRSResult] = field(default_factory=dict)
     fss: dict[str, BatchedScore] = field(default_factory=dict)
     rs: dict[str, dict[str, BatchedScore]] = field(default_factory=dict)
@@ -76,7 +88,9 @@ class EvaluationResult:
         """A plain-text summary for the terminal (the CLI prints it)."""
         models = list(self.agreement or self.krs)
         rows: list[tuple[str, list[float | None]]] = []
-        if self.agreement:
+        if self.agreement and self.task in ("segmentation", "detection"):
+            rows += dense_table_rows(self.task, [self.agreement[m] for m in models])
+        elif self.agreement:
             ag = [self.agreement[m] for m in models]
             rows += [
                 ("student accuracy", [a.all.student_accuracy for a in ag]),
@@ -152,7 +166,8 @@ class Evaluator:
         c: KRS calibration constant. Otherwise ``calibration`` (a held-out Dataset/DataLoader) sets
             C to the largest per-example KL there; with neither, C comes from the evaluation set
             itself and the result says so. One C is shared by student and base.
-        alpha: KRS weight of FSS (default 0.3 for classification, the paper's).
+        alpha: KRS weight of FSS (default the paper's: 0.3 for classification, 0.7 for
+            segmentation and detection).
         embeddings: text model name or (classes x dim) matrix for RS (see ``label_embeddings``).
         estimator: dCor estimator for FSS/RS, ``bias_corrected`` (R*) or ``v_statistic``.
         batch_size: used when ``data`` is a Dataset; CKA's minibatch estimator uses the batches.
@@ -197,6 +212,13 @@ class Evaluator:
             raise ValueError(f"positions must be >= 4 (debiased CKA), got {positions}")
         self.positions = positions
         self.teacher, self.student, self.base = teacher, student, base
+        info = describe(student)
+        self.task, self.num_classes = task_of(info.output), info.num_classes
+        if "rs" in metrics and self.task != "classification":
+            raise ValueError(
+                f"metric 'rs' relates features to one label per example, which {self.task} data "
+                "has not; kdscope explain gives RS of dense models through image-level labels"
+            )
         self.metrics = list(dict.fromkeys(metrics))
         if layers is None:
             layers = self._default_layers() if set(self.metrics) - {"agreement"} else []
@@ -211,26 +233,31 @@ class Evaluator:
         self.compared = {"student": student} | ({"base": base} if base is not None else {})
 
     def _default_layers(self) -> list[tuple[str, str]]:
-        s_layers, t_layers = describe(self.student).stages, describe(self.teacher).stages
-        if not s_layers or not t_layers:
+        """The stages paired by relative depth, and a detector's FPN levels one to one."""
+        s_info, t_info = describe(self.student), describe(self.teacher)
+        if not s_info.stages or not t_info.stages:
             raise ValueError(
                 "the models' ModelInfo declares no stages: pass layers=[(student, teacher)]"
             )
-        return pair_layers(s_layers, t_layers)
+        levels = list(zip(s_info.levels, t_info.levels, strict=False))
+        return pair_layers(s_info.stages, t_info.stages) + levels
 
     @torch.no_grad()
     def _calibrate(self) -> dict:
+        if self.task not in CALIBRATED:
+            source = "not used (segmentation: AOA is the IoU of teacher and student masks)"
+            return {"c": None, "source": source, "n": None}
         if self.c is not None:
             return {"c": float(self.c), "source": "given", "n": None}
         if self.calibration is None:
             return {"c": None, "source": "evaluation set (no calibration split given)", "n": None}
-        kl = {name: OutputAgreement() for name in self.compared}
+        kl = {name: aoa_accumulator(self.task, self.num_classes) for name in self.compared}
         with _eval_mode([self.teacher, *self.compared.values()]):
             for batch in _loader(self.calibration, self.batch_size):
                 x = _inputs_labels(batch)[0].to(self.device)
-                t_logits = self._flat(self.teacher(x))
+                t_logits = self._flat(reader(self.teacher).logits(self.teacher, x))
                 for name, model in self.compared.items():
-                    kl[name].update(t_logits, self._flat(model(x)))
+                    kl[name].update(t_logits, self._flat(reader(model).logits(model, x)))
         n = next(iter(kl.values())).n
         c = max(acc.max_kl for acc in kl.values())
         return {"c": c, "source": f"calibration split, n = {n}", "n": n}
@@ -245,8 +272,13 @@ class Evaluator:
         need_feats = {"krs", "fss", "rs"} & set(self.metrics)
         s_layers = list(dict.fromkeys(s for s, _ in self.layers)) if need_feats else []
         t_layers = list(dict.fromkeys(t for _, t in self.layers)) if need_feats else []
-        agree = {m: AgreementAccumulator(self.temperature) for m in self.compared}
-        aoa = {m: OutputAgreement(calibration["c"]) for m in self.compared}
+        agree = {
+            m: agreement_accumulator(self.task, self.num_classes, self.temperature)
+            for m in self.compared
+        }
+        aoa = {
+            m: aoa_accumulator(self.task, self.num_classes, calibration["c"]) for m in self.compared
+        }
         cka = (
             {
                 m: {tuple(p): MinibatchCKA(f"{m} {p[0]} / teacher {p[1]}") for p in self.layers}
@@ -263,14 +295,15 @@ class Evaluator:
         tokens = {m: TokenAgreement(c=calibration["c"]) for m in self.compared}
         draw = torch.Generator().manual_seed(0)
         n = cka_skipped = 0
-        for y, logits, feats in self._batches(data, s_layers, t_layers):
+        for y, logits, preds, feats in self._batches(data, s_layers, t_layers):
             if self.tokens:
                 for m in self.compared:
                     tokens[m].update(logits["teacher"], logits[m], y)
                 y, logits, feats = self._as_positions(y, logits, feats, draw)
+                preds = logits
             n += len(y)
             for m in self.compared:
-                agree[m].update(logits["teacher"], logits[m], y)
+                agree[m].update(preds["teacher"], preds[m], y)
                 aoa[m].update(logits["teacher"], logits[m])
             if cka and len(y) < 4:
                 cka_skipped += len(y)
@@ -284,7 +317,7 @@ class Evaluator:
             raise ValueError("the evaluation data is empty")
         result = EvaluationResult(
             n=n,
-            task="language-modelling" if self.tokens else "classification",
+            task=self.task,
             metrics=self.metrics,
             layers=[tuple(p) for p in self.layers],
             calibration=calibration,
@@ -303,14 +336,16 @@ class Evaluator:
         return result
 
     def _krs(self, cka: dict, aoa: dict, result: EvaluationResult) -> dict[str, KRSResult]:
-        if result.calibration["c"] is None:
+        calibrated = self.task in CALIBRATED
+        if calibrated and result.calibration["c"] is None:
             # C from the evaluation set: the largest KL of any compared model, so they share it.
             result.calibration["c"] = max(acc.max_kl for acc in aoa.values())
         c = result.calibration["c"]
         return {
             m: krs_from_components(
                 {f"{s}<->{t}": acc.compute() for (s, t), acc in per_pair.items()},
-                aoa[m].compute(c),
+                aoa[m].compute(c) if calibrated else aoa[m].compute(),
+                task=self.task,
                 alpha=self.alpha,
                 c=c,
                 c_source=result.calibration["source"],
@@ -333,7 +368,8 @@ class Evaluator:
         }
 
     def _batches(self, data: Dataset | DataLoader, s_layers: list[str], t_layers: list[str]):
-        """Yield (labels, logits by model, features by model and layer) for each batch."""
+        """Yield (labels, logits by model, predictions by model, features by model and layer) for
+        each batch (logits and predictions as each model's OutputReader reads them)."""
         taps = {"teacher": FeatureTap(self.teacher, t_layers, detach=True)}
         taps |= {m: FeatureTap(model, s_layers, detach=True) for m, model in self.compared.items()}
         models = {"teacher": self.teacher} | self.compared
@@ -342,8 +378,10 @@ class Evaluator:
                 stack.enter_context(tap)
             for batch in _loader(data, self.batch_size):
                 x, y = _inputs_labels(batch)
-                x, y = x.to(self.device), y.to(self.device)
-                logits = {who: model(x) for who, model in models.items()}
+                x, y = x.to(self.device), to_device(y, self.device)
+                outputs = {who: reader(model).predict(model, x) for who, model in models.items()}
+                logits = {who: out[0] for who, out in outputs.items()}
+                preds = {who: out[1] for who, out in outputs.items()}
                 feats = {
                     who: {
                         k: as_features(v, f"{who} layer {k!r}", float64=False)
@@ -351,7 +389,7 @@ class Evaluator:
                     }
                     for who, tap in taps.items()
                 }
-                yield y, logits, feats
+                yield y, logits, preds, feats
 
     def _as_positions(self, y: Tensor, logits: dict, feats: dict, draw: torch.Generator):
         """Positions as examples: labels (B * T,), logits (B * T, V), and the features of the

@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdscope import distributed as ddp
 from kdscope.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
-from kdscope.data import check_labels, collate, to_device
+from kdscope.data import augment_batch, check_labels, collate, to_device
 from kdscope.methods import Method, create_method
-from kdscope.metrics import accuracy
+from kdscope.metrics import task_score
 from kdscope.train.accounting import LossAccumulator, NonFiniteLossError, epoch_line
 from kdscope.train.cache import TeacherCache, build_run_cache, cache_mode
 from kdscope.train.interrupt import StopBetweenSteps
@@ -58,9 +58,9 @@ class Trainer:
     seed, epoch, step). ``data`` gives the batch sizes and loader workers; ``optim``, ``schedule``
     and ``train`` the rest of the recipe. With ``run_dir`` (a path or a
     :class:`~kdscope.train.run_dir.RunDirectory`), each epoch appends to ``metrics.jsonl`` and
-    writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation accuracy) atomically;
-    Ctrl-C writes ``last.pt`` at the next step boundary; ``fit(resume=True)`` continues exactly.
-    ``train.probe`` adds retention curves (:mod:`~kdscope.train.probe`); ``train.log`` TensorBoard.
+    writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation score: accuracy, mIoU
+    or mAP, :func:`~kdscope.metrics.task_score`) atomically; Ctrl-C writes ``last.pt`` at the next
+    step boundary; ``fit(resume=True)`` continues exactly. ``train.probe``: retention curves.
     """
 
     def __init__(
@@ -337,7 +337,7 @@ class Trainer:
             x, rows = self.views.inputs(x, idx, view), self.views.entry(idx, view)
         elif self.augment is not None:
             gen = torch.Generator(self.device).manual_seed(derived_seed(self.cfg.seed, epoch, step))
-            x = self.augment(x, gen)
+            x, y = augment_batch(self.augment, x, y, gen)
         out = self.step(x, y, idx, epoch, step, rows)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
@@ -367,7 +367,7 @@ class Trainer:
         if self.val_set is None or not self.dist.is_main:
             ddp.barrier(self.dist)
             return None
-        acc = accuracy(
+        acc = task_score(
             self.student, self.val_set, self.data_cfg.eval_batch_size, self.device, self.amp
         )
         ddp.barrier(self.dist)
@@ -378,7 +378,7 @@ class Trainer:
             return None
         if self.step.ensemble or not self.method.same_label_space:
             return None
-        return accuracy(
+        return task_score(
             self.teacher, self.val_set, self.data_cfg.eval_batch_size, self.device, self.amp
         )
 
