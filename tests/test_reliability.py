@@ -33,7 +33,7 @@ from kdscope.train import (
     read_checkpoint,
 )
 from kdscope.train.checkpoint import save_training_state, write_checkpoint
-from kdscope.train.run_dir import RunLockedError
+from kdscope.train.run_dir import RunLockedError, resume_conflicts
 
 runner = CliRunner()
 SMALL = {"train_size": 200, "batch_size": 50}
@@ -135,6 +135,13 @@ def test_resume_refuses_a_config_that_changes_the_result_and_lets_epochs_grow(tm
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
     assert "epochs: 3" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+def test_resume_may_switch_between_exact_cache_modes_but_not_to_the_view_bank():
+    assert resume_conflicts({"train": {"cache": "off"}}, {"train": {"cache": "memory"}}, 1) == []
+    for a, b in [("off", "views"), ("views", "memory")]:
+        problems = resume_conflicts({"train": {"cache": a}}, {"train": {"cache": b}}, 1)
+        assert problems == [f"train.cache: {a!r} -> {b!r}"]
 
 
 def test_a_run_of_an_older_kdscope_resumes_when_only_new_fields_were_added(tmp_path):

@@ -24,7 +24,7 @@ from kdscope.study.executors import (
     make_executor,
     threads_per_worker,
 )
-from kdscope.study.plan import REPLICA_SEED_OFFSET
+from kdscope.study.plan import REPLICA_SEED_OFFSET, fingerprint
 from kdscope.train import load_model
 
 runner = CliRunner()
@@ -362,3 +362,13 @@ def test_the_cost_estimate_prices_the_runs_still_to_train(tmp_path):
     fewer, _ = estimate(cfg, plan, todo[:1])
     assert 0 < fewer < seconds
     assert estimate(cfg, plan, []) == (0.0, [])
+
+
+def test_a_cells_identity_ignores_exact_cache_modes_but_not_the_view_bank():
+    config = build_config({"student": {"name": "resnet8"}}).model_dump(mode="json")
+
+    def with_cache(mode):
+        return fingerprint(config | {"train": config["train"] | {"cache": mode}}, "t")
+
+    assert with_cache("off") == with_cache("memory") == with_cache("auto")
+    assert with_cache("views") != with_cache("off")
