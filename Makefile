@@ -32,7 +32,8 @@ browser:
 	  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
 	  echo "note: chromium-driver not installed; the browser test will be skipped"; }
 
-demo: setup
+# Fashion-MNIST when `data` can install it, else the bundled digits (kdscope.demo picks).
+demo: setup data
 	$(BIN)/kdscope demo
 
 test: setup data browser

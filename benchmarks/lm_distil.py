@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader
 from kdscope.data import lm  # noqa: F401  (registers the LM datasets)
 from kdscope.data.memory import collate
 from kdscope.data.registry import load_data
-from kdscope.methods.token_losses import TopKTargets, token_kd, topk_kd, topk_targets
+from kdscope.methods.token_losses import token_kd
+from kdscope.methods.topk import TopKTargets, topk_kd, topk_targets
 from kdscope.metrics.tokens import token_measures
 from kdscope.models import gpt  # noqa: F401  (registers the GPT presets)
 from kdscope.models.registry import create_model

@@ -42,6 +42,23 @@ def test_planted_gain_on_teacher_errors_is_found_and_nothing_else():
     assert any("agree_I +0.1" in f and "kd vs control" in f for f in section.findings)
 
 
+def test_lead_is_a_forest_of_the_headline_differences_and_tests_are_ordered_by_effect():
+    section = functional_transfer(functional_rows({"agree_I": 0.1}, noise=0.005))
+    lead = section.lead
+    assert lead.figure.id == "ft-forest" and len(lead.sentences) == 3
+    items = lead.figure.alt.split(": ", 1)[1].rstrip(".").split("; ")
+    assert [i.split(" ")[0] for i in items] == ["accuracy", "agreement,", "agreement,", "payoff:"]
+    sig = [i.split(" [")[0] for i in items if i.endswith(", significant")]
+    assert len(sig) == 2 and sig[0].startswith("agreement, teacher wrong (I) +0.1")
+    assert sig[1].startswith("payoff")  # I gained, C did not: the payoff is asymmetric
+    assert "rose where the teacher is wrong" in lead.sentences[1]
+    assert "negative asymmetric payoff" in lead.sentences[2]
+    for other in ("control", "random_control"):
+        dz = [abs(r["d_z"]) for r in _tests(section, other).values()]
+        assert dz == sorted(dz, reverse=True)
+    assert all(len(f) < 400 for f in section.findings)
+
+
 def test_no_planted_effect_gives_no_significant_result():
     section = functional_transfer(functional_rows({}, rng_seed=1))
     records = section.table("ft-tests").records()
@@ -50,6 +67,15 @@ def test_no_planted_effect_gives_no_significant_result():
     assert all("no significant difference" in r["verdict"] for r in records)
     assert section.table("ft-payoff").records()[0]["verdict"] == "no significant asymmetry"
     assert sum("no significant difference for any" in f for f in section.findings) == 2
+
+
+def test_conditions_without_a_difference_share_one_finding():
+    section = functional_transfer(functional_rows({}, alphas=(0.1, 0.5, 0.9), rng_seed=2))
+    quiet = [f for f in section.findings if "3 of 3 conditions: no significant difference" in f]
+    assert len(quiet) == 2 and quiet[0].startswith("kd vs control")
+    assert "α=0.1" in quiet[0] and "α=0.9" in quiet[0]
+    payoff = [f for f in section.findings if "asymmetric payoff" in f.lower()]
+    assert payoff == [next(f for f in payoff if "in 3 of 3 conditions" in f)]
 
 
 def test_test_table_numbers_match_a_direct_computation():

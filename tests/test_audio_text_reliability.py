@@ -9,8 +9,11 @@ from _interrupt import InterruptAt
 from _subsets import real_subset
 from kdscope.config import DataConfig, TrainConfig
 from kdscope.data import load_data
-from kdscope.models import create_model
+from kdscope.features import FeatureTap
+from kdscope.metrics.similarity import linear_gram
+from kdscope.models import create_model, describe
 from kdscope.train import Trainer
+from kdscope.train.probe import Probe
 
 
 def _models(name: str, vocab: int):
@@ -66,6 +69,26 @@ def test_ctrl_c_and_resume_end_with_the_uninterrupted_weights(subset, tmp_path):
     assert [r["epoch"] for r in result.history] == [1, 2]
     ref, res = reference.student.state_dict(), resumed.student.state_dict()
     assert all(torch.equal(ref[k], res[k]) for k in ref)
+
+
+def test_the_probe_compares_examples_not_padded_tokens(subset):
+    """The probe's teacher Gram matrices are those of each example's features computed alone:
+    flattened for spectrograms, a sentence's mean over its (unpadded) tokens for SST-2."""
+    name, _, data = subset
+    teacher, student = _models(name, data.in_channels)
+    teacher.eval()
+    probe = Probe(teacher, student, data.val, 8, 0, device=torch.device("cpu"))
+    layer = describe(teacher).stages[-1]
+    rows = []
+    with torch.no_grad(), FeatureTap(teacher, [layer], detach=True) as tap:
+        for i in probe.indices.tolist():
+            teacher(data.val[i][0].unsqueeze(0))  # alone: no padding
+            f = tap[layer][0]
+            rows.append(f.mean(0) if name == "sst2" else f.flatten())
+    (chunk,) = probe.chunks
+    expected = linear_gram(torch.stack(rows))
+    assert torch.allclose(chunk.teacher_grams[layer], expected, rtol=1e-4, atol=1e-5)
+    assert set(probe.score(student)) >= {"probe_agree_all", "probe_aoa"}
 
 
 def test_ddp_two_ranks_agree_on_both_data_sets(tmp_path, torchrun):

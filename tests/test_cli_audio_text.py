@@ -180,8 +180,8 @@ def test_models_lists_what_fits_the_data(data, fits, misfits):
         pytest.skip(f"{data} not found (set KDSCOPE_DATA)")
     code, text = _invoke("models", "--data", data)
     assert code == 0, text
-    listed = text.split("models:", 1)[1].replace("\n", " ")
-    names = {n.strip() for n in listed.split(",")}
+    # The table's first column (body rows start with a light vertical bar).
+    names = {line.split("\u2502")[1].strip() for line in text.splitlines() if line[:1] == "\u2502"}
     assert set(fits) <= names and not set(misfits) & names
 
 

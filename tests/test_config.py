@@ -35,3 +35,19 @@ def test_yaml_roundtrip(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_reads_off_on_yes_no_as_strings_and_only_true_false_as_booleans(tmp_path):
+    cfg = build_config(
+        {"student": {"name": "resnet8"}},
+        ["train.cache=off", "train.amp=false", "train.deterministic=True"],
+    )
+    assert cfg.train.cache == "off" and cfg.train.amp is False and cfg.train.deterministic is True
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "student: {name: resnet8}\ntrain: {cache: off, amp: true}\n"
+        "data: {options: {maps: on, x: yes, y: no}}\n"
+    )
+    loaded = load_config(path)
+    assert loaded.train.cache == "off" and loaded.train.amp is True
+    assert loaded.data.options == {"maps": "on", "x": "yes", "y": "no"}

@@ -18,6 +18,7 @@ from kdscope.metrics import evaluate
 from kdscope.models import create_model
 from kdscope.train import Trainer, load_model
 from kdscope.train.cache import TeacherCache
+from kdscope.train.probe import Probe
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,33 @@ def test_the_cache_holds_the_teachers_log_mel_outputs_by_index(setting):
     x, _, _ = logmel.train.__getitems__(idx.tolist())
     with torch.no_grad():
         assert torch.allclose(cache.lookup(idx, torch.device("cpu"))[0], teacher(x), atol=1e-5)
+
+
+def test_the_probe_reads_the_teachers_view(setting):
+    """train.probe on a cross-representation run: the teacher's probe logits are its outputs on
+    its own (log-mel) view of the probe examples, the student's inputs their waveforms."""
+    base, data, teacher_run = setting
+    logmel, wave = _views(data)
+    teacher = load_model(teacher_run.run_dir).eval()
+    student = create_model("m5", 10, 1)
+    probe = Probe(
+        teacher, student, wave.val, 4, 0, device=torch.device("cpu"), teacher_set=logmel.val
+    )
+    (chunk,) = probe.chunks
+    x = logmel.val.__getitems__(probe.indices.tolist())[0]
+    with torch.no_grad():
+        assert torch.allclose(chunk.teacher_logits, teacher(x), atol=1e-5)
+    assert chunk.x.shape[1:] == wave.val[0][0].shape
+    cfg = base | {
+        "name": "kd-probe",
+        "data": data | {"options": {"input": "waveform"}},
+        "student": {"name": "m5"},
+        "teacher": {"name": "resnet8", "checkpoint": str(teacher_run.run_dir)},
+        "method": {"name": "kd"},
+    }
+    cfg["train"] = cfg["train"] | {"probe": 4}
+    result = run(build_config(cfg), progress=False)
+    assert 0.0 <= result.fit.history[-1]["probe_agree_all"] <= 1.0
 
 
 def test_unpaired_views_and_feature_methods_are_refused(setting):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kdscope.data.dense import dense_collate
+from kdscope.data import collate
 from kdscope.data.dense_formats import load_coco_detection, load_voc_segmentation
 from kdscope.data.registry import DatasetNotFoundError
 
@@ -60,7 +60,7 @@ def test_voc_segmentation_reads_layout(tmp_path):
     # Nearest-neighbour resizing keeps only the labels the file holds: 255 border, block, 0.
     assert set(mask.unique().tolist()) == {0, 2, 255}
     assert (mask[4:, :8] == 2).all() and (mask[4:, 8:] == 0).all() and (mask[:4] == 255).all()
-    images, masks, _ = dense_collate([data.train[i] for i in range(3)])
+    images, masks, _ = collate([data.train[i] for i in range(3)])
     assert images.shape == (3, 3, 16, 16) and masks.shape == (3, 16, 16)
     # Normalised with training statistics: roughly zero mean, unit spread.
     assert abs(float(images.mean())) < 0.3 and 0.7 < float(images.std()) < 1.3
@@ -152,7 +152,7 @@ def test_coco_detection_reads_boxes_and_maps_categories(tmp_path):
     torch.testing.assert_close(base[2][1]["boxes"], torch.tensor([[16.0, 16.0, 32.0, 32.0]]))
     empty = base[3][1]  # image 6 has no annotation: kept, with no boxes
     assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,)
-    _, targets, _ = dense_collate([base[i] for i in range(4)])
+    _, targets, _ = collate([base[i] for i in range(4)])
     assert [len(t["labels"]) for t in targets] == [2, 0, 1, 0]
     assert len(data.test) == 1 and data.test[0][1]["labels"].tolist() == [1]
 

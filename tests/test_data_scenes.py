@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdscope.data import fashion_mnist, scenes
-from kdscope.data.dense import IGNORE_INDEX, dense_collate
+from kdscope.data import collate, fashion_mnist, scenes
+from kdscope.data.dense import IGNORE_INDEX
 from kdscope.data.dense_augment import dense_augment
 from kdscope.data.registry import DATASETS, load_data
 from kdscope.data.scenes import FOREGROUND, generate_scenes, load_fmnist_scenes
@@ -177,6 +177,16 @@ def test_registered_and_loaded_by_name(tmp_path):
     assert data.image_size == (48, 48) and data.test.images.shape[-2:] == (48, 48)
 
 
+def test_dense_data_takes_only_the_augmentation_that_moves_targets(tmp_path):
+    write_constant_fashion(tmp_path / "fm")
+    options = {"data_dir": tmp_path / "fm", "cache_dir": tmp_path / "c", **SMALL}
+    assert load_data("fmnist-scenes", augment="dense", **options).augment is dense_augment
+    with pytest.raises(ValueError, match="'dense'"):
+        load_data("fmnist-scenes", augment="standard", **options)
+    with pytest.raises(ValueError, match="image augmentation"):
+        load_data("digits", augment="dense")
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -275,10 +285,10 @@ def test_augment_drops_boxes_cropped_away_and_checks_shapes():
 
 def test_dense_collate_stacks_samples_and_passes_batches():
     seg = [(torch.zeros(1, 4, 4), torch.ones(4, 4, dtype=torch.long), i) for i in range(3)]
-    images, masks, index = dense_collate(seg)
+    images, masks, index = collate(seg)
     assert images.shape == (3, 1, 4, 4) and masks.shape == (3, 4, 4) and index.tolist() == [0, 1, 2]
     det = [(torch.zeros(1, 4, 4), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}, 0)]
-    _, targets, _ = dense_collate(det)
+    _, targets, _ = collate(det)
     assert isinstance(targets, list) and targets[0]["boxes"].shape == (0, 4)
     batch = (torch.zeros(1), torch.zeros(1), torch.zeros(1))
-    assert dense_collate(batch) is batch
+    assert collate(batch) is batch

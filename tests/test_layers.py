@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("methods",),
     ("train",),
     ("api", "evaluation", "explain"),
-    ("pipelines", "study"),
+    ("pipelines", "study", "audit"),
     ("cli", "demo"),
     ("__init__",),
 ]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kdscope.metrics.agreement import kl_per_example
+from kdscope.metrics.dense import mask_agreement
 from kdscope.metrics.retention import (
     OutputAgreement,
     calibration_constant,
@@ -137,3 +138,20 @@ def test_segmentation_krs_uses_iou_and_its_weights():
     assert (r.krs, r.alpha, r.beta, r.c) == (pytest.approx(1.0), 0.7, 0.3, None)
     with pytest.raises(ValueError, match="num_classes"):
         knowledge_retention_score(feats, feats, masks, masks, task="segmentation")
+
+
+def test_segmentation_aoa_is_the_mean_per_image_iou_as_the_evaluator_measures():
+    g = torch.Generator().manual_seed(4)
+    feats = {"f": torch.randn(6, 5, generator=g)}
+    teacher = torch.randint(0, 3, (6, 5, 5), generator=g)
+    student = torch.where(torch.rand(6, 5, 5, generator=g) < 0.3, 0, teacher)
+    student[0] = 2  # one image far off: pooled and per-image IoU then differ
+    r = knowledge_retention_score(
+        feats, feats, teacher, student, task="segmentation", num_classes=3
+    )
+    per_image = [
+        segmentation_agreement(teacher[i : i + 1], student[i : i + 1], 3) for i in range(6)
+    ]
+    assert r.aoa == pytest.approx(sum(per_image) / 6)
+    assert r.aoa == pytest.approx(mask_agreement(teacher, student, 3))
+    assert r.aoa != pytest.approx(segmentation_agreement(teacher, student, 3))

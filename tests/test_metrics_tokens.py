@@ -12,6 +12,8 @@ from torch.utils.data import DataLoader
 
 from kdscope.data.lm import TokenBlocks
 from kdscope.data.memory import collate
+from kdscope.features import FeatureTap
+from kdscope.metrics import AgreementAccumulator, evaluate
 from kdscope.metrics.similarity import MinibatchCKA, linear_cka
 from kdscope.metrics.tokens import (
     TokenAgreement,
@@ -210,6 +212,66 @@ def test_token_measures_pair_stages_by_depth_and_restore_modes():
     assert teacher.training and not student.training
     _, none = token_measures(teacher, student, loader(), cka_positions=None)
     assert none == {}
+
+
+@torch.no_grad()
+def _run(model, data, layers):
+    """Logits and block outputs of ``model`` per batch of ``data``."""
+    out = []
+    with FeatureTap(model.eval(), layers, detach=True) as tap:
+        for x, y, _ in data:
+            out.append((model(x), y, {k: v.clone() for k, v in tap.features.items()}))
+    return out
+
+
+def test_the_evaluator_reads_a_language_model_position_by_position():
+    teacher, student = tiny(4, 0), tiny(2, 1)
+    result = evaluate(teacher, student, loader(), metrics=["agreement", "krs"], positions=8)
+    assert result.task == "language-modelling" and result.n == 12 * 16
+    assert result.layers == [("blocks.0", "blocks.1"), ("blocks.1", "blocks.3")]
+    t_batches = _run(teacher, loader(), ["blocks.1", "blocks.3"])
+    s_batches = _run(student, loader(), ["blocks.0", "blocks.1"])
+    # Agreement, KL and AOA take every position as an example ...
+    by_position = AgreementAccumulator()
+    for (t, y, _), (s, _, _) in zip(t_batches, s_batches, strict=True):
+        by_position.update(t.flatten(0, 1), s.flatten(0, 1), y.flatten())
+    expected = by_position.compute()
+    got = result.agreement["student"]
+    for split in ("all", "teacher_correct", "teacher_incorrect"):
+        assert getattr(got, split).n == getattr(expected, split).n
+        assert getattr(got, split).kl == pytest.approx(getattr(expected, split).kl, rel=1e-12)
+    assert got.same_error == expected.same_error
+    # ... and the token figures are TokenAgreement's over the same positions.
+    tokens, _ = token_measures(teacher, student, loader(), cka_positions=None)
+    measured = result.tokens["student"].to_dict()
+    assert measured.keys() == tokens.to_dict().keys()
+    for key, value in tokens.to_dict().items():
+        assert measured[key] == value or measured[key] == pytest.approx(value, rel=1e-12), key
+    assert result.tokens["student"].top1_agreement == pytest.approx(got.all.top1_agreement)
+    # CKA: minibatch CKA over 8 positions per batch, drawn by a generator seeded 0 and shared by
+    # the two models, so that a position's features are compared with its own.
+    draw = torch.Generator().manual_seed(0)
+    cka = {pair: MinibatchCKA() for pair in result.layers}
+    for (_, y, t_feats), (_, _, s_feats) in zip(t_batches, s_batches, strict=True):
+        chosen = torch.randperm(y.numel(), generator=draw)[:8]
+        for (s_layer, t_layer), acc in cka.items():
+            acc.update(
+                s_feats[s_layer].flatten(0, 1)[chosen], t_feats[t_layer].flatten(0, 1)[chosen]
+            )
+    per_layer = result.krs["student"].per_layer
+    for (s_layer, t_layer), acc in cka.items():
+        assert per_layer[f"{s_layer}<->{t_layer}"] == pytest.approx(acc.compute(), abs=1e-5)
+    assert "8 positions drawn per batch" in result.estimators["fss_cka"]
+
+
+def test_the_evaluator_calibrates_on_positions_and_refuses_rs_for_language_models():
+    teacher, student = tiny(4, 0), tiny(2, 1)
+    result = evaluate(teacher, student, loader(), metrics=["krs"], calibration=loader(1))
+    t, s = (torch.cat([z for z, _, _ in _run(m, loader(1), [])]) for m in (teacher, student))
+    assert result.calibration["c"] == pytest.approx(position_calibration_constant(t, s), rel=1e-9)
+    assert result.calibration["n"] == 12 * 16
+    with pytest.raises(ValueError, match="rs is not measured"):
+        evaluate(teacher, student, loader(), metrics=["rs"], class_names=list("abcdefghijklm"))
 
 
 def test_agreement_profile_figure_draws_the_arrays():

@@ -32,8 +32,8 @@ from kdscope.train import (
     Trainer,
     read_checkpoint,
 )
-from kdscope.train.checkpoint import save_training_state
-from kdscope.train.run_dir import RunLockedError
+from kdscope.train.checkpoint import save_training_state, write_checkpoint
+from kdscope.train.run_dir import RunLockedError, resume_conflicts
 
 runner = CliRunner()
 SMALL = {"train_size": 200, "batch_size": 50}
@@ -135,6 +135,27 @@ def test_resume_refuses_a_config_that_changes_the_result_and_lets_epochs_grow(tm
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
     assert "epochs: 3" in (tmp_path / "r" / "config.yaml").read_text()
+
+
+def test_resume_may_switch_between_exact_cache_modes_but_not_to_the_view_bank():
+    assert resume_conflicts({"train": {"cache": "off"}}, {"train": {"cache": "memory"}}, 1) == []
+    for a, b in [("off", "views"), ("views", "memory")]:
+        problems = resume_conflicts({"train": {"cache": a}}, {"train": {"cache": b}}, 1)
+        assert problems == [f"train.cache: {a!r} -> {b!r}"]
+
+
+def test_a_run_of_an_older_kdscope_resumes_when_only_new_fields_were_added(tmp_path):
+    api.run(cfg(tmp_path, train={"epochs": 1, "threads": 1}), progress=False)
+    last = tmp_path / "r" / "checkpoints" / "last.pt"
+    ckpt = read_checkpoint(last)
+    del ckpt["config"]["train"]["probe"]  # a field this kdscope has and that one did not
+    write_checkpoint(ckpt, last)
+    grown = api.run(cfg(tmp_path, train={"epochs": 2, "threads": 1}), resume=True, progress=False)
+    assert grown.summary()["epochs"] == 2
+    ckpt["config"]["train"]["probe"] = 8  # the same field at another value is still a change
+    write_checkpoint(ckpt, last)
+    with pytest.raises(CheckpointError, match="train.probe: 8 -> 0"):
+        api.run(cfg(tmp_path, train={"epochs": 3, "threads": 1}), resume=True, progress=False)
 
 
 @pytest.fixture(scope="module")

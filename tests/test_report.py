@@ -7,13 +7,16 @@ import pytest
 from matplotlib.figure import Figure as MplFigure
 
 from kdscope.analysis import plots
+from kdscope.analysis.forest import ForestRow, forest_figure, forest_sentences
 from kdscope.analysis.report import (
     Code,
     Figure,
+    Lead,
     Section,
     Table,
     Text,
     key_value_table,
+    relative_paths,
     render_report,
     write_report,
 )
@@ -127,6 +130,13 @@ def test_table_access_and_validation():
         Table(["a", "b"], [[1]])
 
 
+def test_paths_are_written_relative_to_the_report_directory(tmp_path):
+    run = tmp_path / "runs" / "kd"
+    text = f"checkpoint: {tmp_path}/runs/teacher\nlog: {run}/metrics.jsonl\nhere: {run}\n"
+    assert relative_paths(text, run) == ("checkpoint: ../teacher\nlog: metrics.jsonl\nhere: .\n")
+    assert relative_paths("/usr/share/x", "/") == "/usr/share/x"  # the root relativises nothing
+
+
 def test_unknown_block_type_is_rejected():
     with pytest.raises(TypeError, match="accepted: Text, Code, Table, Figure"):
         render_report("r", [Section("S", blocks=["just a string"])])
@@ -172,3 +182,91 @@ def test_heatmap_annotates_every_finite_cell():
     fig = plots.heatmap(np.array([[0.1, -0.2], [math.nan, 0.3]]), ["a", "b"], ["p", "q"])
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts == ["0.1", "-0.2", "0.3"]
+
+
+# --- the lead: forest plot and plain sentences ---------------------------------------------------
+
+
+def _forest_rows():
+    return [
+        ForestRow("accuracy", 0.029, 0.02, 0.038, True),
+        ForestRow("agree_C", 0.005, -0.004, 0.014, False),
+        ForestRow("agree_I", 0.031, 0.012, 0.05, True),
+        ForestRow("payoff", 0.12, 0.05, 0.19, True),
+        ForestRow("krs", -0.01, -0.03, 0.01, False),
+    ]
+
+
+def test_forest_draws_each_difference_with_its_interval_and_marks_significance():
+    block = forest_figure(_forest_rows(), id="f")
+    assert isinstance(block, Figure) and block.id == "f" and block.png().startswith(PNG_MAGIC)
+    ax = block.image.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()][:2] == [
+        "accuracy",
+        "agreement, teacher right (C)",
+    ]
+    points = [line for line in ax.lines if line.get_marker() == "o"]
+    intervals = [line for line in ax.lines if line.get_marker() in ("None", "", None)]
+    assert [p.get_xdata()[0] for p in points] == pytest.approx([0.029, 0.005, 0.031, 0.12, -0.01])
+    assert list(intervals[0].get_xdata()) == pytest.approx([0.02, 0.038])
+    # significant: filled; not significant: hollow (white face)
+    faces = [p.get_markerfacecolor() for p in points]
+    assert faces[1] == "white" and faces[4] == "white" and faces[0] != "white"
+    lo, hi = ax.get_xlim()
+    assert lo < -0.03 and hi > 0.19  # every interval and 0 fit
+    assert "accuracy +0.029 [0.02, 0.038], significant" in block.alt
+    assert (
+        "KRS -0.01 [-0.03, 0.01]" in block.alt and "KRS -0.01 [-0.03, 0.01], sig" not in block.alt
+    )
+
+
+def test_forest_with_several_groups_has_a_panel_per_measure():
+    rows = [
+        ForestRow(m, 0.01 * (k + 1), 0.0, 0.02 * (k + 1), k == 0, group)
+        for k, group in enumerate(("kd", "dkd", "fitnet"))
+        for m in ("accuracy", "agree_I", "krs")
+    ]
+    fig = forest_figure(rows).image
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["accuracy", "agree I", "KRS"]
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == ["kd", "dkd", "fitnet"]
+    with pytest.raises(ValueError, match="at least one ForestRow"):
+        forest_figure([])
+
+
+def test_forest_sentences_say_what_moved_in_plain_words():
+    first, second, third = forest_sentences(_forest_rows())
+    assert first.startswith("KD made the student more accurate") and "+2.9 points" in first
+    assert "did not change significantly where the teacher is right (+0.5 points)" in second
+    assert "rose where the teacher is wrong (+3.1 points)" in second
+    assert "more of the teacher's mistakes" in third and "negative asymmetric payoff" in third
+    calm = [ForestRow(m, 0.001, -0.01, 0.01, False) for m in ("accuracy", "payoff")]
+    assert "did not change the student's accuracy significantly" in forest_sentences(calm)[0]
+    assert "no significant asymmetry" in forest_sentences(calm)[1]
+    nan = float("nan")
+    one_run = [
+        ForestRow("accuracy", -0.02, nan, nan, False),
+        ForestRow("krs", 0.03, nan, nan, False),
+    ]
+    words = forest_sentences(one_run)
+    assert "less accurate" in words[0] and "untested" in words[0]
+    assert words[1] == "Its Knowledge Retention Score rose (+0.03)."
+    both = [ForestRow(m, 0.05, 0.01, 0.09, True) for m in ("agree_C", "agree_I")]
+    assert forest_sentences(both) == [
+        "Its agreement with the teacher rose where the teacher is right (+5.0 points) and where "
+        "it is wrong (+5.0 points)."
+    ]
+    grouped = [ForestRow("accuracy", 0.02, 0.01, 0.03, g == "kd", g) for g in ("kd", "at")]
+    assert "more accurate in 1, less accurate in 0" in forest_sentences(grouped)[0]
+
+
+def test_lead_opens_the_page_and_code_is_folded():
+    rows = _forest_rows()
+    lead = Lead(forest_figure(rows, id="forest"), forest_sentences(rows))
+    sections = [*_run_report_sections(), Section("Answer", lead=lead)]
+    html = render_report("r", sections)
+    assert html.index('id="forest"') < html.index("<nav>") < html.index('id="summary"')
+    assert html.index('id="forest"') < html.index("KD made the student more accurate")
+    assert html.index("KD made the student more accurate") < html.index("<nav>")
+    assert 'alt="Forest plot of KD' in html
+    assert '<details id="config" class="code"><summary>config.yaml</summary><pre>' in html

@@ -24,7 +24,7 @@ from kdscope.study.executors import (
     make_executor,
     threads_per_worker,
 )
-from kdscope.study.plan import REPLICA_SEED_OFFSET
+from kdscope.study.plan import REPLICA_SEED_OFFSET, fingerprint
 from kdscope.train import load_model
 
 runner = CliRunner()
@@ -240,6 +240,8 @@ def test_report_command(finished):
     for title in ("Study grid", "Functional transfer", "KRS validation", "study.yaml"):
         assert title in html
     assert "Missing cells" not in html
+    assert str(finished["dir"].parent) not in html  # paths relative to the study directory
+    assert '<details id="code-study-yaml-resolved" class="code">' in html
 
 
 def test_failing_run_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
@@ -268,11 +270,7 @@ def test_report_of_a_study_not_yet_evaluated_lists_every_cell(tmp_path):
     study_dir = cfg.study_dir
     study_dir.mkdir(parents=True)
     (study_dir / "study.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    plan = expand(cfg)
-    (study_dir / "plan.json").write_text(
-        json.dumps({"runs": {}, "rows": [{"id": r.id, **r.labels} for r in plan.rows]})
-    )
-    study_report(study_dir)
+    study_report(study_dir)  # no plan.json (a config and a table suffice): the grid is expanded
     html = (study_dir / "report.html").read_text()
     assert "Partial study: 3 of 3" in html and html.count("not run yet") == 3
 
@@ -364,3 +362,13 @@ def test_the_cost_estimate_prices_the_runs_still_to_train(tmp_path):
     fewer, _ = estimate(cfg, plan, todo[:1])
     assert 0 < fewer < seconds
     assert estimate(cfg, plan, []) == (0.0, [])
+
+
+def test_a_cells_identity_ignores_exact_cache_modes_but_not_the_view_bank():
+    config = build_config({"student": {"name": "resnet8"}}).model_dump(mode="json")
+
+    def with_cache(mode):
+        return fingerprint(config | {"train": config["train"] | {"cache": mode}}, "t")
+
+    assert with_cache("off") == with_cache("memory") == with_cache("auto")
+    assert with_cache("views") != with_cache("off")

@@ -8,18 +8,21 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
+from torch import Tensor
 from torch.distributions import Categorical, kl_divergence
+from torch.utils.data import DataLoader
 
+from kdscope.config import DataConfig, TrainConfig
+from kdscope.data.lm import TokenBlocks
+from kdscope.data.memory import collate
+from kdscope.methods import BindContext, Outputs, create_method
 from kdscope.methods.response import kd_div
-from kdscope.methods.token_losses import (
-    TopKTargets,
-    generalized_jsd,
-    reverse_kl,
-    token_kd,
-    topk_bytes_per_token,
-    topk_kd,
-    topk_targets,
-)
+from kdscope.methods.token_losses import generalized_jsd, reverse_kl, token_kd
+from kdscope.methods.topk import TopKTargets, topk_bytes_per_token, topk_kd, topk_targets
+from kdscope.models.generate import generate
+from kdscope.models.gpt import GPT
+from kdscope.train import Trainer
+from kdscope.train.cache import TeacherCache, TopKCache
 
 
 def logits_pair(shape=(2, 3, 7), seed=0):
@@ -77,8 +80,11 @@ def test_generalized_jsd_limits_are_forward_and_reverse_kl():
     assert (generalized_jsd(s.double(), t.double(), 1 - eps) / eps).item() == pytest.approx(
         reverse_kl(s.double(), t.double()).item(), rel=1e-3
     )
-    for beta in (0.0, 1.0):
-        with pytest.raises(ValueError, match=r"beta must lie in \(0, 1\)"):
+    # TRL's convention at the ends: beta 0 is the forward KL, beta 1 the reverse KL, exactly.
+    assert torch.equal(generalized_jsd(s, t, 0.0), token_kd(s, t))
+    assert torch.equal(generalized_jsd(s, t, 1.0, temperature=2.0), reverse_kl(s, t, 2.0))
+    for beta in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"beta must lie in \[0, 1\]"):
             generalized_jsd(s, t, beta)
 
 
@@ -176,3 +182,135 @@ def test_topk_errors_and_bytes_per_token():
     targets = topk_targets(torch.randn(3, 5, 65), 8)
     stored = sum(x.element_size() * x.numel() for x in targets[:3])
     assert stored == 15 * topk_bytes_per_token(8, 65)
+
+
+# --- the methods --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "loss"),
+    [
+        ("kd", {"temperature": 2.0, "alpha": 0.7}, lambda s, t: token_kd(s, t, 2.0)),
+        ("reverse_kl", {"temperature": 2.0, "alpha": 0.7}, lambda s, t: reverse_kl(s, t, 2.0)),
+        ("jsd", {"beta": 0.3, "temperature": 2.0, "alpha": 0.7},
+         lambda s, t: generalized_jsd(s, t, 0.3, 2.0)),
+    ],
+)  # fmt: skip
+def test_token_methods_weigh_their_loss_by_alpha_over_every_layout(name, params, loss):
+    method = create_method(name, **params)
+    assert method.ce_weight == pytest.approx(0.3)
+    s, t = logits_pair(shape=(2, 5, 7))
+    y = torch.zeros(2, 5, dtype=torch.long)
+    (term,) = method(Outputs(student_logits=s, labels=y, teacher_logits=t, class_dim=-1)).values()
+    assert term.item() == pytest.approx(0.7 * loss(s, t).item(), rel=1e-6)
+    # A segmenter's (B, C, H, W) scores are read along C: the same loss per pixel.
+    pixels = Outputs(
+        student_logits=s.permute(0, 2, 1)[..., None],
+        labels=y,
+        teacher_logits=t.permute(0, 2, 1)[..., None],
+        class_dim=1,
+    )
+    (per_pixel,) = method(pixels).values()
+    assert per_pixel.item() == pytest.approx(term.item(), rel=1e-6)
+
+
+def test_random_control_per_token_keeps_each_positions_teacher_moments():
+    s, t = logits_pair(shape=(3, 8, 65))
+    method = create_method("random_control", temperature=1.0)
+    out = Outputs(student_logits=s, labels=torch.zeros(3, 8), teacher_logits=t, class_dim=-1)
+    noise = method.target_logits(out)
+    assert noise.shape == t.shape
+    assert torch.allclose(noise.mean(-1), t.mean(-1), atol=1e-5)
+    assert torch.allclose(noise.std(-1), t.std(-1), atol=1e-5)
+    # The teacher's ranking is gone: its top-1 survives at chance level (1/65) only.
+    assert (noise.argmax(-1) == t.argmax(-1)).float().mean() < 0.2
+    (term,) = method(out).values()
+    assert torch.isfinite(term) and term.item() > 0
+
+
+# --- the Trainer's top-k teacher cache ----------------------------------------------------------
+
+
+def _lm_step_losses(cache_cfg: dict, steps: int = 3) -> tuple[list[Tensor], object]:
+    """The first ``steps`` losses of kd (T = 2) from a GPT teacher to a GPT student on random
+    token blocks, with the teacher cache ``cache_cfg`` (TrainConfig fields)."""
+    tokens = torch.randint(0, 13, (24 * 8 + 1,), generator=torch.Generator().manual_seed(0))
+    train = TokenBlocks(tokens, 8)
+    torch.manual_seed(0)
+    teacher = GPT(13, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    student = GPT(13, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    trainer = Trainer(
+        student, train, teacher=teacher, method=create_method("kd", temperature=2.0),
+        data=DataConfig(batch_size=8, eval_batch_size=16),
+        train=TrainConfig(epochs=1, device="cpu", **cache_cfg), progress=False,
+    )  # fmt: skip
+    trainer._setup()
+    trainer._build_cache("memory", None)
+    losses = []
+    with trainer.step.taps():
+        for x, y, idx in DataLoader(train, batch_size=8, collate_fn=collate):
+            losses.append(trainer.step(x, y, idx).terms["kd"].detach())
+            if len(losses) == steps:
+                break
+    return losses, trainer.cache
+
+
+def test_a_top_k_cache_of_the_whole_vocabulary_gives_the_full_caches_loss_bitwise():
+    full, full_cache = _lm_step_losses({"cache_dtype": "float32"})
+    top, top_cache = _lm_step_losses({"cache_dtype": "float32", "cache_topk": 13})
+    assert isinstance(full_cache, TeacherCache) and isinstance(top_cache, TopKCache)
+    assert top_cache.targets.logprobs.shape == (24, 8, 13) and top_cache.targets.temperature == 2.0
+    assert all(torch.equal(a, b) for a, b in zip(full, top, strict=True))
+    # k < V: a lower bound (the tail is one bucket), within float16 rounding of it.
+    small, small_cache = _lm_step_losses({"cache_topk": 4, "cache_dtype": "float16"})
+    assert small_cache.targets.logprobs.dtype == torch.float16
+    assert small_cache.targets.ids.dtype == torch.int16
+    assert all(0 < s.item() <= f.item() * (1 + 1e-3) for s, f in zip(small, full, strict=True))
+
+
+def test_a_top_k_cache_is_refused_where_it_cannot_serve():
+    with pytest.raises(ValueError, match="train.cache_topk is read by method kd"):
+        Trainer(
+            GPT(13, block_size=8, n_layer=1, n_head=2, n_embd=8),
+            TokenBlocks(torch.arange(17) % 13, 8),
+            teacher=GPT(13, block_size=8, n_layer=1, n_head=2, n_embd=8),
+            method="reverse_kl",
+            train=TrainConfig(epochs=1, cache_topk=4),
+            progress=False,
+        ).fit()
+    with pytest.raises(ValueError, match="exceeds the teacher's 13 classes"):
+        _lm_step_losses({"cache_topk": 14})
+
+
+# --- on-policy distillation ---------------------------------------------------------------------
+
+
+def _on_policy_step(lmbda: float, seed: int):
+    torch.manual_seed(0)
+    teacher = GPT(13, block_size=8, n_layer=2, n_head=2, n_embd=16).eval()
+    student = GPT(13, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    method = create_method("on_policy", lmbda=lmbda, beta=0.3, alpha=0.8, prompt=0.25)
+    method.bind(BindContext(student=student, teacher=teacher, num_classes=13, num_train=4))
+    x = torch.randint(0, 13, (4, 8), generator=torch.Generator().manual_seed(1))
+    out = Outputs(
+        student_logits=student(x), labels=x, teacher_logits=teacher(x).detach(), inputs=x,
+        class_dim=-1,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return method(out)["jsd"], out, (method, student, teacher, x)
+
+
+def test_on_policy_scores_the_students_own_samples_with_the_teachers_jsd():
+    term, _, (method, student, teacher, x) = _on_policy_step(lmbda=1.0, seed=5)
+    torch.manual_seed(5)
+    torch.rand(())  # the draw that chose an on-policy step
+    sequences = generate(student, x[:, :2], 6)
+    assert torch.equal(sequences[:, :2], x[:, :2]) and not torch.equal(sequences, x)
+    with torch.no_grad():
+        expected = generalized_jsd(student(sequences)[:, 1:-1], teacher(sequences)[:, 1:-1], 0.3)
+    assert term.item() == pytest.approx(0.8 * expected.item(), rel=1e-6)
+    assert term.requires_grad  # the student learns through its scores of its samples
+    # lmbda = 0 never samples: it is the jsd method on the data.
+    supervised, out, _ = _on_policy_step(lmbda=0.0, seed=5)
+    (jsd,) = create_method("jsd", beta=0.3, alpha=0.8)(out).values()
+    assert torch.equal(supervised, jsd)

@@ -1,3 +1,6 @@
+import json
+import sys
+
 import pytest
 import torch
 
@@ -289,3 +292,30 @@ def test_early_stop_ends_on_a_validation_plateau_and_stays_stopped(digits, tmp_p
             train=TrainConfig(epochs=2, early_stop=1),
             progress=False,
         ).fit()
+
+
+def test_tensorboard_log_holds_the_metrics_jsonl_scalars(digits, tmp_path):
+    pytest.importorskip("tensorboard", reason="the optional tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _fit(digits, run_dir=tmp_path, epochs=2, log="tensorboard", probe=16)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "terms/ce", "terms/kd", "lr", "val_acc", "probe_agree_I"} <= tags
+    assert any(tag.startswith("probe_cka/") for tag in tags)
+    for tag in tags:
+        section, _, name = tag.partition("/")
+        want = [r[tag] if tag in r else r[section][name] for r in records]
+        got = events.Scalars(tag)
+        assert [e.step for e in got] == [1, 2]
+        assert [e.value for e in got] == pytest.approx(want, rel=1e-6)
+
+
+def test_tensorboard_log_says_what_it_needs(digits, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="train.log=tensorboard needs a run directory"):
+        _fit(digits, log="tensorboard")
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'kdscope\[tensorboard\]'"):
+        _fit(digits, run_dir=tmp_path, log="tensorboard")

@@ -23,8 +23,8 @@ from kdscope.config import (
 )
 from kdscope.data import AUGMENTS, DATASETS, load_data, load_teacher_view
 from kdscope.methods import METHODS, Method, create_method
-from kdscope.metrics import accuracy
-from kdscope.models import MODELS, create_model, describe
+from kdscope.metrics import SCORE_NAMES, task_score
+from kdscope.models import MODEL_PREFIXES, MODELS, create_model, describe
 from kdscope.train import FitResult, RunDirectory, Trainer, load_model
 from kdscope.train.checkpoint import load_weights, read_checkpoint, resolve_checkpoint
 from kdscope.train.seeding import seed_everything
@@ -39,7 +39,8 @@ def check_config(cfg: RunConfig) -> list[str]:
     if cfg.data.augment not in AUGMENTS:
         problems.append(f"data.augment: {cfg.data.augment!r} is not one of {', '.join(AUGMENTS)}")
     for field, model in (("student", cfg.student), ("teacher", cfg.teacher)):
-        if model is not None and not model.name.startswith("tv:") and model.name not in MODELS:
+        external = model is not None and model.name.startswith(MODEL_PREFIXES)
+        if model is not None and not external and model.name not in MODELS:
             problems.append(f"{field}.name: {MODELS.unknown_message(model.name)}")
     if cfg.method.name not in METHODS:
         problems.append(f"method.name: {METHODS.unknown_message(cfg.method.name)}")
@@ -61,11 +62,15 @@ class RunResult:
     test_acc: float
     teacher_test_acc: float | None
     tested: str = "best"  # the checkpoint tested: best (validation) or last
+    # What test_acc and the validation figures measure (metrics.task_score): accuracy, mean_iou
+    # (segmentation) or map (detection).
+    score: str = "accuracy"
 
     def summary(self) -> dict[str, Any]:
         return {
             "run_dir": str(self.run_dir),
             "test_acc": self.test_acc,
+            "score": self.score,
             "tested_checkpoint": self.tested,
             "teacher_test_acc": self.teacher_test_acc,
             "best_val_acc": self.fit.best_val_acc,
@@ -171,11 +176,12 @@ def _run(cfg, run_dir: RunDirectory, resume, progress, teacher_test_acc, trust) 
     which = "best" if (run_dir.checkpoints / "best.pt").exists() else "last"
     best = load_model(run_dir.path, which)
     device = trainer.device
-    test_acc = accuracy(best.to(device), data.test, cfg.data.eval_batch_size, device)
+    test_acc = task_score(best.to(device), data.test, cfg.data.eval_batch_size, device)
     if teacher is not None and teacher_test_acc is None:
         teacher_test = view.test if view is not None else data.test
-        teacher_test_acc = accuracy(teacher, teacher_test, cfg.data.eval_batch_size, device)
-    result = RunResult(run_dir.path, fit, test_acc, teacher_test_acc, which)
+        teacher_test_acc = task_score(teacher, teacher_test, cfg.data.eval_batch_size, device)
+    score = SCORE_NAMES[describe(best).output]
+    result = RunResult(run_dir.path, fit, test_acc, teacher_test_acc, which, score)
     if trainer.dist.is_main:
         (run_dir.path / "summary.json").write_text(json.dumps(result.summary(), indent=2))
     return result

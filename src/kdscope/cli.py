@@ -16,16 +16,17 @@ from typing import Annotated
 
 import click
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
 
 from kdscope.api import run
 from kdscope.config import ConfigError, build_config, load_config
-from kdscope.data import load_data
-from kdscope.evaluation import evaluate_runs, explain_runs
+from kdscope.data import fetch, load_data
+from kdscope.evaluation import evaluate_runs, explain_runs, generate_runs
 from kdscope.explain.relevance import RELEVANCE_COLUMNS, relevance_rows
 from kdscope.methods import METHODS, method_info
-from kdscope.models import MODEL_FITS, describe, list_models, zoo_table
+from kdscope.models import MODEL_FITS, describe, zoo_table
 from kdscope.train import NonFiniteLossError, load_model
 
 app = typer.Typer(
@@ -61,8 +62,32 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def command(fn):
-    """Register ``fn`` as a command whose errors are reported as one sentence."""
+class GreedyOptions(typer.core.TyperCommand):
+    """A command whose options named in ``greedy`` take every value up to the next option:
+    ``--from-logits t.npy s0.npy s1.npy`` is read as ``--from-logits t.npy --from-logits s0.npy
+    --from-logits s1.npy`` (click options otherwise take one value each)."""
+
+    greedy: tuple[str, ...] = ()
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        spread, flag = [], None
+        for arg in args:
+            if arg.startswith("-"):
+                name = arg.partition("=")[0]
+                flag = name if name in self.greedy else None
+                spread.append(arg)
+            elif flag is not None and spread[-1] != flag:
+                spread += [flag, arg]
+            else:
+                spread.append(arg)
+        return super().parse_args(ctx, spread)
+
+
+def command(fn=None, *, greedy: tuple[str, ...] = ()):
+    """Register ``fn`` as a command whose errors are reported as one sentence (``greedy``: see
+    :class:`GreedyOptions`)."""
+    if fn is None:
+        return functools.partial(command, greedy=greedy)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -78,7 +103,10 @@ def command(fn):
             text = str(err) if known and str(err) else f"{type(err).__name__}: {err}"
             _fail(f"{text} (--debug shows the traceback)" if not known else text, code)
 
-    return app.command()(wrapper)
+    if not greedy:
+        return app.command()(wrapper)
+    cls = type("Greedy", (GreedyOptions,), {"greedy": greedy})
+    return app.command(cls=cls)(wrapper)
 
 
 def _run_config(config, overrides, shortcuts, resume, need_teacher: bool, trust: bool) -> None:
@@ -95,7 +123,8 @@ def _run_config(config, overrides, shortcuts, resume, need_teacher: bool, trust:
         raise typer.Exit(130) from None
     s = result.summary()
     teacher = f", teacher {s['teacher_test_acc']:.4f}" if s["teacher_test_acc"] is not None else ""
-    console.print(f"test accuracy {s['test_acc']:.4f}{teacher}; run written to {s['run_dir']}")
+    score = s["score"].replace("_", " ")
+    console.print(f"test {score} {s['test_acc']:.4f}{teacher}; run written to {s['run_dir']}")
 
 
 @command
@@ -232,33 +261,85 @@ def explain(
 
 
 @command
+def generate(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories (or .pt) of language models.")
+    ],
+    prompt: Annotated[str, typer.Option(help="Text the samples continue.")] = "\n",
+    tokens: Annotated[int, typer.Option(min=0, help="Tokens to sample after the prompt.")] = 200,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, help="Softmax temperature (0: greedy).")
+    ] = 1.0,
+    top_k: Annotated[
+        int | None, typer.Option(min=1, help="Sample among the k likeliest tokens only.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling (the same for every run).")] = 0,
+    data: Annotated[
+        str | None, typer.Option(help="Dataset name (default: the first run's dataset).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the samples to this file.")] = None,
+    trust: TrustOpt = False,
+) -> None:
+    """Sample text from trained language models, one after the other from the same prompt."""
+    samples = generate_runs(
+        runs, prompt, tokens, temperature=temperature, top_k=top_k, seed=seed, data=data,
+        trust=trust,
+    )  # fmt: skip
+    settings = f"temperature {temperature}, top-k {top_k or 'off'}, seed {seed}"
+    parts = [f"## {run}\n\n({settings})\n\n```\n{text}\n```\n" for run, text in samples]
+    for part in parts:
+        console.print(part, markup=False, highlight=False)
+    if out is not None:
+        out.write_text("\n".join(parts))
+        console.print(f"samples written to {out}", highlight=False)
+
+
+@command
 def models(
     num_classes: Annotated[int, typer.Option(min=2, help="Classes of the classifier.")] = 10,
     in_channels: Annotated[int, typer.Option(min=1, help="Input channels.")] = 3,
     input_size: Annotated[int, typer.Option(min=1, help="Input height = width.")] = 32,
     data: Annotated[
-        str | None, typer.Option(help="Only list the models that fit this dataset (loads it).")
+        str | None,
+        typer.Option(help="List the models for this dataset, sized on one of its examples."),
     ] = None,
 ) -> None:
     """List the model zoo with parameters and multiply-adds (MACs) at the given input size, and
     which models fit which data (task and kind of input)."""
-    if data is not None:
+    if data is None:
+        rows = zoo_table(num_classes, in_channels, input_size)
+        shape = "C x H x W"
+    else:
         bundle = load_data(data)
-        names = list_models(bundle.task, bundle.inputs)
-        view = f", {bundle.view}" if bundle.view else ""
-        console.print(
-            f"{data}: {bundle.task} of {bundle.inputs}{view}, {bundle.num_classes} classes, "
-            f"in_channels {bundle.in_channels}; models: {', '.join(names)}",
-            highlight=False,
-            soft_wrap=True,
+        example = fetch(bundle.train, [0])[0]
+        rows = zoo_table(
+            bundle.num_classes,
+            bundle.in_channels,
+            task=bundle.task,
+            inputs=bundle.inputs,
+            example=example,
         )
-        return
-    table = Table("model", "params (M)", "MMACs", "feature layers (C x H x W)")
-    for row in zoo_table(num_classes, in_channels, input_size):
+        shape = "per example"
+        view = f" ({bundle.view})" if bundle.view else ""
+        console.print(f"{data}: {bundle.task}, {bundle.num_classes} classes, one example is "
+                      f"{bundle.inputs}{view} of shape {tuple(example.shape[1:])}")  # fmt: skip
+    table = Table("model", "params (M)", "MMACs", f"feature layers ({shape})")
+    for row in rows:
         layers = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in row["features"].items())
         table.add_row(row["name"], f"{row['params'] / 1e6:.3f}", f"{row['macs'] / 1e6:.1f}", layers)
     console.print(table)
-    console.print("Any torchvision classifier is also available as tv:<name>, e.g. tv:resnet18.")
+    if data is None:
+        console.print(
+            "Any torchvision classifier is also available as tv:<name> (e.g. tv:resnet18), any "
+            "timm model as timm:<name> (e.g. timm:resnet10t; pip install 'kdscope[timm]')."
+        )
+        _print_fits()
+    elif bundle.task == "language-modelling":
+        console.print("Any local Hugging Face causal LM folder is also available as hf:<path>.")
+
+
+def _print_fits() -> None:
+    """The zoo by task and kind of input, and how datasets name theirs."""
     fits = Table("task", "inputs", "models", title="which models fit which data")
     groups: dict[tuple[str, str], list[str]] = {}
     for name, fit in sorted(MODEL_FITS.items()):
@@ -301,13 +382,19 @@ def methods(
 @command
 def demo(
     out: Annotated[Path, typer.Option(help="Directory of runs.")] = Path("runs"),
-    epochs: Annotated[int, typer.Option(help="Epochs per model.")] = 15,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs for every model (default: the setup's).")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="fashion-mnist or digits (default: Fashion-MNIST when installed)."),
+    ] = None,
 ) -> None:
-    """Teacher, baseline and KD student on the bundled digits data, with what the student
-    retained."""
+    """Teacher, baseline and KD student on Fashion-MNIST (or the bundled digits), then what
+    moved from the teacher to the student."""
     from kdscope.demo import run_demo  # here: its report (matplotlib, scipy) takes seconds to load
 
-    run_demo(out / "demo", epochs=epochs, console=console)
+    run_demo(out / "demo", epochs=epochs, console=console, data=data)
 
 
 @command
@@ -341,8 +428,95 @@ def report(
     """Re-read a study's table, run its analyses and write STUDY_DIR/report.html."""
     from kdscope.study import study_report
 
+    if (study_dir / "audit.json").is_file():
+        raise ConfigError(
+            f"{study_dir} is an audit: rerun its kdscope audit command to rewrite its report "
+            "(finished runs are reused)"
+        )
     path = study_report(study_dir)
     console.print(f"report written to {path}", highlight=False)
+
+
+FileList = list[Path] | None
+
+
+@command(greedy=("--from-logits", "--control", "--from-features", "--method"))
+def audit(
+    teacher: Annotated[
+        str | None, typer.Option(help="Teacher: a kdscope run directory or a model to train.")
+    ] = None,
+    student: Annotated[str | None, typer.Option(help="Student architecture.")] = None,
+    method: Annotated[
+        list[str] | None, typer.Option(help="Distillation method(s) to audit (default kd).")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset (default: the teacher run's).")] = None,
+    seeds: Annotated[int, typer.Option(help="Students per arm (seeds 0..N-1).")] = 5,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per student.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Audit directory (default runs/audits/<name>).")
+    ] = None,
+    set_: SetOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print what would be trained and its cost; train nothing.")
+    ] = False,
+    relevance: Annotated[bool, typer.Option(help="Measure UniCAM's FSS/RS (runs).")] = True,
+    workers: Annotated[int, typer.Option(help="Parallel local runs (processes).")] = 1,
+    from_logits: Annotated[
+        FileList, typer.Option(help="Saved logits: the teacher's file, then the students'.")
+    ] = None,
+    control: Annotated[
+        FileList, typer.Option(help="Saved logits of independent students, one per seed.")
+    ] = None,
+    labels: Annotated[Path | None, typer.Option(help="Saved labels (with --from-logits).")] = None,
+    from_features: Annotated[
+        FileList, typer.Option(help="Saved features: the teacher's, then the students'.")
+    ] = None,
+) -> None:
+    """Did the student learn the teacher's function, or was distillation a regulariser? Trains
+    distilled, control and random-control students per seed (or reads saved logits) and writes
+    DIR/report.html and DIR/audit.json."""
+    # here, as in study: the analyses (matplotlib, scipy) take seconds to import
+    from kdscope.audit import audit_config, audit_logits, audit_runs
+    from kdscope.study import make_executor
+
+    if from_logits:
+        given = {"--teacher": teacher, "--student": student, "--method": method, "--data": data}
+        clash = [k for k, v in given.items() if v]
+        if clash:
+            raise ConfigError(f"--from-logits audits saved outputs; drop {', '.join(clash)}")
+        if labels is None:
+            raise ConfigError("--from-logits needs --labels FILE (the examples' classes)")
+        result = audit_logits(
+            from_logits[0],
+            from_logits[1:],
+            labels,
+            out or Path("runs/audits") / Path(from_logits[0]).stem,
+            controls=control or [],
+            features=from_features or [],
+        )
+    else:
+        if control or labels or from_features:
+            raise ConfigError("--control, --labels and --from-features go with --from-logits")
+        if teacher is None or student is None:
+            raise ConfigError("audit needs --teacher and --student (or --from-logits FILES)")
+        cfg = audit_config(teacher, student, method or ["kd"], data, seeds, epochs, out, set_ or [])
+        try:
+            with make_executor("local", workers) as runner:
+                result = audit_runs(
+                    cfg,
+                    runner,
+                    log=lambda m: console.print(m, markup=False, highlight=False, soft_wrap=True),
+                    relevance=relevance,
+                    dry_run=dry_run,
+                )
+        except KeyboardInterrupt:
+            console.print("interrupted; rerun the same command to resume (finished runs are kept)")
+            raise typer.Exit(130) from None
+        if result is None:
+            return
+    for line in result.summary:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"report: {result.report}; numbers: {result.json}", soft_wrap=True)
 
 
 def main() -> None:

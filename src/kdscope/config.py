@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,11 +28,25 @@ def check_name(name: str) -> str:
 RunName = Annotated[str, AfterValidator(check_name)]
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true and false. YAML 1.1, PyYAML's default, also reads on, off, yes
+    and no as booleans, which turned ``train.cache=off`` into False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def parse_yaml(text: str, source: str) -> Any:
-    """YAML ``text`` parsed safely; a syntax error is a ConfigError naming ``source`` and the
-    line."""
+    """YAML ``text`` parsed safely, with YAML 1.2's booleans (``off`` is a string); a syntax error
+    is a ConfigError naming ``source`` and the line."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -98,10 +113,19 @@ class TrainConfig(_Strict):
     view_store: Literal["memory", "disk"] = "memory"
     cache_dtype: Literal["float32", "float16"] = "float32"
     cache_max_gb: float = Field(4.0, gt=0.0)
+    # Keep only the teacher's k likeliest classes (tokens) per position, with the remaining mass
+    # (methods/topk.py; method kd), in cache_dtype (float16: 4k + 2 bytes per position at a
+    # vocabulary under 32,768). None: the full distribution.
+    cache_topk: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)
     # Stop after this many epochs without a new best validation accuracy (by more than the delta).
     early_stop: int | None = Field(None, ge=1)
     early_stop_delta: float = Field(0.0, ge=0.0)
+    # Retention curves: N stratified validation examples scored against the teacher every epoch
+    # (0: off; kdscope.train.probe).
+    probe: int = Field(0, ge=0)
+    # Where the epoch scalars go besides metrics.jsonl: nowhere else, or TensorBoard event files.
+    log: Literal["jsonl", "tensorboard"] = "jsonl"
 
 
 class RunConfig(_Strict):

@@ -1,4 +1,5 @@
-"""DDP under ``torchrun``: gloo on CPU, NCCL on GPU; plain single-process otherwise."""
+"""Where a run runs: its device (``train.device``), and DDP under ``torchrun`` (gloo on CPU, NCCL
+on GPU; plain single-process otherwise)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,19 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world > 1
+
+
+def pick_device(name: str) -> torch.device:
+    """The device of ``train.device``: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"train.device={name!r} is not a device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but no CUDA GPU is available; use auto or cpu")
+    return device
 
 
 def init_distributed(device: torch.device) -> DistInfo:

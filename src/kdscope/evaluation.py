@@ -1,4 +1,5 @@
-"""Evaluate trained runs (directories or checkpoints) against their teacher (`kdscope evaluate`)."""
+"""Evaluate trained runs (directories or checkpoints) against their teacher (`kdscope evaluate`),
+and sample text from trained language models (`kdscope generate`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from kdscope.config import DataConfig
 from kdscope.data import load_data, load_teacher_view
 from kdscope.explain import explain_student
 from kdscope.metrics import evaluate
+from kdscope.metrics.tokens import TOKEN_FIGURE, agreement_profile_figure
 from kdscope.models import describe
+from kdscope.models.generate import generate_text
 from kdscope.train.checkpoint import load_model, read_checkpoint, resolve_checkpoint
 
 
@@ -47,7 +51,9 @@ def evaluate_runs(
     """Load the three models, evaluate on ``split`` (calibrating KRS on the validation split) and
     merge the result into the JSON at ``out`` (default: ``eval.json`` in the student's run
     directory): the metrics computed now replace their earlier values, the others are kept, and
-    ``inputs`` records per metric what produced it.
+    ``inputs`` records per metric what produced it. For language models the student's top-1
+    agreement by position in the block and by teacher confidence is drawn beside it, in
+    ``token-agreement.png`` (which the run's report shows with its transfer metrics).
 
     Returns ``(EvaluationResult, path written)``.
     """
@@ -75,6 +81,11 @@ def evaluate_runs(
     path = out or (student if Path(student).is_dir() else Path(student).parent) / "eval.json"
     inputs = {role: str(p) for role, p in models.items() if p is not None}
     merge_eval_json(path, result, inputs | {"data": bundle.name, "split": split})
+    if result.tokens:
+        figure = agreement_profile_figure(
+            result.tokens["student"], f"{Path(student).name}, {split}"
+        )
+        figure.savefig(Path(path).parent / TOKEN_FIGURE, dpi=110)
     return result, path
 
 
@@ -107,6 +118,8 @@ def merge_eval_json(path: Path, result, inputs: dict[str, Any]) -> dict[str, Any
     for metric in new["metrics"]:
         merged[metric] = new[metric]
         merged["inputs"][metric] = provenance
+    if new["tokens"]:  # a language model's token-level figures come with its agreement
+        merged["tokens"] = new["tokens"]
     merged["metrics"] = sorted(set(old.get("metrics") or []) | set(new["metrics"]))
     merged["cka_skipped_examples"] = new["cka_skipped_examples"]
     path.write_text(json.dumps(merged, indent=2))
@@ -125,6 +138,41 @@ def _check_inputs(models: dict[str, nn.Module], bundle) -> None:
     classes = {role: describe(m).num_classes for role, m in models.items()}
     if len(set(classes.values())) > 1:
         raise ValueError(f"the models predict different numbers of classes: {classes}")
+
+
+def generate_runs(
+    runs: list[Path],
+    prompt: str,
+    tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+    data: str | None = None,
+    trust: bool = False,
+) -> list[tuple[Path, str]]:
+    """Text sampled from each trained language model in ``runs`` (run directories or .pt files):
+    ``prompt`` followed by ``tokens`` tokens (:func:`~kdscope.models.generate.generate_text`),
+    decoded with the vocabulary of the data the first run was trained on. Each run samples with a
+    generator seeded with ``seed``, so runs are compared on the same draws of randomness."""
+    if not runs:
+        raise ValueError("generate needs at least one run")
+    bundle = _bundle(runs[0], data, trust)
+    vocab = getattr(bundle, "vocab", None)
+    if vocab is None:
+        raise ValueError(
+            f"{runs[0]} was trained on {bundle.name!r}, which has no character vocabulary: "
+            "generate samples from language models of tinyshakespeare or text data"
+        )
+    samples = []
+    for run in runs:
+        model = load_model(run, trust=trust)
+        if describe(model).output != "tokens":
+            raise ValueError(f"{run} is not a language model (its output is not next-token logits)")
+        generator = torch.Generator(next(model.parameters()).device).manual_seed(seed)
+        text = generate_text(model, vocab, prompt, tokens, temperature, top_k, generator)
+        samples.append((run, text))
+    return samples
 
 
 def explain_runs(

@@ -8,7 +8,9 @@ with the same (study, dataset, teacher, student), its random control the ``rando
 with the same condition, its ceiling the ``teacher_replica`` arm of (study, dataset, teacher).
 Arms are paired by seed. Output: one report :class:`~kdscope.analysis.report.Section` with tables
 ``ft-arms``, ``ft-tests``, ``ft-payoff`` (and ``ft-sweeps``, ``ft-missing`` when there are sweeps
-or missing runs) and figures ``ft-fig-agreement``, ``ft-fig-payoff``, ``ft-fig-sweep-<param>``.
+or missing runs) and figures ``ft-fig-agreement``, ``ft-fig-payoff``, ``ft-fig-sweep-<param>``; its
+lead is the forest plot ``ft-forest`` of the KD-minus-control differences of the headline measures
+(:data:`~kdscope.analysis.forest.HEADLINE`) with three plain sentences.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from dataclasses import dataclass
 
 from kdscope.analysis import _words as w
 from kdscope.analysis import plots
-from kdscope.analysis.payoff import Condition, add_payoff
-from kdscope.analysis.report import Figure, Section, Table
+from kdscope.analysis.forest import HEADLINE, ForestRow, forest_figure, forest_sentences
+from kdscope.analysis.payoff import CONDITION, Condition, add_payoff, condition_label
+from kdscope.analysis.report import Figure, Lead, Section, Table
 from kdscope.analysis.stats import PairedComparison, compare_paired, holm, mean_ci
+from kdscope.analysis.sweeps import add_sweeps
 from kdscope.analysis.tidy import (
     ID_COLUMNS,
     MEASURES,
@@ -29,13 +33,10 @@ from kdscope.analysis.tidy import (
     by_seed,
     check_rows,
     group,
-    natural_key,
-    number,
     paired,
     present_measures,
 )
 
-CONDITION = ("study", "dataset", "teacher", "student", "method", "alpha", "temperature")
 BASELINE = CONDITION[:4]
 REPLICA = CONDITION[:3]
 DEFAULT_MEASURES = (
@@ -46,9 +47,12 @@ DEFAULT_MEASURES = (
     "same_wrong_I",
     *(f"{m}_{split}" for m in ("kl", "js", "l2", "cos") for split in ("all", "C", "I")),
     "ece",
+    "krs",
+    "fss",
+    "aoa",
+    "perplexity",
+    "topk_overlap",
 )
-SWEEP_MEASURES = ("agree_all", "agree_C", "agree_I")
-SWEEP_PARAMS = ("alpha", "temperature", "student")
 OTHER_ARMS = ("control", "random_control")
 ARMS_SHOWN = ("control", "kd", "random_control")
 
@@ -100,21 +104,66 @@ def functional_transfer(
         _agreement_figure(conditions, level),
         _test_table(tests, level),
     ]
-    for cond in conditions:
-        for other in OTHER_ARMS:
+    for other in OTHER_ARMS:
+        quiet = []  # conditions with enough seeds and nothing significant: one finding for all
+        for cond in conditions:
             family = [t for t in tests if t.cond is cond and t.other == other]
-            if family:
+            if len(conditions) > 1 and _quiet(family, alpha, min_seeds):
+                quiet.append(family)
+            elif family:
                 section.findings.append(_comparison_sentence(family, alpha, min_seeds))
             elif other == "control" or cond.arms["random_control"]:
                 section.notes.append(f"{cond.label}: no paired kd/{other} runs, not tested.")
+        if quiet:
+            ns = sorted({t.cmp.n for f in quiet for t in f})
+            n = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}\u2013{ns[-1]}"
+            section.findings.append(
+                f"kd vs {other}, {len(quiet)} of {len(conditions)} conditions: no significant "
+                f"difference for any measure (paired t, n = {n} seeds, Holm, \u03b1 = {alpha}): "
+                f"{', '.join(f[0].cond.short for f in quiet)}."
+            )
     if not any(c.arms["random_control"] for c in conditions):
         section.notes.append("No random_control runs: KD vs random-control is not tested.")
     note = w.wilcoxon_floor_note({t.cmp.n for t in tests if t.cmp.n >= min_seeds}, alpha)
     if note:
         section.notes.append(note)
     add_payoff(conditions, level, alpha, min_seeds, section)
-    _sweeps(conditions, tests, section)
+    _lead(conditions, tests, alpha, level, section)
+    add_sweeps(
+        conditions, {(id(t.cond), t.measure): t for t in tests if t.other == "control"}, section
+    )
     return section
+
+
+def _lead(conditions, tests: list[_Test], alpha: float, level: float, section: Section) -> None:
+    """The forest plot of kd - control over the headline measures, one group per condition."""
+    payoff = {}
+    if any(b.id == "ft-payoff" for b in section.blocks):
+        payoff = {r["condition"]: r for r in section.table("ft-payoff").records()}
+    rows = []
+    for cond in conditions:
+        mine = {t.measure: t for t in tests if t.cond is cond and t.other == "control"}
+        for m in HEADLINE:
+            if m in mine:
+                t = mine[m]
+                est, sig = t.cmp.diff, t.p_t_adj < alpha
+            elif m == "payoff" and cond.label in payoff:
+                est = payoff[cond.label]["rel. \u0394I \u2212 \u0394C"]
+                sig = payoff[cond.label]["p Holm (t), rel."] < alpha
+            else:
+                continue
+            rows.append(ForestRow(m, est.value, est.low, est.high, bool(sig), cond.short))
+    if rows:
+        n = sorted({t.cmp.n for t in tests if t.other == "control"})
+        seeds = f"n = {n[0]}" if len(n) == 1 else f"n = {n[0]}\u2013{n[-1]}"
+        caption = (
+            f"KD \u2212 control (the same student on labels alone), paired by seed ({seeds}), "
+            f"mean difference with {level:.0%} t-interval; filled: significant after Holm "
+            f"(\u03b1 = {alpha}), hollow: not. Payoff: relative \u0394I \u2212 \u0394C "
+            "(above 0: more of the teacher's mistakes taken on)"
+        )
+        figure = forest_figure(rows, caption=caption, id="ft-forest", level=level)
+        section.lead = Lead(figure, forest_sentences(rows))
 
 
 def _conditions(rows: Sequence[Row]) -> list[Condition]:
@@ -128,8 +177,8 @@ def _conditions(rows: Sequence[Row]) -> list[Condition]:
     return [
         Condition(
             key,
-            _label(key, full),
-            _label(key, varying) or str(key[4]),
+            condition_label(key, full),
+            condition_label(key, varying) or str(key[4]),
             {
                 "control": controls.get(key[:4], []),
                 "kd": kd_rows,
@@ -139,21 +188,6 @@ def _conditions(rows: Sequence[Row]) -> list[Condition]:
         )
         for key, kd_rows in kd.items()
     ]
-
-
-def _label(key: tuple, show: set[str]) -> str:
-    """'fmnist / resnet56\u2192resnet20, kd \u03b1=0.9 T=4' with only the ``show`` fields."""
-    study, dataset, teacher, student, method, a, t = key
-    head = [f"[{study}]"] if "study" in show else []
-    head += [f"{dataset} /"] if "dataset" in show else []
-    if "teacher" in show:
-        head.append(f"{teacher}\u2192{student}" if "student" in show else f"teacher {teacher}")
-    elif "student" in show:
-        head.append(str(student))
-    tail = [str(method)] if "method" in show else []
-    tail += [f"\u03b1={a:g}"] if "alpha" in show and a is not None else []
-    tail += [f"T={t:g}"] if "temperature" in show and t is not None else []
-    return ", ".join(x for x in (" ".join(head).rstrip(" /"), " ".join(tail)) if x)
 
 
 def _report_missing(rows: Sequence[Row], conditions: list[Condition], section: Section) -> None:
@@ -197,6 +231,8 @@ def _tests(conditions, measures, level, alpha, min_seeds) -> list[_Test]:
                 _, a, b = paired(by_seed(cond.arms["kd"], m), by_seed(cond.arms[other], m))
                 if a:
                     family.append(_Test(cond, other, m, compare_paired(a, b, level)))
+            # Largest effect first: the test table is read top down.
+            family.sort(key=lambda t: (math.isnan(t.cmp.cohens_dz), -abs(t.cmp.cohens_dz)))
             # Comparisons with too few seeds make no claim, so they do not enter the family.
             p_t = holm([t.cmp.t_test.p if t.cmp.n >= min_seeds else math.nan for t in family])
             p_w = holm([t.cmp.wilcoxon.p if t.cmp.n >= min_seeds else math.nan for t in family])
@@ -253,45 +289,35 @@ def _test_table(tests: list[_Test], level: float) -> Table:
     ]
     caption = (
         "Hypothesis tests, paired by seed: paired t-test and Wilcoxon signed-rank; Holm "
-        "across the measures of each comparison; d_z = Cohen's d for paired samples"
+        "across the measures of each comparison; d_z = Cohen's d for paired samples; largest "
+        "|d_z| first"
     )
     return Table.from_records(records, caption, "ft-tests", group=2)
 
 
 def _comparison_sentence(family: list[_Test], alpha: float, min_seeds: int) -> str:
+    """One short finding per comparison: how many measures differ, the largest three; the test
+    table holds every number."""
     first = family[0]
     ns = sorted({t.cmp.n for t in family})
     n = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}\u2013{ns[-1]}"
     head = f"{first.cond.label}, kd vs {first.other}:"
     if ns[-1] < min_seeds:
-        return (
-            f"{head} only n = {n} paired seed(s) (< {min_seeds}), so no claim is made; the "
-            "test table lists the numbers."
-        )
+        return f"{head} only n = {n} paired seed(s) (< {min_seeds}), so no claim is made."
     testable = [t for t in family if not math.isnan(t.p_t_adj)]
     sig = [t for t in testable if t.p_t_adj < alpha]
-    text = (
-        f"{head} paired t-test over n = {n} seeds, Holm across {len(testable)} measures "
-        f"(\u03b1 = {alpha}): "
-    )
-    if sig:
-        items = "; ".join(
-            f"{t.measure} {w.ci(t.cmp.diff)} ({_closer(t)}, {w.peq('p', t.cmp.t_test.p)}, "
-            f"Holm {w.peq('p', t.p_t_adj)}, d_z = {w.num(t.cmp.cohens_dz)})"
-            for t in sig
-        )
-        text += f"significant for {len(sig)} of {len(testable)}: {items}"
-    else:
-        text += f"no significant difference for any of the {len(testable)} measures"
-    rest = [t for t in testable if t not in sig]
-    if rest:
-        best = min(rest, key=lambda t: t.p_t_adj)
-        text += (
-            f"{'; not significant for the other ' + str(len(rest)) if sig else ''} (smallest "
-            f"Holm {w.peq('p', best.p_t_adj)} for {best.measure}, "
-            f"\u0394 = {w.signed(best.cmp.diff.value)}, raw {w.peq('p', best.cmp.t_test.p)})"
-        )
-    return text + "."
+    how = f"(paired t, n = {n} seeds, Holm, \u03b1 = {alpha})"
+    if not sig:
+        return f"{head} no significant difference for any of the {len(testable)} measures {how}."
+    shown = "; ".join(f"{t.measure} {w.ci(t.cmp.diff)} ({_closer(t)})" for t in sig[:3])
+    more = f"; {len(sig) - 3} more in the test table" if len(sig) > 3 else ""
+    return f"{head} {len(sig)} of {len(testable)} measures differ {how}, largest: {shown}{more}."
+
+
+def _quiet(family: list[_Test], alpha: float, min_seeds: int) -> bool:
+    """Tested with enough seeds, and no measure significant after Holm."""
+    tested = [t for t in family if t.cmp.n >= min_seeds and not math.isnan(t.p_t_adj)]
+    return bool(tested) and all(t.p_t_adj >= alpha for t in tested)
 
 
 def _closer(t: _Test) -> str:
@@ -325,85 +351,3 @@ def _agreement_figure(conditions: list[Condition], level: float) -> Figure:
 def _estimate(rows: list[Row], measure: str, level: float):
     values = list(by_seed(rows, measure).values())
     return mean_ci(values, level) if values else None
-
-
-def _sweeps(conditions: list[Condition], tests: list[_Test], section: Section) -> None:
-    """Delta (kd - control) against alpha, temperature or student size, one line per setting of
-    the other condition fields."""
-    lookup = {(id(t.cond), t.measure): t for t in tests if t.other == "control"}
-    measures = [m for m in SWEEP_MEASURES if any((id(c), m) in lookup for c in conditions)]
-    rows = []
-    for param in SWEEP_PARAMS:
-        i = CONDITION.index(param)
-        series: dict[tuple, list[Condition]] = {}
-        for c in conditions:
-            series.setdefault(c.key[:i] + c.key[i + 1 :], []).append(c)
-        series = {k: v for k, v in series.items() if len({c.key[i] for c in v}) > 1}
-        if not series or not measures:
-            continue
-        order = _sweep_order(param, [c for v in series.values() for c in v])
-        others = [f for f in CONDITION if f != param]
-        fields = {f for j, f in enumerate(others) if len({k[j] for k in series}) > 1}
-        panels: dict[str, dict] = {m: {} for m in measures}
-        for conds in series.values():
-            conds = sorted(conds, key=lambda c: order.index(c.key[i]))
-            name = _label(conds[0].key, fields) or str(conds[0].key[4])
-            for m in measures:
-                pts = [(c.key[i], lookup[(id(c), m)]) for c in conds if (id(c), m) in lookup]
-                panels[m][name] = ([v for v, _ in pts], [t.cmp.diff for _, t in pts])
-                rows += [
-                    {
-                        "parameter": param,
-                        "series": name,
-                        "value": v,
-                        "measure": m,
-                        "n": t.cmp.n,
-                        "\u0394 kd \u2212 control [CI]": t.cmp.diff,
-                        "p (t)": t.cmp.t_test.p,
-                        "p Holm (t)": t.p_t_adj,
-                    }
-                    for v, t in pts
-                ]
-                if m == "agree_I":
-                    points = ", ".join(
-                        f"{w.signed(t.cmp.diff.value)} at {param} = {v} (n = {t.cmp.n}, "
-                        f"{w.peq('p', t.cmp.t_test.p)}, Holm {w.peq('p', t.p_t_adj)})"
-                        for v, t in pts
-                    )
-                    section.findings.append(
-                        f"Sweep over {param} ({name}): \u0394 agree_I "
-                        f"(kd \u2212 control, paired t) = {points}."
-                    )
-        figure = plots.lines(
-            panels,
-            param,
-            "\u0394 kd \u2212 control",
-            f"Transfer against {param}",
-            order if param == "student" else None,
-        )
-        section.blocks.append(
-            Figure(
-                figure,
-                f"\u0394 (kd \u2212 control) per {param} value, mean with CI over seeds",
-                f"ft-fig-sweep-{param}",
-            )
-        )
-    if rows:
-        caption = "Sweeps: \u0394 (kd \u2212 control) per value (Holm as in the test table)"
-        section.blocks.append(Table.from_records(rows, caption, "ft-sweeps", group=2))
-
-
-def _sweep_order(param: str, conds: list[Condition]) -> list:
-    i = CONDITION.index(param)
-    values = list(dict.fromkeys(c.key[i] for c in conds))
-    if param != "student":
-        return sorted(values)
-    size: dict = {}
-    for c in conds:
-        params = [number(r, "student_params") for r in c.arms["kd"]]
-        params = [p for p in params if p is not None]
-        if params:
-            size[c.key[i]] = params[0]
-    if len(size) == len(values):
-        return sorted(values, key=lambda v: size[v])
-    return sorted(values, key=natural_key)

@@ -19,10 +19,12 @@ from kdscope.analysis.report import Figure, Section, Table
 from kdscope.analysis.stats import compare_paired, holm, mean_ci
 from kdscope.analysis.tidy import Row, by_seed
 
+CONDITION = ("study", "dataset", "teacher", "student", "method", "alpha", "temperature")
+
 
 @dataclass
 class Condition:
-    """One KD setting (``key`` over :data:`kdscope.analysis.functional.CONDITION`), its labels for
+    """One KD setting (``key`` over :data:`CONDITION`), its labels for
     tables (``label``) and plots (``short``: only the fields that vary), and the rows of each arm
     compared with it."""
 
@@ -30,6 +32,21 @@ class Condition:
     label: str
     short: str
     arms: dict[str, list[Row]] = field(default_factory=dict)
+
+
+def condition_label(key: tuple, show: set[str]) -> str:
+    """'fmnist / resnet56\u2192resnet20, kd \u03b1=0.9 T=4' with only the ``show`` fields."""
+    study, dataset, teacher, student, method, a, t = key
+    head = [f"[{study}]"] if "study" in show else []
+    head += [f"{dataset} /"] if "dataset" in show else []
+    if "teacher" in show:
+        head.append(f"{teacher}\u2192{student}" if "student" in show else f"teacher {teacher}")
+    elif "student" in show:
+        head.append(str(student))
+    tail = [str(method)] if "method" in show else []
+    tail += [f"\u03b1={a:g}"] if "alpha" in show and a is not None else []
+    tail += [f"T={t:g}"] if "temperature" in show and t is not None else []
+    return ", ".join(x for x in (" ".join(head).rstrip(" /"), " ".join(tail)) if x)
 
 
 def add_payoff(
@@ -95,12 +112,18 @@ def add_payoff(
                 "verdict": verdict,
             }
         )
+        if len(results) == 1 or verdict != "no significant asymmetry":
+            section.findings.append(
+                f"{cond.label}, asymmetric payoff: relative \u0394I \u2212 \u0394C = "
+                f"{w.ci(rel.diff)} (n = {rel.n} seeds, paired t, Holm {w.peq('p', p)}): {verdict}."
+            )
+    quiet = [r for r in rows if r["verdict"] == "no significant asymmetry"]
+    if len(results) > 1 and quiet:
+        smallest = min(r["p Holm (t), rel."] for r in quiet)
         section.findings.append(
-            f"{cond.label}, asymmetric payoff: over n = {rel.n} seeds, \u0394C = {w.ci(est[0])}, "
-            f"\u0394I = {w.ci(est[1])}; relative to headroom \u0394C/(1\u2212agree_C) = "
-            f"{w.ci(est[2])}, \u0394I/(1\u2212agree_I) = {w.ci(est[3])}; difference I \u2212 C = "
-            f"{w.ci(rel.diff)}, paired t {w.peq('p', rel.t_test.p)}, Holm {w.peq('p', p)} (over "
-            f"{len(results)} condition(s)), Wilcoxon {w.peq('p', rel.wilcoxon.p)}: {verdict}."
+            f"Asymmetric payoff: no significant asymmetry in {len(quiet)} of {len(results)} "
+            f"conditions (paired t, Holm across conditions, smallest Holm {w.peq('p', smallest)}); "
+            "the table 'Asymmetric payoff' has each."
         )
     caption = (
         f"Asymmetric payoff: \u0394 = agreement(kd) \u2212 agreement(control) on C (teacher "

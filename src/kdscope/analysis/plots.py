@@ -181,3 +181,49 @@ def heatmap(
     if title:
         ax.set_title(title, fontsize=11)
     return fig
+
+
+def _series(history: Sequence[Mapping], key: str) -> tuple[list, np.ndarray]:
+    values = [r.get(key) for r in history]
+    return [r["epoch"] for r in history], np.array(
+        [np.nan if v is None else v for v in values], dtype=float
+    )
+
+
+def retention_curves(histories: Mapping[str, Sequence[Mapping]], title: str = "") -> Figure:
+    """Retention curves of ``train.probe`` runs (name -> metrics.jsonl records): agreement with
+    the teacher on the probe examples it gets right (C, solid) and wrong (I, dashed), AOA, and
+    CKA at each stage, per epoch. A rising I curve is the student taking on the teacher's
+    mistakes."""
+    fig, axes = _figure(3, title)
+    agree_ax, aoa_ax, cka_ax = axes
+    several = len(histories) > 1
+    for k, (name, history) in enumerate(histories.items()):
+        prefix = f"{name}: " if several else ""
+        for key, split, style in (("probe_agree_C", "C", "-"), ("probe_agree_I", "I", "--")):
+            epochs, values = _series(history, key)
+            agree_ax.plot(epochs, values, style, marker="o", ms=3, color=f"C{k}",
+                          label=f"{prefix}teacher {'correct' if split == 'C' else 'wrong'} "
+                          f"({split})")  # fmt: skip
+        epochs, values = _series(history, "probe_aoa")
+        aoa_ax.plot(epochs, values, marker="o", ms=3, color=f"C{k}", label=name)
+        layers = sorted({key for r in history for key in r if key.startswith("probe_cka/")})
+        for j, key in enumerate(layers):
+            epochs, values = _series(history, key)
+            layer = key.removeprefix("probe_cka/")
+            cka_ax.plot(epochs, values, marker="o", ms=3, color=f"C{k if several else j}",
+                        ls=("-", "--", ":", "-.")[j % 4] if several else "-",
+                        label=f"{prefix}{layer}")  # fmt: skip
+    panels = (
+        (agree_ax, "top-1 agreement with the teacher"),
+        (aoa_ax, "AOA (output agreement)"),
+        (cka_ax, "minibatch CKA with the teacher"),
+    )
+    for ax, label in panels:
+        ax.set_title(label, fontsize=11)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.get_legend_handles_labels()[0] and (ax is not aoa_ax or several):
+            ax.legend(fontsize=8)
+    return fig

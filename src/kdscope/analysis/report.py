@@ -1,8 +1,10 @@
 """kdscope's one HTML report writer, for a single training run and for a study alike.
 
-A report is a title and a list of :class:`Section`. Each section carries findings (sentences with
-numbers) and notes (caveats: missing cells, too few seeds), which the page gathers into a summary
-at the top, then its blocks in order: :class:`Text`, :class:`Table`, :class:`Figure`, :class:`Code`.
+A report is a title and a list of :class:`Section`. A section's :class:`Lead` (the figure that
+answers the report's question and a few plain sentences under it) opens the page, above everything
+else, so that the first screen holds the answer. Each section carries findings (sentences with
+numbers) and notes (caveats: missing cells, too few seeds), which the page gathers into a summary,
+then its blocks in order: :class:`Text`, :class:`Table`, :class:`Figure`, :class:`Code` (folded).
 The page is self-contained: inline CSS, figures embedded as base64 PNG, no script, no external
 resource, so it opens from disk and can be mailed as one file.
 
@@ -48,11 +50,13 @@ class Text:
 
 @dataclass
 class Code:
-    """Preformatted text such as a resolved YAML config."""
+    """Preformatted text such as a resolved YAML config, folded (``<details>``) under its caption
+    unless ``open``."""
 
     text: str
     caption: str = ""
     id: str | None = None
+    open: bool = False
 
 
 @dataclass
@@ -123,8 +127,18 @@ Block = Text | Code | Table | Figure
 
 
 @dataclass
+class Lead:
+    """What the first screen shows: the figure that answers the question (e.g.
+    :func:`~kdscope.analysis.forest.forest_figure`) and a few short plain sentences under it."""
+
+    figure: Figure
+    sentences: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Section:
-    """A titled part of a report: findings and notes go to the summary, blocks follow in order.
+    """A titled part of a report: its lead opens the page, findings and notes go to the summary,
+    blocks follow in order.
 
     A finding's text up to its first ': ' is its subject, set in bold in the summary.
     """
@@ -134,6 +148,7 @@ class Section:
     notes: list[str] = field(default_factory=list)
     blocks: list[Block] = field(default_factory=list)
     id: str | None = None
+    lead: Lead | None = None
 
     def table(self, id: str) -> Table:
         """The table with this id (KeyError naming the ids present otherwise)."""
@@ -154,6 +169,18 @@ class Section:
 def key_value_table(values: Mapping[str, Any], caption: str = "", id: str | None = None) -> Table:
     """A two-column name/value table, e.g. a run's evaluation metrics."""
     return Table(["name", "value"], [[k, v] for k, v in values.items()], caption, id)
+
+
+def relative_paths(text: str, root: str | Path) -> str:
+    """``text`` with the absolute paths of ``root`` (a study or run directory) and of its parent
+    written relative to ``root``, so that a report names no absolute path of the machine that
+    wrote it: ``/x/runs/kd/best.pt`` -> ``best.pt``, ``/x/runs/teacher`` -> ``../teacher``."""
+    here = Path(root).resolve()
+    for base, rel in ((here, ""), (here.parent, "../")):
+        if base.parent == base:  # the filesystem root: every path would match
+            break
+        text = text.replace(f"{base}/", rel).replace(str(base), rel.rstrip("/") or ".")
+    return text
 
 
 def write_report(
@@ -182,6 +209,7 @@ def render_report(title: str, sections: Sequence[Section], subtitle: str = "") -
         f'<header><h1 id="title">{_e(title)}</h1>',
         f'<p class="subtitle">{_e(subtitle)}</p>' if subtitle else "",
         "</header>",
+        _leads(sections, ids),
         _contents(sections, section_ids),
         _summary(sections, section_ids),
     ]
@@ -191,6 +219,20 @@ def render_report(title: str, sections: Sequence[Section], subtitle: str = "") -
         parts.append("</section>")
     parts.append(f"<footer>Written by kdscope {_version()}.</footer></main></body></html>")
     return "\n".join(p for p in parts if p)
+
+
+def _leads(sections: Sequence[Section], ids: _Ids) -> str:
+    """Each section's lead, in order; titled by its section when there are several."""
+    leads = [s for s in sections if s.lead is not None]
+    parts = []
+    for section in leads:
+        title = f"<h2>{_e(section.title)}</h2>" if len(leads) > 1 else ""
+        sentences = "".join(f"<p>{_e(t)}</p>" for t in section.lead.sentences)
+        parts.append(
+            f'<section class="lead">{title}{_block(section.lead.figure, ids)}'
+            f'<div class="answer">{sentences}</div></section>'
+        )
+    return "".join(parts)
 
 
 def _contents(sections: Sequence[Section], section_ids: list[str]) -> str:
@@ -232,8 +274,12 @@ def _block(block: Block, ids: _Ids) -> str:
         return "".join(f"<p>{_e(p)}</p>" for p in paragraphs)
     if isinstance(block, Code):
         bid = ids.take(block.id or "code-" + _slug(block.caption or "block"))
-        caption = f"<figcaption>{_e(block.caption)}</figcaption>" if block.caption else ""
-        return f'<figure id="{bid}" class="code">{caption}<pre>{_e(block.text)}</pre></figure>'
+        summary = _e(block.caption or "show")
+        opened = " open" if block.open else ""
+        return (
+            f'<details id="{bid}" class="code"{opened}><summary>{summary}</summary>'
+            f"<pre>{_e(block.text)}</pre></details>"
+        )
     if isinstance(block, Table):
         return _table(block, ids.take(block.id or "table-" + _slug(block.caption or "table")))
     if isinstance(block, Figure):
@@ -378,7 +424,11 @@ td.long { min-width: 16em; }
 figure { margin: 16px 0 24px; } figure.plot img { max-width: 100%; height: auto;
   border: 1px solid var(--line); border-radius: 4px; }
 figcaption { color: var(--muted); font-size: 0.9em; margin-top: 4px; }
-figure.code figcaption { margin: 0 0 4px; }
+details.code { margin: 12px 0 20px; }
+details.code summary { cursor: pointer; color: var(--muted); }
+.lead { margin: 14px 0 8px; } .lead h2 { margin: 14px 0 6px; }
+.lead figure { margin: 0; } .lead figure.plot img { max-height: 62vh; width: auto; }
+.answer p { margin: 6px 0; font-size: 1.06em; }
 pre { background: var(--band); border: 1px solid var(--line); border-radius: 4px;
   padding: 10px 12px; overflow-x: auto; font-size: 0.85em; }
 footer { margin-top: 40px; color: var(--muted); font-size: 0.85em; }

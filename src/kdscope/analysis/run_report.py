@@ -8,7 +8,17 @@ from pathlib import Path
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import MaxNLocator
 
-from kdscope.analysis.report import Code, Figure, Section, Table, key_value_table, write_report
+from kdscope.analysis.plots import retention_curves
+from kdscope.analysis.report import (
+    Code,
+    Figure,
+    Section,
+    Table,
+    key_value_table,
+    relative_paths,
+    write_report,
+)
+from kdscope.metrics.tokens import TOKEN_FIGURE
 
 
 def read_history(run_dir: Path) -> list[dict]:
@@ -66,43 +76,70 @@ def run_sections(run_dir: Path) -> list[Section]:
                 ],
             )
         )
+    if any(key.startswith("probe_") for r in history for key in r):
+        sections.append(_retention_section(run_dir.name, history))
     summary = run_dir / "summary.json"
     if summary.exists():
-        sections.append(
-            Section(
-                "Result", blocks=[key_value_table(json.loads(summary.read_text()), id="summary")]
-            )
-        )
+        result = {
+            k: relative_paths(v, run_dir) if isinstance(v, str) else v
+            for k, v in json.loads(summary.read_text()).items()
+        }
+        sections.append(Section("Result", blocks=[key_value_table(result, id="summary")]))
     eval_json = run_dir / "eval.json"
     if eval_json.exists():
-        sections.append(
-            Section("Transfer metrics", blocks=[_eval_table(json.loads(eval_json.read_text()))])
-        )
+        blocks = [_eval_table(json.loads(eval_json.read_text()))]
+        if (run_dir / TOKEN_FIGURE).exists():
+            blocks.append(
+                Figure(run_dir / TOKEN_FIGURE, "top-1 agreement by position and teacher confidence")
+            )
+        sections.append(Section("Transfer metrics", blocks=blocks))
     figures = sorted((run_dir / "figures").glob("*.png")) if (run_dir / "figures").exists() else []
     if figures:
         sections.append(Section("Explanations", blocks=[Figure(p, p.stem) for p in figures]))
     config = run_dir / "config.yaml"
     if config.exists():
-        sections.append(Section("Configuration", blocks=[Code(config.read_text(), "config.yaml")]))
+        text = relative_paths(config.read_text(), run_dir)
+        sections.append(Section("Configuration", blocks=[Code(text, "config.yaml")]))
     return sections
+
+
+def _retention_section(name: str, history: list[dict]) -> Section:
+    last = history[-1]
+    agree_c, agree_i = last.get("probe_agree_C"), last.get("probe_agree_I")
+    findings = []
+    if agree_c is not None and agree_i is not None:
+        findings.append(
+            f"Retention at the last epoch: the student agrees with the teacher on {agree_c:.1%} "
+            f"of the probe examples the teacher gets right and repeats {agree_i:.1%} of its "
+            "mistakes."
+        )
+    return Section(
+        "Retention curves",
+        findings=findings,
+        blocks=[
+            Figure(
+                retention_curves({name: history}),
+                "agreement with the teacher on the probe set (teacher correct: C, teacher wrong: "
+                "I), AOA and CKA at the stages, per epoch (train.probe)",
+                id="retention",
+                alt="Retention curves: agreement with the teacher on teacher-correct and "
+                "teacher-wrong probe examples, AOA and CKA per epoch",
+            )
+        ],
+    )
 
 
 def _eval_table(result: dict) -> Table:
     rows = []
+    tokens = result.get("tokens", {})
     for model, krs in result.get("krs", {}).items():
         agreement = result.get("agreement", {}).get(model, {}).get("all", {})
-        rows.append(
-            [
-                model,
-                agreement.get("student_accuracy"),
-                agreement.get("top1_agreement"),
-                krs["krs"],
-                krs["fss"],
-                krs["aoa"],
-            ]
-        )
+        row = [model, agreement.get("student_accuracy"), agreement.get("top1_agreement")]
+        row += [krs["krs"], krs["fss"], krs["aoa"]]
+        rows.append(row + ([tokens.get(model, {}).get("student_perplexity")] if tokens else []))
     return Table(
-        ["model", "accuracy", "top-1 agreement", "KRS", "FSS (CKA)", "AOA"],
+        ["model", "accuracy", "top-1 agreement", "KRS", "FSS (CKA)", "AOA"]
+        + (["perplexity"] if tokens else []),
         rows,
         f"against the teacher, n = {result.get('n')}",
         id="eval",

@@ -115,10 +115,13 @@ def bootstrap_ci(
     level: float = 0.95,
     n_resamples: int = 9999,
     seed: int = 0,
+    batch: int | None = None,
 ) -> Estimate:
     """Bias-corrected and accelerated (BCa) bootstrap interval of ``statistic(x)``, reproducible
     for a given ``seed`` (scipy.stats.bootstrap). ``statistic`` is a numpy-style reduction taking
-    ``axis`` (np.mean, np.median, ...). Constant data gives a zero-width interval."""
+    ``axis`` (np.mean, np.median, ...). Constant data gives a zero-width interval. ``batch``:
+    resamples (and jackknife samples) held at once; without it scipy holds them all, n_resamples
+    x n and n x n values, too many for thousands of examples."""
     arr = _vector(x, "x")
     value = float(statistic(arr))
     if arr.size < 2:
@@ -132,6 +135,7 @@ def bootstrap_ci(
         n_resamples=n_resamples,
         method="BCa",
         rng=np.random.default_rng(seed),
+        batch=batch,
     )
     ci = res.confidence_interval
     return Estimate(value, float(ci.low), float(ci.high), arr.size, level)

@@ -19,7 +19,9 @@ Measures (float; None or NaN when not measured), all on the test set against the
 ``kl_*`` KL(p_T || p_S), ``js_*`` JS divergence, ``l2_*`` activation distance ||p_T - p_S||_2,
 ``cos_*`` cosine similarity, each with suffix ``all`` (every example), ``C`` (teacher correct) or
 ``I`` (teacher incorrect); ``same_wrong_I`` (student makes the teacher's exact wrong prediction, on
-I); ``krs``, ``fss``, ``aoa`` (Knowledge Retention Score and its components, in [0, 1]).
+I); ``krs``, ``fss``, ``aoa`` (Knowledge Retention Score and its components, in [0, 1]). For
+language models every predicted position is an example (``accuracy`` is next-token accuracy) and
+rows add ``perplexity``, ``teacher_perplexity`` and ``topk_overlap``.
 
 Extra columns are carried along and ignored.
 """
@@ -48,6 +50,8 @@ MEASURES: dict[str, tuple[str, bool | None]] = {
     "krs": ("Knowledge Retention Score", True),
     "fss": ("KRS feature similarity (CKA)", True),
     "aoa": ("KRS output agreement", True),
+    "perplexity": ("student perplexity (language models)", None),
+    "topk_overlap": ("top-k overlap with the teacher (language models)", True),
 }
 for _split, _where in (("all", "all examples"), ("C", "teacher correct"), ("I", "teacher wrong")):
     MEASURES[f"agree_{_split}"] = (f"top-1 agreement with teacher, {_where}", True)

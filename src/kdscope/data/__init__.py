@@ -9,6 +9,7 @@
 from kdscope.data import (  # noqa: F401  (register the datasets and augmentations)
     audio,
     audio_augment,
+    dense_augment,
     dense_formats,
     digits,
     fashion_mnist,
@@ -30,7 +31,13 @@ from kdscope.data.registry import (
     register_dataset,
 )
 from kdscope.data.splits import carve_splits, stratified_sample, stratified_split
-from kdscope.data.transforms import AUGMENTS, CropFlip, get_augment, standard_augment
+from kdscope.data.transforms import (
+    AUGMENTS,
+    CropFlip,
+    augment_batch,
+    get_augment,
+    standard_augment,
+)
 from kdscope.data.vision import FolderDataset
 
 __all__ = [
@@ -43,6 +50,7 @@ __all__ = [
     "DatasetNotFoundError",
     "FolderDataset",
     "InMemoryDataset",
+    "augment_batch",
     "carve_splits",
     "check_labels",
     "collate",

@@ -142,18 +142,3 @@ def flatten_boxes(per_image: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[T
         torch.from_numpy(np.concatenate(labels) if labels else np.zeros(0, np.int64)),
         offsets,
     )
-
-
-def dense_collate(batch):
-    """DataLoader ``collate_fn`` for dense splits.
-
-    A tuple is a batch already assembled by ``__getitems__`` and passes through; a list of
-    ``(image, target, index)`` samples is stacked: masks into (B, H, W), detection targets kept
-    as a list of dicts.
-    """
-    if isinstance(batch, tuple):
-        return batch
-    images, targets, indices = zip(*batch, strict=True)
-    first = targets[0]
-    stacked = list(targets) if isinstance(first, dict) else torch.stack(targets)
-    return torch.stack(images), stacked, torch.as_tensor(indices, dtype=torch.long)

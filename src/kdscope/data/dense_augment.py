@@ -7,6 +7,7 @@ from torch import Generator, Tensor
 from torch.nn import functional as F
 
 from kdscope.data.dense import DetectionTarget
+from kdscope.data.transforms import AUGMENTS
 
 DenseTarget = Tensor | list[DetectionTarget]
 
@@ -73,3 +74,8 @@ def dense_augment(
         keep = (new[:, 2] > new[:, 0]) & (new[:, 3] > new[:, 1])
         moved.append({**t, "boxes": new[keep], "labels": t["labels"][keep]})
     return out, moved
+
+
+# augment_batch (what the Trainer calls) passes the labels to an augmentation that moves them.
+dense_augment.moves_targets = True
+AUGMENTS.register("dense")(dense_augment)

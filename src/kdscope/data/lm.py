@@ -200,8 +200,11 @@ def text_bundle(
     train_size: int | None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     vocab: CharVocab | str | Sequence[str] | None = None,
+    train_text: str | None = None,
 ) -> LMBundle:
     """An :class:`LMBundle` from one text: split by :func:`split_text`, encoded, cut into blocks.
+    ``train_text`` replaces the training split (a teacher's generated text, for sequence-level
+    KD); validation and test stay the text's.
 
     With ``vocab`` given, every character of every split must be in it (a ValueError names those
     that are not). Without it, the vocabulary is the training text's characters, and characters
@@ -214,6 +217,8 @@ def text_bundle(
     if not text:
         raise ValueError(f"{name}: the text is empty")
     parts = dict(zip(("train", "val", "test"), split_text(text, val_fraction), strict=True))
+    if train_text is not None:
+        parts["train"] = train_text
     dropped: Counter = Counter()
     if vocab is None:
         vocab = CharVocab.from_text(parts["train"])
@@ -291,6 +296,7 @@ def load_tinyshakespeare(
     train_size: int | None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     vocab: CharVocab | str | Sequence[str] | None = None,
+    train_text: str | Path | None = None,
 ) -> LMBundle:
     """Tiny Shakespeare (Karpathy 2015, char-rnn): 1,115,394 characters, 65 distinct.
 
@@ -298,7 +304,8 @@ def load_tinyshakespeare(
     ``$KDSCOPE_DATA/tinyshakespeare``, else the cache); ``download=True`` fetches char-rnn's
     original there and checks its SHA-256. Split 90/5/5 in order at the default ``val_fraction``
     (see :func:`split_text`); every character occurs in the training part. Blocks of
-    ``block_size`` (default 128) characters, as :func:`text_bundle` describes.
+    ``block_size`` (default 128) characters, as :func:`text_bundle` describes; ``train_text``, a
+    UTF-8 file, replaces the training split (sequence-level KD).
     """
     path = dataset_dir("tinyshakespeare", data_dir) / "input.txt"
     if not path.is_file():
@@ -316,6 +323,7 @@ def load_tinyshakespeare(
         train_size=train_size,
         block_size=block_size,
         vocab=vocab,
+        train_text=read_text(train_text) if train_text is not None else None,
     )
 
 
@@ -330,11 +338,13 @@ def load_text(
     path: str | Path | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     vocab: CharVocab | str | Sequence[str] | None = None,
+    train_text: str | Path | None = None,
 ) -> LMBundle:
     """Any UTF-8 text file (option ``path``), character-level as :func:`text_bundle` describes.
 
     ``data_dir`` and ``download`` are not used. Pass a teacher's ``vocab`` to train a student on
-    the symbols the teacher scores.
+    the symbols the teacher scores, and ``train_text`` (a UTF-8 file) to replace the training
+    split.
     """
     if path is None:
         raise ValueError("dataset 'text' needs the option path=<a UTF-8 text file>")
@@ -346,6 +356,7 @@ def load_text(
         train_size=train_size,
         block_size=block_size,
         vocab=vocab,
+        train_text=read_text(train_text) if train_text is not None else None,
     )
 
 

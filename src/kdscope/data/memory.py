@@ -86,10 +86,15 @@ def collate(batch: Batch | list[tuple]) -> tuple:
 
     A tuple is a batch already assembled by ``__getitems__`` and passes through; a list of samples
     (``(x, y, index)`` from folder datasets, or users' ``(x, y)`` pairs) is stacked field by field
-    with torch's ``default_collate``.
+    with torch's ``default_collate``, except detection targets (dicts of a different number of
+    boxes per image), which stay a list of dicts as torchvision's detectors take them.
     """
     if isinstance(batch, tuple):
         return batch
+    if len(batch[0]) > 1 and isinstance(batch[0][1], dict):
+        targets = [sample[1] for sample in batch]
+        rest = default_collate([(sample[0], *sample[2:]) for sample in batch])
+        return (rest[0], targets, *rest[1:])
     return tuple(default_collate(batch))
 
 

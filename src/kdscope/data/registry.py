@@ -93,6 +93,15 @@ def load_data(cfg: DataConfig | str, **fields: Any) -> DataBundle:
         train_size=cfg.train_size,
         **cfg.options,
     )
+    dense = bundle.task in ("segmentation", "detection")
+    if augment_fn is not None and dense != getattr(augment_fn, "moves_targets", False):
+        needs = (
+            "'dense' (masks and boxes move with the image)" if dense else "an image augmentation"
+        )
+        raise ValueError(
+            f"data.augment={cfg.augment!r} does not fit {bundle.task} data {cfg.name!r}: it "
+            f"takes {needs} or 'none'"
+        )
     bundle.augment = augment_fn
     return bundle
 

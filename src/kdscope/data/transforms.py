@@ -82,6 +82,14 @@ AUGMENTS.register("none")(None)
 AUGMENTS.register("standard")(standard_augment)
 
 
+def augment_batch(augment, x: Tensor, y, generator: Generator):
+    """``(x, y)`` after ``augment``: an image augmentation moves the images alone, a dense one
+    (``augment.moves_targets``, the ``dense`` preset) their masks or boxes with them."""
+    if getattr(augment, "moves_targets", False):
+        return augment(x, y, generator)
+    return augment(x, generator), y
+
+
 def get_augment(name: str) -> BatchAugment | None:
     """The batched augmentation for preset ``name`` (``None`` for ``"none"``)."""
     return AUGMENTS.get(name)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from kdscope.data import DataBundle, collate, fetch
+from kdscope.explain.dense import image_level
 from kdscope.explain.figures import plot_map_grid, plot_relevance, plot_token_relevance
 from kdscope.explain.gradcam import grad_cam
 from kdscope.explain.relevance import (
@@ -81,6 +82,11 @@ def explain_student(
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
     if num_images < 4:
         raise ValueError(f"num_images must be >= 4 (UniCAM's batch), got {num_images}")
+    # Segmenters and detectors are explained through their image-level scores (explain.dense).
+    models, data, layers = image_level(
+        {"student": student, "base": base, "teacher": teacher}, data, layers
+    )
+    student, base, teacher = models["student"], models["base"], models["teacher"]
     dataset = getattr(data, split)
     out = Path(out_dir)
     label_matrix = label_embeddings(data.class_names, embeddings).float()

@@ -2,10 +2,12 @@
 
 from kdscope.methods import (  # noqa: F401  (registers)
     contrastive,
+    dense,
     feature,
     relation,
     response,
     schemes,  # noqa: F401  (registers dml, byot, adversarial, lwf)
+    token_losses,  # noqa: F401  (registers reverse_kl, jsd)
 )
 from kdscope.methods.base import (
     FEATURES,

@@ -63,17 +63,28 @@ class ConvRegressor(nn.Module):
     The spatial mapping follows CRD/mdistiller's ``ConvReg``: a stride-2 3x3 conv when the student
     map is twice as large, a stride-2 4x4 transposed conv when half as large, otherwise a valid conv
     with kernel (1 + H_s - H_t, 1 + W_s - W_t) (1x1 when sizes match). Vectors (B, D) get a linear
-    layer.
+    layer. Per-position features (B, T, D) of a sequence model (a transformer block's output) get a
+    linear map at every position and neither BN nor ReLU: the residual stream is signed, and its
+    scale is part of what the hint asks the student to match.
     """
 
     def __init__(self, s_shape: Sequence[int], t_shape: Sequence[int], relu: bool = True):
         super().__init__()
-        if len(s_shape) != len(t_shape) or len(s_shape) not in (2, 4):
+        if len(s_shape) != len(t_shape) or len(s_shape) not in (2, 3, 4):
             raise ValueError(
                 f"cannot regress student features {tuple(s_shape)} onto teacher features "
-                f"{tuple(t_shape)}: both must be (B, D) or (B, C, H, W)"
+                f"{tuple(t_shape)}: both must be (B, D), (B, T, D) or (B, C, H, W)"
             )
-        if len(s_shape) == 2:
+        if len(s_shape) == 3:
+            if s_shape[1] != t_shape[1]:
+                raise ValueError(
+                    f"student and teacher sequence features cover {s_shape[1]} and {t_shape[1]} "
+                    "positions; a per-position regressor needs the same number"
+                )
+            self.map = nn.Linear(s_shape[2], t_shape[2])
+            self.bn = nn.Identity()
+            relu = False
+        elif len(s_shape) == 2:
             self.map = nn.Linear(s_shape[1], t_shape[1])
             self.bn = nn.BatchNorm1d(t_shape[1])
         else:

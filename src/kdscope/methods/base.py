@@ -55,7 +55,7 @@ class Outputs:
 
     student_logits: Tensor
     labels: Tensor
-    teacher_logits: Tensor | None = None
+    teacher_logits: Tensor | None = None  # or a TopKTargets, for methods that read_topk
     student_features: list[Tensor] = field(default_factory=list)
     teacher_features: list[Tensor] = field(default_factory=list)
     indices: Tensor | None = None
@@ -68,7 +68,8 @@ class Outputs:
 @dataclass
 class BindContext:
     """What ``Method.bind`` sees before training: the models, their ModelInfo and the shapes of
-    features at every layer the method reads (from one dry forward pass)."""
+    features at every layer the method reads (from one dry forward pass on ``example``, a batch of
+    two or more inputs on the training device, there for a method that probes more)."""
 
     student: nn.Module
     teacher: nn.Module | None
@@ -76,6 +77,7 @@ class BindContext:
     num_train: int
     student_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    example: Tensor | None = None
 
 
 class Method(nn.Module):
@@ -87,14 +89,18 @@ class Method(nn.Module):
     step (``needs``) and the weight of the labels' cross-entropy that the step adds
     (``ce_weight``; a run's ``train.ce_weight`` replaces it) to ``Method.__init__``.
     ``same_label_space = False`` lets teacher and student predict different class sets (lifelong
-    learning). With several teachers, ``Outputs.teacher_logits`` has shape (K, B, C). Trainable
-    extras (regressors, projectors) are submodules created in ``bind`` once feature shapes are
-    known, so the optimizer sees them.
+    learning); ``reads_topk = True`` says ``forward`` also accepts a top-k teacher cache entry
+    (:class:`~kdscope.methods.topk.TopKTargets`) as ``Outputs.teacher_logits``. With several
+    teachers, ``Outputs.teacher_logits`` has shape (K, B, C). Trainable extras (regressors,
+    projectors) are submodules created in ``bind`` once feature shapes are known, so the
+    optimizer sees them.
     """
 
     layers: ClassVar[Layers] = Layers.NONE
     constraints: ClassVar[dict[str, Constraint]] = {}
     same_label_space: ClassVar[bool] = True
+    # Whether forward also takes a TopKTargets as Outputs.teacher_logits (train.cache_topk).
+    reads_topk: ClassVar[bool] = False
     family: ClassVar[str] = "response"
     paper: ClassVar[str] = ""
     name: ClassVar[str] = ""

@@ -206,7 +206,9 @@ class CRCD(_ContrastBase):
     (m_i = bank entry of i) and not m_k - a_j for K=500 negatives k; scores exp(cos / tau) / Z with
     tau=0.05, CRD's NCE loss over the B(B - 1) pairs j != i, symmetrically with the roles of the two
     banks swapped; 128-d linear embeddings of the penultimate features, momentum 0.5. loss = 1.0 *
-    (s-side + t-side), CE weight 1 (the authors' released code's defaults, no KD term).
+    (s-side + t-side), CE weight 1 (the authors' released code's defaults, no KD term). On a
+    segmenter (FCN) the penultimate features are its scorer's input, the last stage's whole map,
+    flattened: the embeddings then see every pixel's features.
 
     Memory: two num_train x 128 float buffers (see module docstring). Deviations: only the feature
     relation (the paper also contrasts gradient relations); anchors j = i are skipped (their teacher

@@ -21,6 +21,8 @@ class Layers(Enum):
     - ``PREACT_STAGES``: the pre-activation features at the stages, paired by relative depth.
     - ``PENULTIMATE``: the classifier's input (the pooled embedding) of each model.
     - ``POOLED_MAP``: the feature map each classifier sees through global pooling.
+    - ``LEVELS``: a detector's feature-pyramid levels, paired by relative depth (one to one when
+      both have as many).
     """
 
     NONE = "none"
@@ -30,14 +32,23 @@ class Layers(Enum):
     PREACT_STAGES = "pre-activation stages"
     PENULTIMATE = "penultimate"
     POOLED_MAP = "pooled map"
+    LEVELS = "pyramid levels"
 
 
-_PAIRED = (Layers.STAGES, Layers.MIDDLE_STAGE, Layers.LAST_STAGE, Layers.PREACT_STAGES)
+_PAIRED = (
+    Layers.STAGES,
+    Layers.MIDDLE_STAGE,
+    Layers.LAST_STAGE,
+    Layers.PREACT_STAGES,
+    Layers.LEVELS,
+)
 
 
 def _defaults(choice: Layers, info: ModelInfo, role: str, model: str) -> list[str]:
     if choice is Layers.PREACT_STAGES:
         found, what = list(info.preact), "pre-activation layers"
+    elif choice is Layers.LEVELS:
+        found, what = list(info.levels), "feature-pyramid levels"
     elif choice in _PAIRED:
         found, what = list(info.stages), "stages"
     elif choice is Layers.PENULTIMATE:

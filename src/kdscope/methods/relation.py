@@ -181,7 +181,9 @@ class GlobalLocalKD(Method):
     distances among all global and local logits (:func:`distance_relation_loss`); CE weight 1 -
     alpha. alpha=0.7, beta=500, div=2 as in the authors' code. The student's classifier is used (and
     trained) through a reference, not registered as a submodule. Deviation: the grid uses adaptive
-    pooling, so map sides need not be multiples of div (identical when they are).
+    pooling, so map sides need not be multiples of div (identical when they are). On a segmenter
+    (FCN) the map is its last stage and the classifier its 1x1 scorer applied to the pooled vectors
+    as a linear layer: global logits score the image, local ones its div x div regions.
     """
 
     family = "relation"
@@ -211,21 +213,29 @@ class GlobalLocalKD(Method):
     def bind(self, ctx: BindContext) -> None:
         require_maps("gld", {**ctx.student_shapes, **ctx.teacher_shapes})
         # A plain list keeps the models' classifiers out of this module's parameters and state_dict.
-        self._heads = [classifier_of(ctx.student), classifier_of(ctx.teacher)]
+        self._heads = [
+            classifier_of(ctx.student, pixelwise=True),
+            classifier_of(ctx.teacher, pixelwise=True),
+        ]
         roles = {"student": ctx.student_shapes, "teacher": ctx.teacher_shapes}
         for head, (role, shapes) in zip(self._heads, roles.items(), strict=True):
             channels = next(iter(shapes.values()))[1]
-            if head.in_features != channels:
+            if head.weight.shape[1] != channels:
                 raise ValueError(
-                    f"gld: the {role}'s classifier takes {head.in_features} features but the "
+                    f"gld: the {role}'s classifier takes {head.weight.shape[1]} features but the "
                     f"chosen layer has {channels} channels; choose the map the classifier pools"
                 )
 
-    def logits(self, f: Tensor, head: nn.Linear) -> tuple[Tensor, Tensor]:
-        """Global (B, C) and local (B * div^2, C) logits of a feature map through ``head``."""
-        global_logits = head(f.mean((2, 3)))
+    def logits(self, f: Tensor, head: nn.Linear | nn.Conv2d) -> tuple[Tensor, Tensor]:
+        """Global (B, C) and local (B * div^2, C) logits of a feature map through ``head`` (a
+        segmenter's 1x1 scorer applied to the pooled vectors, as a linear layer)."""
+        weight = head.weight.flatten(1)
+
+        def classify(v: Tensor) -> Tensor:
+            return F.linear(v, weight, head.bias)
+
         local = F.adaptive_avg_pool2d(f, self.div).flatten(2).transpose(1, 2).flatten(0, 1)
-        return global_logits, head(local)
+        return classify(f.mean((2, 3))), classify(local)
 
     @full_precision
     def forward(self, out: Outputs) -> dict[str, Tensor]:

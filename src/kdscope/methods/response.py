@@ -18,6 +18,8 @@ from kdscope.methods.base import (
     register_method,
 )
 from kdscope.methods.params import POSITIVE, UNIT, Interval, Options
+from kdscope.methods.topk import TopKTargets, topk_kd
+from kdscope.models import reader
 
 
 def kd_div(
@@ -52,11 +54,14 @@ class VanillaKD(Method):
 
     loss = alpha * T^2 * KL(p_t^T || p_s^T), batch mean; the run adds (1 - alpha) * CE (0.1 * CE at
     the defaults) unless it sets its own CE weight. Defaults T=4, alpha=0.9 follow the common CIFAR
-    recipe (mdistiller, CRD); the paper gives no single value.
+    recipe (mdistiller, CRD); the paper gives no single value. Against a top-k teacher cache
+    (``train.cache_topk``) the KL is :func:`~kdscope.methods.topk.topk_kd`'s, the remaining mass
+    one bucket.
     """
 
     paper = "Hinton et al. 2015, arXiv:1503.02531"
     constraints = {"temperature": POSITIVE, "alpha": UNIT}
+    reads_topk = True
 
     def __init__(self, temperature: float = 4.0, alpha: float = 0.9):
         super().__init__(LOGITS, ce_weight=1.0 - alpha)
@@ -64,7 +69,10 @@ class VanillaKD(Method):
         self.alpha = alpha
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:
-        kd = kd_div(out.student_logits, out.teacher_logits, self.temperature, out.class_dim)
+        if isinstance(out.teacher_logits, TopKTargets):
+            kd = topk_kd(out.student_logits.movedim(out.class_dim, -1), out.teacher_logits)
+        else:
+            kd = kd_div(out.student_logits, out.teacher_logits, self.temperature, out.class_dim)
         return {"kd": self.alpha * kd}
 
 
@@ -294,9 +302,10 @@ class RandomControlKD(Method):
     example's teacher logit mean and standard deviation (matched exactly, not just in expectation).
     ``mode="permute"``: example i is given the teacher output of example pi(i) for a fixed random
     derangement pi of the training set drawn at ``bind``; outputs are kept in a bank of num_train x
-    C floats, filled from the teacher cache before training (:meth:`prefill`) or, with the cache
-    off, as examples are seen (on every DDP rank). Without the cache, while pi(i) has not been seen
-    yet (first epoch), the target is the teacher output of another example of the same batch.
+    C floats (num_train x T x V for a language model: a block takes another block's outputs),
+    filled from the teacher cache before training (:meth:`prefill`) or, with the cache off, as
+    examples are seen (on every DDP rank). Without the cache, while pi(i) has not been seen yet
+    (first epoch), the target is the teacher output of another example of the same batch.
     """
 
     paper = "Mason-Williams et al. 2025, arXiv:2510.12615 (control)"
@@ -323,8 +332,21 @@ class RandomControlKD(Method):
         partner = torch.empty(n, dtype=torch.long)
         partner[order] = order.roll(-1)  # one n-cycle: nobody is paired with itself
         self.register_buffer("partner", partner)
-        self.register_buffer("bank", torch.zeros(n, ctx.num_classes))
+        self.register_buffer("bank", torch.zeros(n, *self._output_shape(ctx)))
         self.register_buffer("seen", torch.zeros(n, dtype=torch.bool))
+
+    @staticmethod
+    @torch.no_grad()
+    def _output_shape(ctx: BindContext) -> tuple[int, ...]:
+        """One example's logits: (C,) for a classifier, (T, V) for a language model."""
+        if ctx.example is None:
+            return (ctx.num_classes,)
+        was_training = ctx.student.training
+        ctx.student.eval()
+        try:
+            return tuple(reader(ctx.student).logits(ctx.student, ctx.example).shape[1:])
+        finally:
+            ctx.student.train(was_training)
 
     @torch.no_grad()
     def remember(self, indices: Tensor, teacher_logits: Tensor) -> None:
@@ -346,7 +368,7 @@ class RandomControlKD(Method):
             return gaussian_like(z_t, out.class_dim)
         self.remember(out.indices, z_t)
         source = self.partner[out.indices]
-        known = self.seen[source].unsqueeze(1)
+        known = self.seen[source].view(-1, *[1] * (z_t.dim() - 1))
         return torch.where(known, self.bank[source], z_t.roll(1, dims=0))
 
     def forward(self, out: Outputs) -> dict[str, Tensor]:

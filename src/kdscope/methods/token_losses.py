@@ -1,4 +1,6 @@
-"""Token-level distillation objectives for language models: plain functions of (..., V) logits.
+"""Token-level distillation objectives for language models: plain functions of (..., V) logits,
+and the methods ``reverse_kl`` and ``jsd`` built on them (``kd`` is the one of
+:mod:`~kdscope.methods.response`, which already averages over every predicted position).
 
 Every loss compares the two next-token distributions at each predicted position and averages over
 all positions (B * T for (B, T, V) logits): one position weighs as much as one example of
@@ -10,13 +12,15 @@ at tau = 1 (the default) each is its paper's loss.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from kdscope.methods.base import LOGITS, Method, Outputs, register_method
+from kdscope.methods.params import POSITIVE, UNIT
 from kdscope.methods.response import kd_div
+from kdscope.methods.topk import check_temperature
 
 
 def _positions(student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
@@ -29,16 +33,11 @@ def _positions(student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, 
     return student_logits.reshape(-1, v), teacher_logits.reshape(-1, v)
 
 
-def _check_temperature(temperature: float) -> None:
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-
-
 def token_kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Forward KL per position, tau^2 * mean KL(p_T^tau || p_S^tau) (Hinton, Vinyals, Dean 2015,
     "Distilling the Knowledge in a Neural Network", arXiv:1503.02531): kdscope's ``kd_div`` with
     positions as examples."""
-    _check_temperature(temperature)
+    check_temperature(temperature)
     s, t = _positions(student_logits, teacher_logits)
     return kd_div(s, t, temperature)
 
@@ -52,7 +51,7 @@ def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
     sequences (the data, or samples drawn beforehand), the exact reverse KL of each next-token
     distribution, differentiated through p_S in both its weight and its log.
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     s, t = _positions(student_logits, teacher_logits)
     log_q = F.log_softmax(s / temperature, dim=1)
     log_p = F.log_softmax(t / temperature, dim=1)
@@ -66,20 +65,26 @@ def generalized_jsd(
 
     Agarwal, Vieillard, Zhou, Stanczyk, Ramos, Geist, Bachem 2024, "On-Policy Distillation of
     Language Models: Learning from Self-Generated Mistakes", ICLR 2024, arXiv:2306.13649:
-    JSD_beta = beta KL(p_T || m) + (1 - beta) KL(p_S || m), m = beta p_T + (1 - beta) p_S,
-    beta in (0, 1); beta = 0.5 is the symmetric JSD. Limits (their convention, also TRL's):
-    JSD_beta / beta -> KL(p_T || p_S), the forward KL, as beta -> 0, and JSD_beta / (1 - beta) ->
-    KL(p_S || p_T), the reverse KL, as beta -> 1; the divergence itself vanishes at both ends, so
-    the endpoints are refused: use :func:`token_kd` or :func:`reverse_kl` there. m is formed in log
-    space (a logsumexp), so tiny probabilities do not underflow. This is the loss only; GKD's
-    on-policy part (training on the student's own samples) is a data choice left to the caller.
+    JSD_beta = beta KL(p_T || m) + (1 - beta) KL(p_S || m), m = beta p_T + (1 - beta) p_S, for beta
+    in (0, 1); beta = 0.5 is the symmetric JSD. Convention at the ends (TRL's ``GKDTrainer``, whose
+    ``beta=0`` is "the KL divergence" and ``beta=1`` "the inverse KL"): beta = 0 is the forward KL,
+    KL(p_T || p_S) (:func:`token_kd`), and beta = 1 the reverse KL, KL(p_S || p_T)
+    (:func:`reverse_kl`). They are the limits of JSD_beta / beta as beta -> 0 and of
+    JSD_beta / (1 - beta) as beta -> 1; JSD_beta itself vanishes at both ends, so the loss jumps
+    there: near an end it is about beta (or 1 - beta) times the KL. m is formed in log space (a
+    logsumexp), so tiny probabilities do not underflow. This is the loss only; GKD's on-policy
+    part (training on the student's own samples) is a data choice left to the caller.
     """
-    _check_temperature(temperature)
-    if not 0 < beta < 1:
+    check_temperature(temperature)
+    if not 0 <= beta <= 1:
         raise ValueError(
-            f"beta must lie in (0, 1), got {beta}; for beta -> 0 use token_kd (forward KL), "
-            "for beta -> 1 reverse_kl"
+            "beta must lie in [0, 1] (0: forward KL, 0.5: symmetric JSD, 1: reverse KL), "
+            f"got {beta}"
         )
+    if beta == 0:
+        return token_kd(student_logits, teacher_logits, temperature)
+    if beta == 1:
+        return reverse_kl(student_logits, teacher_logits, temperature)
     s, t = _positions(student_logits, teacher_logits)
     log_q = F.log_softmax(s / temperature, dim=1)
     log_p = F.log_softmax(t / temperature, dim=1)
@@ -89,90 +94,59 @@ def generalized_jsd(
     return (beta * kl_teacher + (1 - beta) * kl_student) * temperature**2
 
 
-class TopKTargets(NamedTuple):
-    """A top-k teacher cache entry for (...) positions.
-
-    ``logprobs`` (..., k): the teacher's k largest log-probabilities at ``temperature``;
-    ``ids`` (..., k): their token ids, in increasing id order (int16 when the vocabulary fits,
-    else int32); ``tail`` (...): the log of the remaining mass, log sum of the other V - k
-    probabilities (-inf when k = V), computed from the full distribution, not as log(1 - sum).
-    """
-
-    logprobs: Tensor
-    ids: Tensor
-    tail: Tensor
-    temperature: float
-
-    def take(self, index: Tensor) -> TopKTargets:
-        """The entries of the examples ``index`` (the first dimension), e.g. one batch."""
-        return TopKTargets(
-            self.logprobs[index], self.ids[index], self.tail[index], self.temperature
-        )
-
-
-def _id_dtype(vocab_size: int) -> torch.dtype:
-    return torch.int16 if vocab_size <= 2**15 else torch.int32
-
-
-def topk_targets(
-    teacher_logits: Tensor, k: int, temperature: float = 1.0, dtype: torch.dtype = torch.float16
-) -> TopKTargets:
-    """The :class:`TopKTargets` of teacher logits (..., V): log-probabilities at ``temperature``,
-    kept in ``dtype`` (float16: ~1e-3 relative rounding; float32 keeps them exact)."""
-    _check_temperature(temperature)
-    v = teacher_logits.shape[-1]
-    if not isinstance(k, int) or not 1 <= k <= v:
-        raise ValueError(f"k must be an int in [1, {v}] (the vocabulary size), got {k!r}")
-    log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
-    ids = log_p.topk(k, dim=-1).indices.sort(dim=-1).values
-    tail = log_p.scatter(-1, ids, float("-inf")).logsumexp(-1)
-    return TopKTargets(
-        log_p.gather(-1, ids).to(dtype), ids.to(_id_dtype(v)), tail.to(dtype), temperature
+def _scores_last(out: Outputs) -> tuple[Tensor, Tensor]:
+    """Student and teacher logits in float32 with the class scores on the last dimension (where
+    token logits have them; a classifier's (B, C) too; a segmenter's are moved there)."""
+    return (
+        out.student_logits.float().movedim(out.class_dim, -1),
+        out.teacher_logits.float().movedim(out.class_dim, -1),
     )
 
 
-def topk_kd(student_logits: Tensor, targets: TopKTargets) -> Tensor:
-    """Forward KL against a top-k teacher cache, tau^2 * mean over positions, tau the cache's.
+@register_method("reverse_kl")
+class ReverseKLDistillation(Method):
+    """Reverse KL per position, the objective of MiniLLM (Gu, Dong, Wei, Huang 2024, ICLR 2024,
+    arXiv:2306.08543) in its off-policy, token-level form (see :func:`reverse_kl`).
 
-    With K the cached ids, p the teacher and q = softmax(z_S / tau) the student:
-    loss = sum_{i in K} p_i (log p_i - log q_i) + p_tail (log p_tail - log q_tail), where p_tail is
-    the stored remaining mass and q_tail = sum_{j not in K} q_j. The tail is one bucket: this is
-    the exact KL between the two distributions coarsened to (K, rest), so it is <= the full KL
-    (data processing), equal to it at k = V (bitwise, from a float32 cache, since the terms are then
-    those of :func:`token_kd` in the same order) and 0 when the student's coarsened distribution
-    matches. Bias: it fixes the student's total tail mass but not how that mass spreads over the
-    tail tokens, so its gradient is not the full KL's unless the student's tail already has the
-    teacher's shape. Top-k targets give biased estimates of the teacher's distribution (Anshumann
-    et al. 2025, "Sparse Logit Sampling: Accelerating Knowledge Distillation in LLMs", ACL 2025,
-    arXiv:2503.16870); the tail bucket removes the renormalisation bias of dropping the tail, not
-    this one.
+    loss = alpha * tau^2 * mean over positions of KL(p_S^tau || p_T^tau); the run adds
+    (1 - alpha) * CE, as ``kd`` does. Defaults: tau = 1 (MiniLLM's temperature) and alpha = 0.9
+    (``kd``'s; MiniLLM mixes in a language-modelling loss on pre-training text instead).
     """
-    v = student_logits.shape[-1]
-    k = targets.logprobs.shape[-1]
-    if student_logits.shape[:-1] != targets.logprobs.shape[:-1] or k > v:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} do not match top-{k} targets for "
-            f"positions {tuple(targets.logprobs.shape[:-1])}"
-        )
-    tau = targets.temperature
-    log_q = F.log_softmax(student_logits.reshape(-1, v) / tau, dim=1)
-    ids = targets.ids.reshape(-1, k).long()
-    log_p = targets.logprobs.reshape(-1, k).float()
-    total = F.kl_div(log_q.gather(1, ids), log_p, reduction="sum", log_target=True)
-    if k < v:
-        tail_p = targets.tail.reshape(-1).float()
-        tail_q = log_q.scatter(1, ids, float("-inf")).logsumexp(1)
-        # A teacher tail of exactly zero mass contributes 0 (0 log 0 = 0), whatever the student.
-        term = torch.where(tail_p > float("-inf"), tail_p.exp() * (tail_p - tail_q), 0.0)
-        total = total + term.sum()
-    return total / log_q.shape[0] * tau**2
+
+    paper = "Gu et al. 2024, arXiv:2306.08543 (off-policy, per token)"
+    constraints = {"temperature": POSITIVE, "alpha": UNIT}
+
+    def __init__(self, temperature: float = 1.0, alpha: float = 0.9):
+        super().__init__(LOGITS, ce_weight=1.0 - alpha)
+        self.temperature = temperature
+        self.alpha = alpha
+
+    def forward(self, out: Outputs) -> dict[str, Tensor]:
+        student, teacher = _scores_last(out)
+        return {"reverse_kl": self.alpha * reverse_kl(student, teacher, self.temperature)}
 
 
-def topk_bytes_per_token(k: int, vocab_size: int, dtype: torch.dtype = torch.float16) -> int:
-    """Bytes one position takes in a top-k cache: k log-probabilities and ids, plus the tail
-    (k = 8 of V = 65 in float16: 8 * (2 + 2) + 2 = 34, against 130 for the full float16 row)."""
-    if not 1 <= k <= vocab_size:
-        raise ValueError(f"k must be in [1, {vocab_size}] (the vocabulary size), got {k}")
-    value = torch.empty((), dtype=dtype).element_size()
-    index = torch.empty((), dtype=_id_dtype(vocab_size)).element_size()
-    return k * (value + index) + value
+@register_method("jsd")
+class JSDDistillation(Method):
+    """The generalised Jensen-Shannon divergence of GKD per position (Agarwal et al. 2024, ICLR
+    2024, arXiv:2306.13649; see :func:`generalized_jsd`), on the training data (GKD's
+    supervised form; its on-policy share lambda is a data choice not made here).
+
+    loss = alpha * tau^2 * mean over positions of JSD_beta(p_T^tau, p_S^tau); the run adds
+    (1 - alpha) * CE. beta = 0 is the forward KL, 0.5 the symmetric JSD (the default, as TRL's),
+    1 the reverse KL. tau = 1 and alpha = 0.9 as ``reverse_kl``.
+    """
+
+    paper = "Agarwal et al. 2024, arXiv:2306.13649 (supervised, per token)"
+    constraints = {"beta": UNIT, "temperature": POSITIVE, "alpha": UNIT}
+
+    def __init__(self, beta: float = 0.5, temperature: float = 1.0, alpha: float = 0.9):
+        super().__init__(LOGITS, ce_weight=1.0 - alpha)
+        self.beta = beta
+        self.temperature = temperature
+        self.alpha = alpha
+
+    def forward(self, out: Outputs) -> dict[str, Tensor]:
+        student, teacher = _scores_last(out)
+        jsd = generalized_jsd(student, teacher, self.beta, self.temperature)
+        return {"jsd": self.alpha * jsd}

@@ -1,11 +1,12 @@
 """Knowledge-transfer metrics: similarity, output agreement, KRS, FSS/RS and the Evaluator."""
 
-from kdscope.metrics.accuracy import accuracy
+from kdscope.metrics.accuracy import SCORE_NAMES, accuracy, task_score
 from kdscope.metrics.agreement import (
     AgreementAccumulator,
     AgreementFigures,
     AgreementResult,
     agreement,
+    agreement_per_example,
     kl_per_example,
 )
 from kdscope.metrics.dcor import (
@@ -19,6 +20,7 @@ from kdscope.metrics.dcor import (
     u_distance_correlation_sqr,
     u_distance_covariance_sqr,
 )
+from kdscope.metrics.dense import detection_map, mean_iou
 from kdscope.metrics.evaluator import METRICS, EvaluationResult, Evaluator, evaluate
 from kdscope.metrics.matrices import (
     ZeroVarianceError,
@@ -56,6 +58,7 @@ from kdscope.metrics.similarity import (
 
 __all__ = [
     "METRICS",
+    "SCORE_NAMES",
     "TASK_WEIGHTS",
     "AgreementAccumulator",
     "AgreementFigures",
@@ -72,8 +75,10 @@ __all__ = [
     "ZeroVarianceError",
     "accuracy",
     "agreement",
+    "agreement_per_example",
     "calibration_constant",
     "cka_from_grams",
+    "detection_map",
     "distance_correlation",
     "distance_correlation_sqr",
     "distance_covariance",
@@ -86,6 +91,7 @@ __all__ = [
     "krs_from_components",
     "label_embeddings",
     "linear_cka",
+    "mean_iou",
     "output_agreement",
     "pairwise_distances",
     "partial_distance_correlation",
@@ -94,6 +100,7 @@ __all__ = [
     "relevance_score",
     "segmentation_agreement",
     "semipartial_distance_correlation",
+    "task_score",
     "u_centered",
     "u_correlation",
     "u_distance_correlation_sqr",

@@ -1,4 +1,4 @@
-"""Top-1 accuracy of a model on a dataset."""
+"""Top-1 accuracy of a model on a dataset, and the score each task selects and reports models by."""
 
 from __future__ import annotations
 
@@ -7,7 +7,30 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kdscope.data import check_labels, collate
+from kdscope.metrics.dense import ConfusionMatrix, MeanAveragePrecision
 from kdscope.models import describe, reader
+
+# What task_score measures for each output layout (the name a run's summary records).
+SCORE_NAMES = {
+    "classes": "accuracy",
+    "tokens": "accuracy",
+    "pixels": "mean_iou",
+    "detections": "map",
+}
+
+
+def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
+    if len(dataset) == 0:
+        raise ValueError("scoring a model needs at least one example; the dataset is empty")
+    # Its own generator: creating the loader's iterator must not draw from torch's global RNG,
+    # which a resumed run restores exactly.
+    return DataLoader(
+        dataset, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
+    )
+
+
+def _device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    return torch.device(device) if device is not None else next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -23,21 +46,13 @@ def accuracy(
     Predictions are read as the model's :class:`~kdscope.models.ModelInfo` output layout says
     (per example, per token, or per labelled pixel); ``device`` defaults to the model's.
     """
-    if len(dataset) == 0:
-        raise ValueError("accuracy needs at least one example; the dataset is empty")
-    if device is None:
-        device = next(model.parameters()).device
-    device = torch.device(device)
+    loader = _loader(dataset, batch_size)
+    device = _device(model, device)
     info = describe(model)
     read = reader(info)
     was_training = model.training
     model.eval()
     correct = total = 0
-    # Its own generator: creating the loader's iterator must not draw from torch's global RNG,
-    # which a resumed run restores exactly.
-    loader = DataLoader(
-        dataset, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
-    )
     for x, y, *_ in loader:
         check_labels(y, info.num_classes, "the evaluated dataset", read.ignore_index)
         with torch.autocast(device.type, enabled=amp):
@@ -49,3 +64,42 @@ def accuracy(
     if total == 0:
         raise ValueError(f"{type(model).__name__} makes no predictions that have an accuracy")
     return correct / total
+
+
+@torch.no_grad()
+def task_score(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+    amp: bool = False,
+) -> float:
+    """The score runs are selected (best checkpoint, early stopping) and tested by, for the
+    model's output layout (:data:`SCORE_NAMES`): top-1 accuracy for classes and tokens, mean IoU
+    over the dataset's pixels for segmentation (:class:`~kdscope.metrics.dense.ConfusionMatrix`),
+    COCO mAP@[.5:.95] for detection (:func:`~kdscope.metrics.dense.detection_map`)."""
+    info = describe(model)
+    if info.output in ("classes", "tokens"):
+        return accuracy(model, dataset, batch_size, device, amp)
+    loader = _loader(dataset, batch_size)
+    device = _device(model, device)
+    read = reader(info)
+    was_training = model.training
+    model.eval()
+    pixels = ConfusionMatrix(info.num_classes, read.ignore_index)
+    boxes = MeanAveragePrecision()
+    for x, y, *_ in loader:
+        check_labels(y, info.num_classes, "the evaluated dataset", read.ignore_index)
+        with torch.autocast(device.type, enabled=amp):
+            if info.output == "pixels":
+                pixels.update(read.logits(model, x.to(device)).argmax(1).cpu(), y)
+            else:
+                detections = [
+                    {k: v.float().cpu() for k, v in d.items()} for d in model(x.to(device))
+                ]
+                boxes.update(detections, y)
+    model.train(was_training)
+    score = pixels.compute().mean_iou if info.output == "pixels" else boxes.compute().map
+    if score is None:
+        raise ValueError(f"the evaluated dataset has no labelled {info.output} to score")
+    return score

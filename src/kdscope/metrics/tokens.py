@@ -292,6 +292,10 @@ def token_measures(
     return agreement.compute(), cka.compute() if cka is not None else {}
 
 
+# Where `kdscope evaluate` draws agreement_profile_figure, beside the run's eval.json.
+TOKEN_FIGURE = "token-agreement.png"
+
+
 def agreement_profile_figure(result: TokenAgreementResult, title: str = "") -> Figure:
     """Two panels: top-1 agreement by position in the block, and by teacher confidence (bars:
     the share of positions in each bin, on a second axis)."""

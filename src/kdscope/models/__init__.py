@@ -1,4 +1,5 @@
-"""Model zoo: CIFAR ResNets, WRNs, VGGs, MobileNetV2, small nets; torchvision as ``tv:<name>``."""
+"""Model zoo: CIFAR ResNets, WRNs, VGGs, MobileNetV2, small nets; torchvision as ``tv:<name>``,
+timm as ``timm:<name>``, local Hugging Face folders as ``hf:<path>``."""
 
 from kdscope.models import (  # noqa: F401  (registers the zoo)
     audio,
@@ -20,12 +21,20 @@ from kdscope.models.outputs import (
     example_shape,
     reader,
 )
-from kdscope.models.registry import MODEL_FITS, MODELS, create_model, list_models, register_model
+from kdscope.models.registry import (
+    MODEL_FITS,
+    MODEL_PREFIXES,
+    MODELS,
+    create_model,
+    list_models,
+    register_model,
+)
 from kdscope.models.summary import model_summary, zoo_table
 
 __all__ = [
     "MODELS",
     "MODEL_FITS",
+    "MODEL_PREFIXES",
     "IGNORE_INDEX",
     "OutputReader",
     "BuildSpec",

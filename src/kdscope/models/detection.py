@@ -29,6 +29,7 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
+from kdscope.models.dense_backbone import build_resnet, stage_body, stage_layers, stage_widths
 from kdscope.models.info import ModelInfo
 from kdscope.models.registry import register_model
 from kdscope.models.resnet import (
@@ -42,7 +43,6 @@ from kdscope.models.resnet import (
     resnet56,
 )
 
-STAGES = ("layer1", "layer2", "layer3")
 FPN_FROM = ("layer2", "layer3")
 STRIDES = (2, 4)
 FPN_CHANNELS = 64
@@ -73,12 +73,11 @@ class ResNetFPN(nn.Module):
     cannot be used as is: it always adds a max-pooled extra level)."""
 
     def __init__(self, resnet: CifarResNet):
-        from torchvision.models._utils import IntermediateLayerGetter
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
         super().__init__()
-        self.body = IntermediateLayerGetter(resnet, {s: s for s in STAGES})
-        widths = [resnet.get_submodule(s)[-1].conv2.out_channels for s in FPN_FROM]
+        self.body = stage_body(resnet)
+        widths = [stage_widths(resnet)[s] for s in FPN_FROM]
         self.fpn = FeaturePyramidNetwork(widths, FPN_CHANNELS)
         self.out_channels = FPN_CHANNELS
 
@@ -121,14 +120,13 @@ class FCOSDetector(nn.Module):
         )
         in_channels = resnet.conv1.in_channels
         self.detector.transform = _as_is_transform(in_channels)
-        stages = tuple(f"detector.backbone.body.{s}" for s in STAGES)
-        blocks = len(resnet.layer1)
+        stages, preact = stage_layers(resnet, "detector.backbone.body")
         self.kdscope_info = ModelInfo(
             output="detections",
             num_classes=num_classes,
             in_channels=in_channels,
             stages=stages,
-            preact=tuple(f"{s}.{blocks - 1}.act:in" for s in stages),
+            preact=preact,
             levels=tuple(f"detector.backbone.fpn.layer_blocks.{i}" for i in range(len(FPN_FROM))),
             logits_layer=self.class_logits_layer,
         )
@@ -154,8 +152,7 @@ class FCOSDetector(nn.Module):
 def _fcos(backbone, num_classes: int, in_channels: int, **kwargs) -> FCOSDetector:
     if num_classes < 2:
         raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
-    # The backbone's own classifier is dropped; its size does not matter.
-    return FCOSDetector(backbone(num_classes=2, in_channels=in_channels, **kwargs), num_classes)
+    return FCOSDetector(build_resnet(backbone, in_channels, **kwargs), num_classes)
 
 
 @register_model("fcos_resnet8", task="detection")

@@ -55,9 +55,13 @@ class ModelInfo:
         num_classes: classes scored (the vocabulary size for ``"tokens"``); None if unknown.
         in_channels: input channels (or the input's feature size); None if unknown.
         stages: stage outputs, shallow to deep (the analogue of ResNet's conv2_x..conv5_x).
+        channels, reductions: the stages' channel counts and strides from the input, where the
+            model declares them (timm's ``feature_info``); empty otherwise.
         preact: pre-activation features at those stages (OFD), empty where there are none.
-        classifier: the final ``nn.Linear`` producing the class scores, if there is one.
-        pooled_map: the feature map the classifier sees through global pooling.
+        classifier: the final ``nn.Linear`` producing the class scores, if there is one (a
+            segmenter's: the 1x1 ``nn.Conv2d`` that scores each pixel of its last stage).
+        pooled_map: the feature map the classifier sees through global pooling (a segmenter's:
+            the map its classifier scores).
         levels: a detector's feature-pyramid levels (the maps its heads read), fine to coarse.
         logits_layer: where the class logits are when the output is not them (a detector's
             classification head: (B, locations, C)).
@@ -68,6 +72,8 @@ class ModelInfo:
     num_classes: int | None = None
     in_channels: int | None = None
     stages: tuple[str, ...] = ()
+    channels: tuple[int, ...] = ()
+    reductions: tuple[int, ...] = ()
     preact: tuple[str, ...] = ()
     classifier: str | None = None
     pooled_map: str | None = None
@@ -129,13 +135,16 @@ def set_info(model: nn.Module, info: ModelInfo) -> nn.Module:
     return model
 
 
-def classifier_of(model: nn.Module) -> nn.Linear:
-    """The model's final linear layer, as its :class:`ModelInfo` names it."""
+def classifier_of(model: nn.Module, pixelwise: bool = False) -> nn.Linear | nn.Conv2d:
+    """The model's final linear layer, as its :class:`ModelInfo` names it; with ``pixelwise``, a
+    segmenter's 1x1 convolution is accepted too (a linear classifier applied at every pixel)."""
     info = describe(model)
     name = type(unwrap(model)).__name__
     if info.classifier is None:
         raise ValueError(f"{name} has no linear classifier; methods that reuse it need one")
     head = unwrap(model).get_submodule(info.classifier)
+    if pixelwise and isinstance(head, nn.Conv2d) and head.kernel_size == (1, 1):
+        return head
     if not isinstance(head, nn.Linear):
         raise TypeError(
             f"{name}'s classifier {info.classifier!r} is a {type(head).__name__}, not an nn.Linear"

@@ -45,6 +45,12 @@ class OutputReader:
         """The logits of an inference forward (a teacher's, an evaluated model's)."""
         return model(x)
 
+    def predict(self, model: nn.Module, x: Tensor) -> tuple[Tensor, object]:
+        """(logits, predictions) of one inference forward: the predictions are what the task is
+        scored on, the logits themselves except for a detector (its boxes)."""
+        logits = self.logits(model, x)
+        return logits, logits
+
     def loss(self, logits: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
@@ -93,6 +99,11 @@ class DetectionReader(OutputReader):
         with FeatureTap(model, [self.layer], detach=not torch.is_grad_enabled()) as tap:
             model(x)
         return tap[self.layer]
+
+    def predict(self, model, x):
+        with FeatureTap(model, [self.layer], detach=not torch.is_grad_enabled()) as tap:
+            detections = model(x)
+        return tap[self.layer], detections
 
     def correct(self, logits, y):
         return logits.new_zeros((), dtype=torch.long), 0

@@ -11,6 +11,7 @@ from torch import nn
 
 from kdscope.models.hf import create_hf_model
 from kdscope.models.info import BuildSpec, describe, set_info
+from kdscope.models.timm import create_timm_model
 from kdscope.models.tv import create_torchvision_model
 from kdscope.registry import Registry
 
@@ -29,6 +30,9 @@ class Fits:
 
 MODEL_FITS: dict[str, Fits] = {}
 
+# Names outside the zoo: torchvision, Hugging Face and timm models.
+MODEL_PREFIXES = ("tv:", "hf:", "timm:")
+
 
 def register_model(
     name: str, *, task: str = "classification", inputs: tuple[str, ...] = ("image",)
@@ -45,7 +49,8 @@ def register_model(
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module:
-    """Build a zoo model by name, or any torchvision classifier as ``tv:<name>``.
+    """Build a zoo model by name, any torchvision classifier as ``tv:<name>``, a local Hugging
+    Face model as ``hf:<path>`` or any timm model as ``timm:<name>`` (never with weights).
 
     The model's ModelInfo records how it was built (``spec``), so a checkpoint can rebuild it.
     """
@@ -55,6 +60,8 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: An
         factory = functools.partial(create_torchvision_model, name[3:])
     elif name.startswith("hf:"):
         factory = functools.partial(create_hf_model, name[3:])
+    elif name.startswith("timm:"):
+        factory = functools.partial(create_timm_model, name[5:])
     else:
         factory = MODELS.get(name)
     try:
@@ -72,7 +79,8 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: An
 
 def list_models(task: str | None = None, inputs: str | None = None) -> list[str]:
     """Names of the zoo models, those for ``task`` and input kind ``inputs`` when given
-    (torchvision models are also accepted as ``tv:<name>``, Hugging Face ones as ``hf:<path>``)."""
+    (torchvision models are also accepted as ``tv:<name>``, Hugging Face ones as ``hf:<path>``,
+    timm ones as ``timm:<name>``)."""
     return [
         name
         for name in MODELS.names()

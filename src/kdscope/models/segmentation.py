@@ -16,6 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from kdscope.models.dense_backbone import build_resnet, stage_body, stage_layers, stage_widths
 from kdscope.models.info import ModelInfo
 from kdscope.models.registry import register_model
 from kdscope.models.resnet import (
@@ -29,8 +30,6 @@ from kdscope.models.resnet import (
     resnet56,
 )
 
-STAGES = ("layer1", "layer2", "layer3")
-
 
 class FCN(nn.Module):
     """An FCN-8s-style head over a :class:`~kdscope.models.resnet.CifarResNet`'s stages.
@@ -40,27 +39,26 @@ class FCN(nn.Module):
     """
 
     def __init__(self, resnet: CifarResNet, num_classes: int):
-        # torchvision is imported where models are built: it takes seconds to import.
-        from torchvision.models._utils import IntermediateLayerGetter
-
         super().__init__()
-        self.backbone = IntermediateLayerGetter(resnet, {s: s for s in STAGES})
-        widths = [resnet.get_submodule(s)[-1].conv2.out_channels for s in STAGES]
+        self.backbone = stage_body(resnet)
+        widths = list(stage_widths(resnet).values())
         self.score = nn.Conv2d(widths[-1], num_classes, 1)
         self.skips = nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in widths[:-1])
         for skip in self.skips:
             nn.init.zeros_(skip.weight)
             nn.init.zeros_(skip.bias)
-        stages = tuple(f"backbone.{s}" for s in STAGES)
-        blocks = len(resnet.layer1)
+        stages, preact = stage_layers(resnet, "backbone")
         self.kdscope_info = ModelInfo(
             output="pixels",
             num_classes=num_classes,
             in_channels=resnet.conv1.in_channels,
             stages=stages,
-            preact=tuple(f"{s}.{blocks - 1}.act:in" for s in stages),
+            preact=preact,
+            # The 1x1 scorer of the last stage is a linear classifier of each of its pixels:
+            # GLD pools the stage and scores it with it, CRCD embeds the stage's whole map.
+            classifier="score",
+            pooled_map=stages[-1],
         )
-        # Read by create_model and the methods until they move to kdscope_info.
 
     def forward(self, x: Tensor) -> Tensor:
         features = list(self.backbone(x).values())
@@ -74,8 +72,7 @@ class FCN(nn.Module):
 
 
 def _fcn(backbone, num_classes: int, in_channels: int, **kwargs) -> FCN:
-    # The backbone's own classifier is dropped; its size does not matter.
-    return FCN(backbone(num_classes=2, in_channels=in_channels, **kwargs), num_classes)
+    return FCN(build_resnet(backbone, in_channels, **kwargs), num_classes)
 
 
 @register_model("fcn_resnet8", task="segmentation")

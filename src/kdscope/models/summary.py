@@ -18,12 +18,14 @@ def model_summary(
     num_classes: int = 10,
     in_channels: int = 3,
     input_size: int = 32,
+    example: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Size and cost of one model on a ``1 x in_channels x input_size x input_size`` input.
+    """Size and cost of one model on a ``1 x in_channels x input_size x input_size`` input, or on
+    ``example`` (one example with its batch dimension, e.g. a (1, T) block of token ids).
 
-    Returns a dict with ``name``, ``params`` (all parameters), ``macs`` (multiply-adds of one image,
-    what CRD-style tables call FLOPs), ``flops`` (= 2 * macs, torch's FlopCounterMode convention)
-    and ``features`` (the shape, without batch, of each of the model's stages). Only
+    Returns a dict with ``name``, ``params`` (all parameters), ``macs`` (multiply-adds of one
+    example, what CRD-style tables call FLOPs), ``flops`` (= 2 * macs, torch's FlopCounterMode
+    convention) and ``features`` (the shape, without batch, of each of the model's stages). Only
     matrix products and convolutions are counted; norms, activations and pooling are not.
     """
     if isinstance(model_or_name, str):
@@ -34,7 +36,10 @@ def model_summary(
         spec = describe(model).spec
         name = spec.name if spec else type(model).__name__
     device = next(model.parameters()).device
-    x = torch.zeros(1, in_channels, input_size, input_size, device=device)
+    if example is None:
+        x = torch.zeros(1, in_channels, input_size, input_size, device=device)
+    else:
+        x = example.to(device)
     was_training = model.training
     model.eval()
     try:
@@ -53,7 +58,16 @@ def model_summary(
     }
 
 
-def zoo_table(num_classes: int = 10, in_channels: int = 3, input_size: int = 32) -> list[dict]:
-    """:func:`model_summary` of every image classifier of the zoo, in name order."""
-    names = list_models(task="classification", inputs="image")
-    return [model_summary(n, num_classes, in_channels, input_size) for n in names]
+def zoo_table(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 32,
+    *,
+    task: str = "classification",
+    inputs: str = "image",
+    example: torch.Tensor | None = None,
+) -> list[dict]:
+    """:func:`model_summary` of every zoo model for ``task`` and input kind ``inputs`` (default
+    the image classifiers), in name order, on ``example`` when given."""
+    names = list_models(task=task, inputs=inputs)
+    return [model_summary(n, num_classes, in_channels, input_size, example) for n in names]

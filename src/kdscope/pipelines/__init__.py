@@ -1,9 +1,14 @@
 """Pipelines: sequences of ordinary runs, built on :func:`kdscope.api.run` and
-:func:`kdscope.api.distill`: teacher-assistant chains and born-again generations
-(:mod:`~kdscope.pipelines.chains`), data-free distillation (DeepInversion) and a quantized
+:func:`kdscope.api.distill`: teacher-assistant chains, born-again generations and sequence-level
+KD (:mod:`~kdscope.pipelines.chains`), data-free distillation (DeepInversion) and a quantized
 (QAT int8) student."""
 
-from kdscope.pipelines.chains import PipelineResult, born_again, teacher_assistant_chain
+from kdscope.pipelines.chains import (
+    PipelineResult,
+    born_again,
+    sequence_kd,
+    teacher_assistant_chain,
+)
 from kdscope.pipelines.data_free import (
     DataFreeResult,
     SyntheticSet,
@@ -33,6 +38,7 @@ __all__ = [
     "model_bytes",
     "prepare_qat",
     "quantized_student",
+    "sequence_kd",
     "teacher_assistant_chain",
     "total_variation",
 ]

@@ -1,4 +1,5 @@
-"""Schemes that are sequences of ordinary runs: teacher-assistant chains, born-again generations.
+"""Schemes that are sequences of ordinary runs: teacher-assistant chains, born-again generations,
+sequence-level KD (a student trained on its teacher's generated text).
 
 Each stage is a run directory written by :func:`kdscope.api.run` under the pipeline's root
 (``cfg.out_dir / cfg.name``), named ``<i>-<role>-<model>``; ``pipeline.json`` lists the stages.
@@ -12,9 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.utils.data import DataLoader
+
 from kdscope.api import RunResult, run
 from kdscope.config import ConfigError, MethodConfig, ModelConfig, RunConfig
+from kdscope.data import collate, load_data
 from kdscope.methods import create_method
+from kdscope.models.generate import generate
+from kdscope.train import load_model
 
 
 @dataclass
@@ -94,6 +101,73 @@ def born_again(cfg: RunConfig, generations: int = 2, *, progress: bool = True) -
         teacher = ModelConfig(
             name=cfg.student.name, kwargs=cfg.student.kwargs, checkpoint=stage.run_dir
         )
+    return _finish(root, stages)
+
+
+def sequence_kd(
+    cfg: RunConfig,
+    *,
+    prompt: int = 1,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> PipelineResult:
+    """Kim & Rush 2016, "Sequence-Level Knowledge Distillation", EMNLP 2016, arXiv:1606.07947,
+    for a character-level language model (data ``tinyshakespeare`` or ``text``).
+
+    Stage 0 is ``cfg.teacher`` (trained on labels first when it has no checkpoint). Then every
+    training block keeps its first ``prompt`` tokens and the teacher writes the rest
+    (:func:`~kdscope.models.generate.generate`; ``temperature`` 0 is greedy decoding, the mode
+    that the paper's beam search approximates, with a generator seeded by ``cfg.train.seed``
+    otherwise); the blocks, joined, are ``teacher-text.txt`` under the pipeline's root. Stage 1
+    trains ``cfg.student`` on that text in place of the training split, with the data's validation
+    and test splits and the teacher's vocabulary, by ``cfg.method``: ``none`` is the paper's
+    Seq-KD, ``kd`` adds its word-level KD ("Seq-KD + Word-KD") against the same teacher.
+    Deviation: the paper decodes a target for each source sentence; an unconditional LM has no
+    source, so the prompts stand in for it.
+    """
+    if cfg.teacher is None:
+        raise ConfigError("sequence_kd needs cfg.teacher, the model whose text the student learns")
+    root = cfg.run_dir
+    stages: list[RunResult] = []
+    teacher_cfg = _teacher_stage(cfg, cfg.teacher, root, stages, progress)
+    bundle = load_data(cfg.data)
+    vocab = getattr(bundle, "vocab", None)
+    if vocab is None:
+        raise ConfigError(
+            f"sequence_kd generates characters: data {cfg.data.name!r} has no character "
+            "vocabulary (use tinyshakespeare or text)"
+        )
+    if not 1 <= prompt < bundle.block_size:
+        raise ValueError(f"prompt must be in [1, {bundle.block_size - 1}] tokens, got {prompt}")
+    teacher = load_model(teacher_cfg.checkpoint)
+    device = next(teacher.parameters()).device
+    generator = torch.Generator(device).manual_seed(cfg.train.seed)
+    blocks = []
+    for x, _, _ in DataLoader(bundle.train, batch_size, collate_fn=collate):
+        written = generate(teacher, x[:, :prompt].to(device), x.shape[1] - prompt, temperature,
+                           top_k, generator)  # fmt: skip
+        blocks += [vocab.decode(row) for row in written.cpu()]
+    root.mkdir(parents=True, exist_ok=True)
+    text = root / "teacher-text.txt"
+    text.write_text("".join(blocks), encoding="utf-8")
+    data = cfg.data.model_copy(
+        update={
+            "train_size": None,
+            "options": {**cfg.data.options, "train_text": str(text), "vocab": list(vocab.chars)},
+        }
+    )
+    uses_teacher = create_method(cfg.method.name, **cfg.method.params).needs.teacher
+    stage = _stage(
+        cfg.model_copy(update={"data": data}),
+        root,
+        f"{len(stages)}-student-{cfg.student.name}",
+        cfg.student,
+        teacher_cfg if uses_teacher else None,
+        cfg.method,
+    )
+    stages.append(_run(stage, progress))
     return _finish(root, stages)
 
 

@@ -62,6 +62,9 @@ def fingerprint(config: dict[str, Any], teacher_fingerprint: str | None) -> str:
         for k, v in _flatten(config).items()
         if k not in IDENTITY_IGNORED and k != "teacher.checkpoint"
     }
+    # The cache modes are exact, except the view bank, which changes what the student sees.
+    if (config.get("train") or {}).get("cache") == "views":
+        flat["train.cache"] = "views"
     flat["teacher.fingerprint"] = teacher_fingerprint
     text = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

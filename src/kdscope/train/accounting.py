@@ -1,5 +1,5 @@
 """Loss bookkeeping for the training loop: per-step terms summed without synchronising, the
-non-finite check, and the epoch's log line."""
+non-finite check (and where to go back to after one), and the epoch's log line."""
 
 from __future__ import annotations
 
@@ -14,6 +14,20 @@ COUNTS = ("correct", "counted")
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or inf; the message names the term and the step."""
+
+
+def last_good(run) -> str:
+    """Where a run stopped by a :class:`NonFiniteLossError` can go back to (``run``: its
+    :class:`~kdscope.train.run_dir.RunDirectory`, or None), and what may help."""
+    if run is not None and run.last.exists():
+        return (
+            f"the last good checkpoint is {run.last} (a lower learning rate or a "
+            "smaller weight of that term may help)"
+        )
+    return (
+        "no checkpoint was written before it (a lower learning rate or a smaller weight "
+        "of that term may help)"
+    )
 
 
 class LossAccumulator:
@@ -87,4 +101,6 @@ def epoch_line(r: dict[str, Any]) -> str:
     speed = f" {r['images_per_s']:.0f} img/s" if r.get("images_per_s") else ""
     acc = f" train_acc={r['train_acc']:.4f}" if r.get("train_acc") is not None else ""
     loss = f"loss={r['loss']:.4f} {terms}{acc}"
-    return f"epoch {r['epoch']}: {loss}{val}{speed}"
+    c, i = r.get("probe_agree_C"), r.get("probe_agree_I")
+    probe = f" probe agree C={c:.4f} I={i:.4f}" if c is not None and i is not None else ""
+    return f"epoch {r['epoch']}: {loss}{val}{probe}{speed}"

@@ -3,7 +3,10 @@
 Exact by construction: outputs are stored by dataset index and looked up by the indices of each
 batch, so the student is always given the teacher outputs of the very inputs it sees. Under random
 augmentation that holds only for a bank of fixed views per example (``views``, see
-:mod:`~kdscope.train.views`), whose outputs are stored per (example, view).
+:mod:`~kdscope.train.views`), whose outputs are stored per (example, view). With
+``train.cache_topk=k`` a :class:`TopKCache` keeps, per position, only the teacher's k likeliest
+classes and the remaining mass (:mod:`~kdscope.methods.topk`), for language models whose full
+distributions over a large vocabulary would not fit.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 from kdscope.config import TrainConfig
 from kdscope.data import collate
 from kdscope.features import FeatureTap
-from kdscope.models import example_features, reader
+from kdscope.methods import Method
+from kdscope.methods.topk import TopKTargets, topk_bytes_per_token, topk_targets
+from kdscope.models import describe, example_features, reader
 from kdscope.train.views import ViewBank
 
 
@@ -28,7 +33,7 @@ from kdscope.train.views import ViewBank
 class RunCache:
     """A run's teacher cache (None when off), its view bank, the mode used and the fill's time."""
 
-    cache: TeacherCache | None
+    cache: TeacherCache | TopKCache | None
     views: ViewBank | None
     mode: str
     fill_s: float = 0.0
@@ -48,14 +53,27 @@ def build_run_cache(
     directory: Path | None,
     progress,
     log,
+    method: Method | None = None,
 ) -> RunCache:
     """The teacher cache of a run in ``mode`` (:func:`cache_mode`), within
     ``train.cache_max_gb``: over it, ``auto`` turns the cache off (saying so) and an asked-for
-    cache is an error. A view cache's cost is logged before its fill."""
+    cache is an error. A view cache's cost is logged before its fill. With ``train.cache_topk``,
+    a :class:`TopKCache` for ``method``, which must read one (``Method.reads_topk``)."""
     if mode == "off":
         return RunCache(None, None, mode)
     dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
     x = collate([train_set[0]])[0].to(device)
+    if cfg.cache_topk is not None:
+        if method is None or not method.reads_topk:
+            name = None if method is None else method.name or type(method).__name__
+            raise ValueError(
+                "train.cache_topk is read by method kd (forward KL against the cached top-k); "
+                f"method {name!r} needs the teacher's full outputs: unset train.cache_topk"
+            )
+        # A top-k cache holds log-probabilities, so at the temperature the method reads.
+        temperature = getattr(method, "temperature", 1.0)
+        return _topk_cache(mode, teacher, train_set, x, cfg, temperature, batch_size, device, amp,
+                           progress, log)  # fmt: skip
     views = None
     if mode == "views":
         views = ViewBank(augment, len(train_set), tuple(x.shape[1:]), cfg.views, cfg.seed)
@@ -92,6 +110,101 @@ def build_run_cache(
         views=views,
     )
     return RunCache(cache, views, mode, time.perf_counter() - start)
+
+
+def _topk_cache(
+    mode, teacher, train_set, x, cfg, temperature, batch_size, device, amp, progress, log
+) -> RunCache:
+    if mode != "memory":
+        raise ValueError(
+            f"train.cache_topk keeps its cache in memory; it cannot be combined with "
+            f"train.cache={mode!r} (use auto or memory)"
+        )
+    info = describe(teacher)
+    if info.output not in ("tokens", "classes"):
+        raise ValueError(
+            f"train.cache_topk needs class scores on the last dimension (a language model's "
+            f"tokens, or a classifier's classes); this teacher's output is {info.output!r}"
+        )
+    with torch.no_grad():
+        logits = reader(teacher).logits(teacher, x[:1])
+    vocab = logits.shape[-1]
+    k = cfg.cache_topk
+    if k > vocab:
+        raise ValueError(f"train.cache_topk={k} exceeds the teacher's {vocab} classes")
+    dtype = torch.float16 if cfg.cache_dtype == "float16" else torch.float32
+    positions = logits[0].numel() // vocab
+    size = topk_bytes_per_token(k, vocab, dtype) * positions * len(train_set)
+    if size > cfg.cache_max_gb * 2**30:
+        raise ValueError(
+            f"the top-{k} teacher cache would take {size / 2**30:.1f} GiB, over "
+            f"train.cache_max_gb={cfg.cache_max_gb}; raise it or lower train.cache_topk"
+        )
+    log(
+        f"teacher cache: top-{k} of {vocab} per position, {size / 2**20:.1f} MiB "
+        f"({topk_bytes_per_token(k, vocab, dtype)} bytes per position, {cfg.cache_dtype})"
+    )
+    start = time.perf_counter()
+    cache = TopKCache.build(
+        teacher, train_set, k, temperature, batch_size=batch_size, device=device, dtype=dtype,
+        autocast=amp, progress=progress,
+    )  # fmt: skip
+    return RunCache(cache, None, mode, time.perf_counter() - start)
+
+
+class TopKCache:
+    """The teacher's top-k log-probabilities (and ids, and the log of the remaining mass) at every
+    position of every training example, as one :class:`~kdscope.methods.topk.TopKTargets` held
+    on the training device; ``lookup`` gives a batch's entry, which ``kd`` reads with
+    :func:`~kdscope.methods.topk.topk_kd`. No features: methods that read features take the full
+    cache."""
+
+    def __init__(self, targets: TopKTargets):
+        self.targets = targets
+        self.features: list = []
+
+    @classmethod
+    def build(
+        cls,
+        teacher: nn.Module,
+        dataset: Dataset,
+        k: int,
+        temperature: float,
+        *,
+        batch_size: int = 512,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float16,
+        autocast: bool = False,
+        progress=None,
+    ) -> TopKCache:
+        device = torch.device(device)
+        loader = DataLoader(
+            dataset, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
+        )
+        read = reader(teacher).logits
+        task = progress.add_task("teacher top-k cache", total=len(loader)) if progress else None
+        stores = None
+        with torch.no_grad():
+            for x, _, idx in loader:
+                with torch.autocast(device.type, enabled=autocast):
+                    logits = read(teacher, x.to(device, non_blocking=True))
+                entry = topk_targets(logits, k, temperature, dtype)
+                if stores is None:
+                    stores = [
+                        torch.empty((len(dataset), *t.shape[1:]), dtype=t.dtype, device=device)
+                        for t in entry[:3]
+                    ]
+                for store, part in zip(stores, entry[:3], strict=True):
+                    store[idx.to(device)] = part
+                if progress:
+                    progress.advance(task)
+        if progress:
+            progress.remove_task(task)
+        return cls(TopKTargets(*stores, temperature=temperature))
+
+    def lookup(self, index: Tensor, device: torch.device) -> tuple[TopKTargets, list[Tensor]]:
+        """The top-k entries of the examples at ``index``, on ``device``."""
+        return self.targets.take(index.to(self.targets.logprobs.device)).to(device), []
 
 
 def cache_mode(wanted: str, *, needed: bool, augmented: bool) -> str:

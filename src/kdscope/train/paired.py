@@ -35,3 +35,13 @@ def check_paired(
                 "in the same order (lengths, labels or files differ): load both from the same "
                 "data settings but the representation"
             )
+
+
+def check_paired_cache(mode: str) -> None:
+    """A teacher view is read only through a cache keyed by example index: memory or disk."""
+    if mode not in ("memory", "disk"):
+        raise ValueError(
+            "a teacher on another representation of the data is read from the teacher cache "
+            f"by example index, but this run's cache is {mode!r}: use "
+            "data.augment=none and train.cache=auto, memory or disk"
+        )

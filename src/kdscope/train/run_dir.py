@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
+from kdscope.config import RunConfig
 from kdscope.train.checkpoint import (
     CheckpointError,
     read_checkpoint,
     restore_training_state,
     save_training_state,
 )
+from kdscope.train.scalar_log import TensorBoardLog
 from kdscope.train.state import LoopState
 
 # Fields a resumed run may change: they do not change what is trained, only where, how fast, or
@@ -36,8 +39,9 @@ RESUMABLE = {
     "out_dir",
     "train.epochs",
     "train.threads",
-    "train.cache",
+    "train.cache",  # between the exact modes only (same_cache)
     "train.cache_max_gb",
+    "train.log",
     "data.num_workers",
     "data.eval_batch_size",
     "data.data_dir",
@@ -61,12 +65,29 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
     return changes
 
 
+def same_cache(a: Any, b: Any) -> bool:
+    """Whether teacher-cache modes ``a`` and ``b`` train the same student: every mode but the view
+    bank gives it the teacher's outputs of the inputs it sees; the bank changes those inputs (V
+    fixed views per example instead of fresh draws)."""
+    return (a == "views") == (b == "views")
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's run config with the fields added to kdscope since it was written at their
+    defaults (a new field's default keeps the old behaviour), so that they do not count as
+    changes on resume; a config the schema cannot read is compared as it is."""
+    try:
+        return RunConfig.model_validate(config).model_dump(mode="json")
+    except ValidationError:
+        return config
+
+
 def resume_conflicts(old: dict[str, Any], new: dict[str, Any], epochs_done: int) -> list[str]:
     """Why a run trained with config ``old`` cannot continue under ``new``: every changed field
     that changes the result, and epochs fewer than those already trained."""
     problems = []
     for name, (a, b) in config_changes(old, new).items():
-        if name not in RESUMABLE:
+        if name not in RESUMABLE or (name == "train.cache" and not same_cache(a, b)):
             problems.append(f"{name}: {a!r} -> {b!r}")
     epochs = (new.get("train") or {}).get("epochs")
     if isinstance(epochs, int) and epochs < epochs_done:
@@ -92,6 +113,7 @@ class RunDirectory:
         self.path = Path(path)
         self.config = config or {}
         self._locked = False
+        self._scalars: TensorBoardLog | None = None
 
     @property
     def checkpoints(self) -> Path:
@@ -173,7 +195,8 @@ class RunDirectory:
         if not self.last.exists():
             return None
         ckpt = read_checkpoint(self.last)
-        problems = resume_conflicts(ckpt.get("config") or {}, self.config, ckpt.get("epoch", 0))
+        old = with_defaults(ckpt.get("config") or {})
+        problems = resume_conflicts(old, self.config, ckpt.get("epoch", 0))
         if self.config and problems:
             raise CheckpointError(
                 f"Cannot resume {str(self.path)!r}: its config changed in fields that change the "
@@ -187,11 +210,14 @@ class RunDirectory:
         """Load :meth:`read_last`'s checkpoint into ``parts`` (and the RNG states)."""
         return LoopState.from_dict(restore_training_state(ckpt, parts))
 
-    def start(self, state: LoopState) -> None:
+    def start(self, state: LoopState, tensorboard: bool = False) -> None:
         """Write ``config.yaml`` and ``metrics.jsonl`` as the state knows it: a kill between the
         log line and the checkpoint, or a fresh start in an old directory, must leave no duplicate
-        or orphan epochs."""
+        or orphan epochs. ``tensorboard``: also write each epoch's scalars to ``tensorboard/``
+        (:mod:`~kdscope.train.scalar_log`) until :meth:`close_log`."""
         self.path.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            self._scalars = TensorBoardLog(self.path / "tensorboard", state.epoch + 1)
         if self.config:
             text = yaml.safe_dump(self.config, sort_keys=False)
             (self.path / "config.yaml").write_text(text)
@@ -201,9 +227,16 @@ class RunDirectory:
     def epoch_end(self, state: LoopState, parts: dict[str, Any], improved: bool) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(state.history[-1]) + "\n")
+        if self._scalars is not None:
+            self._scalars.write(state.history[-1])
         save_training_state(self.last, parts, state, self.config)
         if improved:
             save_training_state(self.checkpoints / "best.pt", parts, state, self.config)
+
+    def close_log(self) -> None:
+        if self._scalars is not None:
+            self._scalars.close()
+            self._scalars = None
 
     def interrupted(self, state: LoopState, parts: dict[str, Any]) -> Path:
         """Checkpoint the loop where it stopped (at a step boundary); the path written."""

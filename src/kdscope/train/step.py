@@ -134,6 +134,7 @@ class DistillStep:
                 num_train=num_train,
                 student_shapes=_example_shapes(self.student, m.student_layers, x),
                 teacher_shapes=_example_shapes(self.teacher, m.teacher_layers, x),
+                example=x,
             )
         )
         m.to(self.device)

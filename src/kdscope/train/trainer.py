@@ -16,17 +16,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from kdscope import distributed as ddp
 from kdscope.config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
-from kdscope.data import check_labels, collate, fetch, to_device
+from kdscope.data import augment_batch, check_labels, collate, fetch, to_device
 from kdscope.methods import Method, create_method
-from kdscope.metrics import accuracy
-from kdscope.train.accounting import LossAccumulator, NonFiniteLossError, epoch_line
+from kdscope.metrics import task_score
+from kdscope.train.accounting import LossAccumulator, NonFiniteLossError, epoch_line, last_good
 from kdscope.train.cache import TeacherCache, build_run_cache, cache_mode
 from kdscope.train.interrupt import StopBetweenSteps
 from kdscope.train.optim import build_optimizer, lr_factor, set_lr
-from kdscope.train.paired import check_paired
+from kdscope.train.paired import check_paired, check_paired_cache
+from kdscope.train.probe import Probe, check_probe
 from kdscope.train.progress import make_progress
 from kdscope.train.run_dir import RunDirectory
 from kdscope.train.sampler import EpochBatchSampler
+from kdscope.train.scalar_log import check_scalar_log
 from kdscope.train.seeding import derived_seed, seed_everything
 from kdscope.train.state import LoopState
 from kdscope.train.step import DistillStep
@@ -57,9 +59,9 @@ class Trainer:
     seed, epoch, step). ``data`` gives the batch sizes and loader workers; ``optim``, ``schedule``
     and ``train`` the rest of the recipe. With ``run_dir`` (a path or a
     :class:`~kdscope.train.run_dir.RunDirectory`), each epoch appends to ``metrics.jsonl`` and
-    writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation accuracy)
-    atomically; Ctrl-C writes ``last.pt`` at the next step boundary and ``fit(resume=True)``
-    continues exactly where the run stopped.
+    writes ``checkpoints/last.pt`` (and ``best.pt`` on a new best validation score: accuracy, mIoU
+    or mAP, :func:`~kdscope.metrics.task_score`) atomically; Ctrl-C writes ``last.pt`` at the next
+    step boundary; ``fit(resume=True)`` continues exactly. ``train.probe``: retention curves.
 
     ``teacher_view``: the (train, val) splits of another representation of the same examples,
     paired by index (cross-representation KD: a log-mel teacher, a waveform student). The teacher
@@ -88,7 +90,7 @@ class Trainer:
         self.data_cfg = data or DataConfig()
         self.optim_cfg = optim or OptimConfig()
         self.schedule_cfg = schedule or ScheduleConfig()
-        self.device = _pick_device(self.cfg.device)
+        self.device = ddp.pick_device(self.cfg.device)
         method = create_method(method) if isinstance(method, str) else method
         self.step = DistillStep(
             student,
@@ -110,7 +112,9 @@ class Trainer:
         self.dist = ddp.DistInfo()
         self.cache: TeacherCache | None = None
         self.views: ViewBank | None = None
+        self.probe: Probe | None = None
         self._stop_requested = False
+        check_scalar_log(self.cfg.log, has_run_dir=self.run is not None)
         self.teacher_view = teacher_view
         if teacher_view is not None:
             check_paired(teacher_view, train_set, self.val_set, method)
@@ -150,6 +154,7 @@ class Trainer:
             directory=self.run.cache_dir if self.run else None,
             progress=progress,
             log=self._log,
+            method=self.method,
         )
         self.cache, self.views, self.cache_mode = built.cache, built.views, built.mode
         if self.cache is not None:
@@ -191,19 +196,32 @@ class Trainer:
             if self.cfg.early_stop:
                 raise ValueError("train.early_stop needs a validation set (data.val_fraction > 0)")
             self._log("no validation set: the last epoch is the run's result (no best epoch)")
+        one_teacher = self.teacher is not None and not self.step.ensemble
+        check_probe(
+            self.cfg.probe,
+            one_teacher=one_teacher and self.method.same_label_space,
+            has_val=self.val_set is not None,
+        )
         self.cache_mode = cache_mode(
             self.cfg.cache,
             needed=self.teacher is not None and self.method.needs.teacher_outputs,
             augmented=self.augment is not None,
         )
-        if self.teacher_view is not None and self.cache_mode not in ("memory", "disk"):
-            raise ValueError(
-                "a teacher on another representation of the data is read from the teacher cache "
-                f"by example index, but this run's cache is {self.cache_mode!r}: use "
-                "data.augment=none and train.cache=auto, memory or disk"
-            )
+        if self.teacher_view is not None:
+            check_paired_cache(self.cache_mode)
         with make_progress(self.show_progress and self.dist.is_main) as progress:
             fill_s = self._build_cache(self.cache_mode, progress)
+            if self.cfg.probe and self.dist.is_main:
+                self.probe = Probe(
+                    self.teacher,
+                    self.student,
+                    self.val_set,
+                    self.cfg.probe,
+                    self.cfg.seed,
+                    device=self.device,
+                    amp=self.amp,
+                    teacher_set=self.teacher_view[1] if self.teacher_view is not None else None,
+                )
             result = FitResult(None, None, self._teacher_val_acc(), self.cfg.epochs)
             result.cache, result.cache_fill_s = self.cache_mode, fill_s
             # Last of the set-up: a resume restores every RNG stream, which nothing above draws on.
@@ -213,7 +231,7 @@ class Trainer:
                     f"resuming from {self.run.last}: epoch {state.epoch + 1}, step {state.step}"
                 )
             if self.run is not None and self.dist.is_main:
-                self.run.start(state)
+                self.run.start(state, tensorboard=self.cfg.log == "tensorboard")
             with self.step.taps():
                 try:
                     while state.epoch < self.cfg.epochs and not state.stopped:
@@ -222,7 +240,10 @@ class Trainer:
                     self._interrupted(state)
                     raise
                 except NonFiniteLossError as err:
-                    raise NonFiniteLossError(f"{err}; {self._last_good()}") from None
+                    raise NonFiniteLossError(f"{err}; {last_good(self.run)}") from None
+                finally:
+                    if self.run is not None:
+                        self.run.close_log()
         result.best_val_acc = state.best_val_acc
         result.final_val_acc = state.history[-1]["val_acc"] if state.history else None
         result.history = state.history
@@ -230,21 +251,12 @@ class Trainer:
         result.best_epoch, result.stopped_early = state.best_epoch, state.stopped
         return result
 
-    def _last_good(self) -> str:
-        if self.run is not None and self.run.last.exists():
-            return (
-                f"the last good checkpoint is {self.run.last} (a lower learning rate or a "
-                "smaller weight of that term may help)"
-            )
-        return (
-            "no checkpoint was written before it (a lower learning rate or a smaller weight "
-            "of that term may help)"
-        )
-
     def _epoch(self, state: LoopState, progress, teacher_val_acc: float | None) -> None:
         record = self._train_epoch(state, progress)
         record["val_acc"] = self._val_acc()
         record["teacher_val_acc"] = teacher_val_acc
+        if self.probe is not None:
+            record |= self.probe.score(self.student)
         improved = state.finish_epoch(record, self.cfg.early_stop_delta)
         state.stopped = state.plateaued(self.cfg.early_stop)
         if self.dist.is_main:
@@ -327,7 +339,7 @@ class Trainer:
             x, rows = self.views.inputs(x, idx, view), self.views.entry(idx, view)
         elif self.augment is not None:
             gen = torch.Generator(self.device).manual_seed(derived_seed(self.cfg.seed, epoch, step))
-            x = self.augment(x, gen)
+            x, y = augment_batch(self.augment, x, y, gen)
         out = self.step(x, y, idx, epoch, step, rows)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.loss).backward()
@@ -357,7 +369,7 @@ class Trainer:
         if self.val_set is None or not self.dist.is_main:
             ddp.barrier(self.dist)
             return None
-        acc = accuracy(
+        acc = task_score(
             self.student, self.val_set, self.data_cfg.eval_batch_size, self.device, self.amp
         )
         ddp.barrier(self.dist)
@@ -369,20 +381,10 @@ class Trainer:
         if self.step.ensemble or not self.method.same_label_space:
             return None
         val_set = self.val_set if self.teacher_view is None else self.teacher_view[1]
-        return accuracy(self.teacher, val_set, self.data_cfg.eval_batch_size, self.device, self.amp)
+        return task_score(
+            self.teacher, val_set, self.data_cfg.eval_batch_size, self.device, self.amp
+        )
 
     def _log(self, message: str) -> None:
         if self.dist.is_main and self.show_progress:
             get_console().print(message, soft_wrap=True)  # log lines stay whole in a file
-
-
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"train.device={name!r} is not a device; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but no CUDA GPU is available; use auto or cpu")
-    return device
