@@ -328,6 +328,13 @@ def test_an_edited_study_retrains_its_changed_cells_and_keeps_the_old_runs(tmp_p
     assert all(prints[r["run"]] != r["fingerprint"] for r in first.rows)
     again = run_study(StudyConfig.model_validate(study | {"optim": {"lr": 0.02}}), log=print)
     assert not again.trained and len(again.skipped) == 3
+    # A cell that a live process trains into (a second study process) is not moved from under it.
+    busy = RunDirectory(runs / edited.rows[-1]["run"])
+    busy.lock()
+    with pytest.raises(RunLockedError, match="is in use by process"):
+        run_study(StudyConfig.model_validate(study | {"optim": {"lr": 0.03}}), log=lambda m: None)
+    assert busy.lock_file.exists()
+    busy.unlock()
 
 
 # ---- checkpoints ------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from kdscope.study.plan import (
     fingerprint,
 )
 from kdscope.study.tasks import calibrate, evaluate_row, train
-from kdscope.train.run_dir import config_changes
+from kdscope.train.run_dir import RunDirectory, config_changes
 
 
 @dataclass
@@ -127,7 +127,12 @@ def _retire_if_changed(run: PlannedRun, teacher_print: str | None, log) -> None:
     n = 1
     while kept.exists():
         kept, n = run_dir.with_name(f"{run.id}@{old or 'unknown'}.{n}"), n + 1
+    # Never from under a process training into it (another study process on the same study):
+    # its lock names it.
+    lock = RunDirectory(run_dir)
+    lock.lock()
     run_dir.rename(kept)
+    (kept / lock.lock_file.name).unlink(missing_ok=True)
     what = ", ".join(changed) or "its teacher"
     log(f"{run.id}: settings changed ({what}); the old run is kept as {kept.name}, retraining")
 
