@@ -241,7 +241,7 @@ def test_without_a_validation_set_the_last_epoch_is_the_result(tmp_path):
     assert summary["tested_checkpoint"] == "last" and summary["best_val_acc"] is None
     assert not (tmp_path / "r" / "checkpoints" / "best.pt").exists()
     last = api.load_model(tmp_path / "r", "last")
-    assert result.test_acc == api.accuracy(last, load_data("digits").test)
+    assert result.test_acc == api.task_score(last, load_data("digits").test)
 
 
 def test_labels_a_model_cannot_predict_are_refused(digits):
