@@ -20,7 +20,7 @@ from kdscope.explain.relevance import (
     perturbed_relevance,
     unnormalize,
 )
-from kdscope.explain.tokens import token_columns
+from kdscope.explain.tokens import token_grad_cam, token_unicam
 from kdscope.explain.unicam import batch_composition, unicam
 from kdscope.metrics.relevance import DEFAULT_TEXT_MODEL, label_embeddings
 
@@ -173,7 +173,7 @@ def _explain_tokens(
     for role, other in others.items():
         pairs = _layer_pairs(student, other, layers)
         suffix = "" if role == "base" else f"_{role}"
-        columns = token_columns(student, other, role, pairs, ids, labels, label_matrix)
+        columns = _map_columns(student, other, role, pairs, ids, labels, label_matrix, tokens=True)
         path = out / "figures" / f"tokens{suffix}.png"
         report["figures"].append(
             str(plot_token_relevance(sentences, columns, path, names, f"student vs {role}"))
@@ -202,20 +202,24 @@ def _map_columns(
     other: nn.Module,
     role: str,
     pairs: list[tuple[str, str]],
-    images: Tensor,
+    inputs: Tensor,
     labels: Tensor,
     label_matrix: Tensor,
+    tokens: bool = False,
 ) -> list[tuple[str, Tensor]]:
+    """Per layer pair: Grad-CAM of ``other`` and of the student, UniCAM distilled and residual
+    (over pixels, or with ``tokens`` over a sentence's tokens)."""
+    cam, uni, sep = (token_grad_cam, token_unicam, ": ") if tokens else (grad_cam, unicam, "\n")
     columns = []
     for s_layer, o_layer in pairs:
         name = s_layer if s_layer == o_layer else f"{s_layer}/{o_layer}"
-        uc = unicam(student, other, (s_layer, o_layer), images, labels, label_matrix)
+        uc = uni(student, other, (s_layer, o_layer), inputs, labels, label_matrix)
         none = " (none)" if uc.empty else ""
         columns += [
-            (f"{name}\nGrad-CAM {role}", grad_cam(other, o_layer, images)),
-            (f"{name}\nGrad-CAM student", grad_cam(student, s_layer, images)),
-            (f"{name}\nUniCAM distilled{none}", uc.distilled),
-            (f"{name}\nUniCAM residual{none}", uc.residual),
+            (f"{name}{sep}Grad-CAM {role}", cam(other, o_layer, inputs)),
+            (f"{name}{sep}Grad-CAM student", cam(student, s_layer, inputs)),
+            (f"{name}{sep}UniCAM distilled{none}", uc.distilled),
+            (f"{name}{sep}UniCAM residual{none}", uc.residual),
         ]
     return columns
 

@@ -119,27 +119,3 @@ def token_unicam(
         unique_fraction=unique_fraction,
         empty=empty,
     )
-
-
-def token_columns(
-    student: nn.Module,
-    other: nn.Module,
-    role: str,
-    pairs: list[tuple[str, str]],
-    ids: Tensor,
-    labels: Tensor,
-    label_matrix: Tensor,
-) -> list[tuple[str, Tensor]]:
-    """Per layer pair: Grad-CAM of ``other`` and of the student, UniCAM distilled and residual."""
-    columns = []
-    for s_layer, o_layer in pairs:
-        name = s_layer if s_layer == o_layer else f"{s_layer}/{o_layer}"
-        uc = token_unicam(student, other, (s_layer, o_layer), ids, labels, label_matrix)
-        none = " (none)" if uc.empty else ""
-        columns += [
-            (f"{name}: Grad-CAM {role}", token_grad_cam(other, o_layer, ids)),
-            (f"{name}: Grad-CAM student", token_grad_cam(student, s_layer, ids)),
-            (f"{name}: UniCAM distilled{none}", uc.distilled),
-            (f"{name}: UniCAM residual{none}", uc.residual),
-        ]
-    return columns
