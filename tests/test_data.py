@@ -434,7 +434,8 @@ def test_standard_augment_on_cuda_matches_its_own_oracle():
 def test_augment_presets():
     assert get_augment("none") is None and get_augment("standard") is standard_augment
     assert load_data("digits", augment="standard").augment is standard_augment
-    with pytest.raises(UnknownNameError, match="Accepted: dense, none, specaugment, standard, waveform"):
+    accepted = "Accepted: dense, none, specaugment, standard, waveform"
+    with pytest.raises(UnknownNameError, match=accepted):
         load_data("digits", augment="heavy")
 
 

@@ -19,18 +19,27 @@ SCORE_NAMES = {
 }
 
 
-def _loader(dataset: Dataset, batch_size: int) -> DataLoader:
+def _batches(model: nn.Module, dataset: Dataset, batch_size: int, device, amp: bool):
+    """(inputs on the device, checked labels) of ``dataset`` in order, the model in eval mode
+    under autocast while they are scored (its mode restored afterwards)."""
     if len(dataset) == 0:
         raise ValueError("scoring a model needs at least one example; the dataset is empty")
+    info, read = describe(model), reader(model)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     # Its own generator: creating the loader's iterator must not draw from torch's global RNG,
     # which a resumed run restores exactly.
-    return DataLoader(
+    loader = DataLoader(
         dataset, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
     )
-
-
-def _device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    return torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for x, y, *_ in loader:
+            check_labels(y, info.num_classes, "the evaluated dataset", read.ignore_index)
+            with torch.autocast(device.type, enabled=amp):
+                yield x.to(device), y
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -46,21 +55,12 @@ def accuracy(
     Predictions are read as the model's :class:`~kdscope.models.ModelInfo` output layout says
     (per example, per token, or per labelled pixel); ``device`` defaults to the model's.
     """
-    loader = _loader(dataset, batch_size)
-    device = _device(model, device)
-    info = describe(model)
-    read = reader(info)
-    was_training = model.training
-    model.eval()
+    read = reader(model)
     correct = total = 0
-    for x, y, *_ in loader:
-        check_labels(y, info.num_classes, "the evaluated dataset", read.ignore_index)
-        with torch.autocast(device.type, enabled=amp):
-            logits = read.logits(model, x.to(device)).cpu()
-        right, counted = read.correct(logits, y)
+    for x, y in _batches(model, dataset, batch_size, device, amp):
+        right, counted = read.correct(read.logits(model, x).cpu(), y)
         correct += int(right)
         total += counted
-    model.train(was_training)
     if total == 0:
         raise ValueError(f"{type(model).__name__} makes no predictions that have an accuracy")
     return correct / total
@@ -81,24 +81,14 @@ def task_score(
     info = describe(model)
     if info.output in ("classes", "tokens"):
         return accuracy(model, dataset, batch_size, device, amp)
-    loader = _loader(dataset, batch_size)
-    device = _device(model, device)
     read = reader(info)
-    was_training = model.training
-    model.eval()
     pixels = ConfusionMatrix(info.num_classes, read.ignore_index)
     boxes = MeanAveragePrecision()
-    for x, y, *_ in loader:
-        check_labels(y, info.num_classes, "the evaluated dataset", read.ignore_index)
-        with torch.autocast(device.type, enabled=amp):
-            if info.output == "pixels":
-                pixels.update(read.logits(model, x.to(device)).argmax(1).cpu(), y)
-            else:
-                detections = [
-                    {k: v.float().cpu() for k, v in d.items()} for d in model(x.to(device))
-                ]
-                boxes.update(detections, y)
-    model.train(was_training)
+    for x, y in _batches(model, dataset, batch_size, device, amp):
+        if info.output == "pixels":
+            pixels.update(read.logits(model, x).argmax(1).cpu(), y)
+        else:
+            boxes.update([{k: v.float().cpu() for k, v in d.items()} for d in model(x)], y)
     score = pixels.compute().mean_iou if info.output == "pixels" else boxes.compute().map
     if score is None:
         raise ValueError(f"the evaluated dataset has no labelled {info.output} to score")

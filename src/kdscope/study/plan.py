@@ -26,7 +26,7 @@ from kdscope.api import check_config
 from kdscope.config import ConfigError, RunConfig
 from kdscope.methods import METHODS, method_info
 from kdscope.study.config import SWEPT, StudyConfig
-from kdscope.train.run_dir import RESUMABLE
+from kdscope.train.run_dir import RESUMABLE, cache_identity
 
 REPLICA_SEED_OFFSET = 1000
 # Methods whose loss random_control reproduces with the teacher's distribution replaced by noise.
@@ -62,9 +62,9 @@ def fingerprint(config: dict[str, Any], teacher_fingerprint: str | None) -> str:
         for k, v in _flatten(config).items()
         if k not in IDENTITY_IGNORED and k != "teacher.checkpoint"
     }
-    # The cache modes are exact, except the view bank, which changes what the student sees.
-    if (config.get("train") or {}).get("cache") == "views":
-        flat["train.cache"] = "views"
+    cache = cache_identity((config.get("train") or {}).get("cache"))
+    if cache is not None:
+        flat["train.cache"] = cache
     flat["teacher.fingerprint"] = teacher_fingerprint
     text = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

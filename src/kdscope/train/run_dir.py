@@ -39,7 +39,7 @@ RESUMABLE = {
     "out_dir",
     "train.epochs",
     "train.threads",
-    "train.cache",  # between the exact modes only (same_cache)
+    "train.cache",  # between the exact modes only (cache_identity)
     "train.cache_max_gb",
     "train.log",
     "data.num_workers",
@@ -65,11 +65,11 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
     return changes
 
 
-def same_cache(a: Any, b: Any) -> bool:
-    """Whether teacher-cache modes ``a`` and ``b`` train the same student: every mode but the view
-    bank gives it the teacher's outputs of the inputs it sees; the bank changes those inputs (V
-    fixed views per example instead of fresh draws)."""
-    return (a == "views") == (b == "views")
+def cache_identity(mode: Any) -> str | None:
+    """What a teacher-cache mode changes in the result: every mode but the view bank gives the
+    student the teacher's outputs of the inputs it sees (None: nothing); the bank changes those
+    inputs (V fixed views per example instead of fresh draws)."""
+    return "views" if mode == "views" else None
 
 
 def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +87,8 @@ def resume_conflicts(old: dict[str, Any], new: dict[str, Any], epochs_done: int)
     that changes the result, and epochs fewer than those already trained."""
     problems = []
     for name, (a, b) in config_changes(old, new).items():
-        if name not in RESUMABLE or (name == "train.cache" and not same_cache(a, b)):
+        cache_changed = name == "train.cache" and cache_identity(a) != cache_identity(b)
+        if name not in RESUMABLE or cache_changed:
             problems.append(f"{name}: {a!r} -> {b!r}")
     epochs = (new.get("train") or {}).get("epochs")
     if isinstance(epochs, int) and epochs < epochs_done:
