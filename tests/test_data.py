@@ -30,6 +30,7 @@ from kdscope.data import (
 )
 from kdscope.data.bundle import DataBundle
 from kdscope.data.fashion_mnist import read_idx
+from kdscope.data.registry import dataset_dir
 from kdscope.data.transforms import channel_stats
 from kdscope.registry import UnknownNameError
 
@@ -468,3 +469,14 @@ def test_register_dataset_makes_a_loader_available():
         "seed": 4,
         "train_size": 20,
     }
+
+
+def test_dataset_dir_is_absolute_when_kdscope_data_is_relative(tmp_path, monkeypatch):
+    """CI sets KDSCOPE_DATA=../shared/data: a link made to the found files from another folder
+    must still reach them."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KDSCOPE_DATA", "shared/data")
+    assert dataset_dir("fsdd", None) == tmp_path / "shared" / "data" / "fsdd"
+    assert dataset_dir("sst2", Path("mine")) == tmp_path / "mine"
+    monkeypatch.delenv("KDSCOPE_DATA")
+    assert dataset_dir("sst2", None).is_absolute()

@@ -26,11 +26,14 @@ class DatasetNotFoundError(FileNotFoundError):
 def dataset_dir(name: str, data_dir: Path | None) -> Path:
     """Where the files of dataset ``name`` are looked up: ``data_dir`` when given, else
     ``$KDSCOPE_DATA/<name>`` when the environment variable ``KDSCOPE_DATA`` is set (tests and CI
-    set it to the workspace's shared data), else ``~/.cache/kdscope/datasets/<name>``."""
+    set it to the workspace's shared data), else ``~/.cache/kdscope/datasets/<name>``.
+
+    The path is absolute: a relative one names the folder under the working directory of this call,
+    and must still name it where it is recorded or linked to from elsewhere."""
     if data_dir is not None:
-        return Path(data_dir).expanduser()
+        return Path(data_dir).expanduser().absolute()
     root = os.environ.get("KDSCOPE_DATA")
-    return (Path(root).expanduser() if root else DEFAULT_DATA_DIR) / name
+    return ((Path(root).expanduser() if root else DEFAULT_DATA_DIR) / name).absolute()
 
 
 def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
