@@ -1,0 +1,9 @@
+"""``kdscope`` command line: thin wrappers that parse, build a config and call the library.
+
+One module per kind of command; importing them registers their commands on :data:`app`.
+"""
+
+from kdscope.cli import catalog, runs, studies  # noqa: F401  (registers the commands)
+from kdscope.cli.app import app, main
+
+__all__ = ["app", "main"]

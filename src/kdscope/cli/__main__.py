@@ -1,0 +1,3 @@
+from kdscope.cli import main
+
+main()
