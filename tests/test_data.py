@@ -31,6 +31,7 @@ from kdscope.data import (
 from kdscope.data.bundle import DataBundle
 from kdscope.data.fashion_mnist import read_idx
 from kdscope.data.registry import dataset_dir
+from kdscope.data.splits import split_index
 from kdscope.data.transforms import channel_stats
 from kdscope.registry import UnknownNameError
 
@@ -132,6 +133,18 @@ def test_train_size_subset_is_stratified_and_deterministic():
     assert torch.equal(data.val.tensors()[0], full.val.tensors()[0])
     subset = {tuple(x.flatten().tolist()) for x in data.train.tensors()[0]}
     assert subset <= {tuple(x.flatten().tolist()) for x in full.train.tensors()[0]}
+
+
+def test_split_index_follows_python_and_names_the_split_size():
+    assert [split_index(i, 5) for i in (0, 4, -1, -5)] == [0, 4, 4, 0]
+    with pytest.raises(IndexError, match="index 5 out of range for a split of 5 examples"):
+        split_index(5, 5)
+    with pytest.raises(IndexError, match="index -4 out of range for a split of 3 blocks"):
+        split_index(-4, 3, "blocks")
+    train = load_data("digits", train_size=20).train
+    assert train[-1][2] == len(train) - 1
+    with pytest.raises(IndexError, match=f"split of {len(train)} examples"):
+        train[len(train)]
 
 
 def test_getitems_is_per_item_indexing_and_dataloader_passes_it_through():

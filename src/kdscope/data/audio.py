@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from kdscope.data.bundle import DataBundle
 from kdscope.data.registry import DatasetNotFoundError, dataset_dir, register_dataset
-from kdscope.data.splits import carve_splits
+from kdscope.data.splits import carve_splits, split_index
 
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SAMPLE_RATE = 8000
@@ -76,10 +76,7 @@ class FloatMemoryDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for a split of {n} examples")
-        i %= n
+        i = split_index(i, len(self))
         return self.values[i], int(self.labels[i]), i
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from kdscope.data.bundle import DataBundle
+from kdscope.data.splits import split_index
 
 Task = Literal["segmentation", "detection"]
 TASKS = ("segmentation", "detection")
@@ -67,12 +68,6 @@ class _Normalised(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def _index(self, i: int) -> int:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for a split of {n} examples")
-        return i % n
-
     def _normalise(self, index: Tensor) -> Tensor:
         return self.images.index_select(0, index).float().mul_(self._mul).add_(self._add)
 
@@ -91,7 +86,7 @@ class MemorySegmentation(_Normalised):
         self.masks = masks.contiguous()
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
-        i = self._index(i)
+        i = split_index(i, len(self))
         index = torch.tensor([i])
         return self._normalise(index)[0], self.masks[i].long(), i
 
@@ -123,7 +118,7 @@ class MemoryDetection(_Normalised):
         return {"boxes": self.boxes[start:stop].clone(), "labels": self.labels[start:stop].clone()}
 
     def __getitem__(self, i: int) -> tuple[Tensor, DetectionTarget, int]:
-        i = self._index(i)
+        i = split_index(i, len(self))
         return self._normalise(torch.tensor([i]))[0], self.target(i), i
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, list[DetectionTarget], Tensor]:

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from kdscope.data.bundle import DataBundle
 from kdscope.data.registry import DatasetNotFoundError, dataset_dir, register_dataset
+from kdscope.data.splits import split_index
 
 TINYSHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -140,10 +141,7 @@ class TokenBlocks(Dataset):
         return len(self.windows)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for a split of {n} blocks")
-        i %= n
+        i = split_index(i, len(self), "blocks")
         return self.windows[i, :-1].clone(), self.windows[i, 1:].clone(), i
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:

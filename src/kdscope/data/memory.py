@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
 from kdscope.data.bundle import DataBundle
-from kdscope.data.splits import carve_splits
+from kdscope.data.splits import carve_splits, split_index
 
 Batch = tuple[Tensor, Tensor, Tensor]
 
@@ -62,10 +62,7 @@ class InMemoryDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for a split of {n} examples")
-        i %= n
+        i = split_index(i, len(self))
         return self._normalise(self.images[i : i + 1])[0], int(self.labels[i]), i
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:

@@ -80,3 +80,11 @@ def carve_splits(
 def _stream(seed: int, purpose: int) -> int:
     # SeedSequence mixes (seed, purpose) into one well-spread seed.
     return int(np.random.SeedSequence([seed, purpose]).generate_state(1)[0])
+
+
+def split_index(i: int, n: int, unit: str = "examples") -> int:
+    """Python's indexing rule for a split of ``n`` ``unit``: ``-n <= i < n``, negative from the end;
+    an index outside it is an IndexError naming both."""
+    if not -n <= i < n:
+        raise IndexError(f"index {i} out of range for a split of {n} {unit}")
+    return i % n

