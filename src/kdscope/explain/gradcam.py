@@ -73,7 +73,7 @@ def layer_activations(model: nn.Module, layer: str, inputs: Tensor) -> tuple[Ten
     ``requires_grad``), so only the activations can be differentiated; compute an objective from
     the logits with grad enabled.
     """
-    with _graph_from(model, layer) as root:
+    with graph_from(model, layer) as root:
         logits = model(inputs)
     acts = root.get(layer)
     if acts is None:
@@ -83,7 +83,7 @@ def layer_activations(model: nn.Module, layer: str, inputs: Tensor) -> tuple[Ten
 
 
 @contextmanager
-def _graph_from(model: nn.Module, layer: str) -> Iterator[dict[str, Tensor]]:
+def graph_from(model: nn.Module, layer: str) -> Iterator[dict[str, Tensor]]:
     """Run forward passes in the block without autograd up to ``layer``, with it from there on.
 
     A hook replaces the layer's output (its input for ``name:in``) by a copy of a fresh leaf that

@@ -18,11 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from kdscope.data.tokens import masked_mean, padding_mask
-from kdscope.explain.gradcam import _graph_from, eval_mode
-from kdscope.explain.unicam import UNIQUE_TOLERANCE, UniCAMResult, _check_batch, _residual
+from kdscope.explain.gradcam import eval_mode, graph_from
+from kdscope.explain.unicam import UNIQUE_TOLERANCE, UniCAMResult, check_batch, unique_gradients
 from kdscope.features import unwrap
-from kdscope.metrics.matrices import u_centered, u_correlation
-from kdscope.metrics.similarity import pairwise_distances
 
 
 def pad_id_of(model: nn.Module) -> int:
@@ -33,7 +31,7 @@ def pad_id_of(model: nn.Module) -> int:
 def token_activations(model: nn.Module, layer: str, ids: Tensor) -> tuple[Tensor, Tensor]:
     """Logits and the per-token activations (B, T, D) of ``layer`` as a leaf the logits' graph
     starts from (nothing before the layer is recorded)."""
-    with _graph_from(model, layer) as root:
+    with graph_from(model, layer) as root:
         logits = model(ids)
     acts = root.get(layer)
     if acts is None:
@@ -84,38 +82,30 @@ def token_unicam(
     maps (B, T); the batch needs >= 4 sentences of >= 2 classes."""
     s_layer, b_layer = (layer, layer) if isinstance(layer, str) else layer
     labels = torch.as_tensor(labels).long().reshape(-1)
-    _check_batch(ids, labels, label_embeddings)
+    check_batch(ids, labels, label_embeddings)
     emb = label_embeddings.detach().to(ids.device, torch.float64)[labels.to(ids.device)]
     with eval_mode(student, base):
         s = token_activations(student, s_layer, ids)[1].detach().requires_grad_()
         b = token_activations(base, b_layer, ids)[1].detach().requires_grad_()
     s_pad, b_pad = pad_id_of(student), pad_id_of(base)
     with torch.enable_grad():
-        a = u_centered(pairwise_distances(masked_mean(s, ids, s_pad)))
-        c = u_centered(pairwise_distances(masked_mean(b, ids, b_pad)))
-        e = u_centered(pairwise_distances(emb))
-        shared = u_correlation(a.detach(), c.detach()).clamp(-1.0, 1.0).item()
-        unique_fraction = 1.0 - shared**2
-        empty = unique_fraction <= tolerance
-        if empty:
-            zeros = torch.zeros(ids.shape, device=ids.device)
-            maps, objectives = (zeros, zeros.clone()), (0.0, 0.0)
-        else:
-            distilled = u_correlation(_residual(a, c.detach()), e)
-            residual = u_correlation(_residual(c, a.detach()), e)
-            grad_s, grad_b = torch.autograd.grad(distilled + residual, (s, b))
-            maps = (
-                token_cam(s.detach(), grad_s, ids, s_pad),
-                token_cam(b.detach(), grad_b, ids, b_pad),
-            )
-            objectives = (distilled.item(), residual.item())
+        examples = (masked_mean(s, ids, s_pad), masked_mean(b, ids, b_pad))
+        found = unique_gradients((s, b), examples, emb, tolerance)
+    if found.grads is None:
+        zeros = torch.zeros(ids.shape, device=ids.device)
+        maps = (zeros, zeros.clone())
+    else:
+        maps = (
+            token_cam(s.detach(), found.grads[0], ids, s_pad),
+            token_cam(b.detach(), found.grads[1], ids, b_pad),
+        )
     return UniCAMResult(
         distilled=maps[0],
         residual=maps[1],
         labels=labels.cpu(),
         indices=None,
-        objective_distilled=objectives[0],
-        objective_residual=objectives[1],
-        unique_fraction=unique_fraction,
-        empty=empty,
+        objective_distilled=found.objectives[0],
+        objective_residual=found.objectives[1],
+        unique_fraction=found.unique_fraction,
+        empty=found.grads is None,
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -97,7 +98,7 @@ def unicam(
     """
     student_layer, base_layer = (layer, layer) if isinstance(layer, str) else layer
     labels = torch.as_tensor(labels).long().reshape(-1)
-    _check_batch(inputs, labels, label_embeddings)
+    check_batch(inputs, labels, label_embeddings)
     embeddings = label_embeddings.detach().to(inputs.device, torch.float64)
     embeddings = embeddings[labels.to(inputs.device)]
 
@@ -106,35 +107,61 @@ def unicam(
     s = layer_features(student, student_layer, inputs).requires_grad_()
     b = layer_features(base, base_layer, inputs).requires_grad_()
     with torch.enable_grad():
-        # Each distance matrix is built once; the two objectives share them.
-        a, c = u_centered(pairwise_distances(s)), u_centered(pairwise_distances(b))
-        e = u_centered(pairwise_distances(embeddings))
-        shared = u_correlation(a.detach(), c.detach()).clamp(-1.0, 1.0).item()
-        unique_fraction = 1.0 - shared**2
-        empty = unique_fraction <= tolerance
-        if empty:
-            zeros = torch.zeros(inputs.shape[0], *inputs.shape[-2:], device=inputs.device)
-            maps, objectives = (zeros, zeros.clone()), (0.0, 0.0)
-        else:
-            # The other model's matrix is a constant in each objective, so one backward pass
-            # through their sum gives d(distilled)/ds and d(residual)/db.
-            distilled = u_correlation(_residual(a, c.detach()), e)
-            residual = u_correlation(_residual(c, a.detach()), e)
-            grad_s, grad_b = torch.autograd.grad(distilled + residual, (s, b))
-            size = inputs.shape[-2:]
-            maps = (cam_from(s.detach(), grad_s, size), cam_from(b.detach(), grad_b, size))
-            objectives = (distilled.item(), residual.item())
+        found = unique_gradients((s, b), (s, b), embeddings, tolerance)
+    if found.grads is None:
+        zeros = torch.zeros(inputs.shape[0], *inputs.shape[-2:], device=inputs.device)
+        maps = (zeros, zeros.clone())
+    else:
+        size = inputs.shape[-2:]
+        grad_s, grad_b = found.grads
+        maps = (cam_from(s.detach(), grad_s, size), cam_from(b.detach(), grad_b, size))
 
     return UniCAMResult(
         distilled=maps[0],
         residual=maps[1],
         labels=labels.cpu(),
         indices=None if indices is None else torch.as_tensor(indices).reshape(-1).cpu(),
-        objective_distilled=objectives[0],
-        objective_residual=objectives[1],
-        unique_fraction=unique_fraction,
-        empty=empty,
+        objective_distilled=found.objectives[0],
+        objective_residual=found.objectives[1],
+        unique_fraction=found.unique_fraction,
+        empty=found.grads is None,
     )
+
+
+class UniqueGradients(NamedTuple):
+    """What :func:`unique_gradients` finds: ``grads`` (d distilled / d student leaf, d residual /
+    d base leaf), None when the models share all their structure; the two objectives; and
+    ``unique_fraction`` = 1 - R*(student, base)^2."""
+
+    grads: tuple[Tensor, Tensor] | None
+    objectives: tuple[float, float]
+    unique_fraction: float
+
+
+def unique_gradients(
+    leaves: tuple[Tensor, Tensor],
+    examples: tuple[Tensor, Tensor],
+    embeddings: Tensor,
+    tolerance: float = UNIQUE_TOLERANCE,
+) -> UniqueGradients:
+    """UniCAM's two semi-partial dCor objectives and their gradients, for any kind of map.
+
+    ``leaves`` are the student's and the base's activations (tensors that require grad);
+    ``examples`` one row per example computed from them under grad mode (the leaves themselves for
+    image features, which the distances flatten; a pooled vector per sentence for tokens);
+    ``embeddings`` (B, dim) the label embedding of each example's class. The other model's matrix
+    is a constant in each objective, so one backward pass through their sum gives both gradients.
+    """
+    a, c = (u_centered(pairwise_distances(x)) for x in examples)
+    e = u_centered(pairwise_distances(embeddings))
+    shared = u_correlation(a.detach(), c.detach()).clamp(-1.0, 1.0).item()
+    unique_fraction = 1.0 - shared**2
+    if unique_fraction <= tolerance:
+        return UniqueGradients(None, (0.0, 0.0), unique_fraction)
+    distilled = u_correlation(_residual(a, c.detach()), e)
+    residual = u_correlation(_residual(c, a.detach()), e)
+    grads = torch.autograd.grad(distilled + residual, leaves)
+    return UniqueGradients(tuple(grads), (distilled.item(), residual.item()), unique_fraction)
 
 
 def _residual(own: Tensor, other: Tensor) -> Tensor:
@@ -142,7 +169,9 @@ def _residual(own: Tensor, other: Tensor) -> Tensor:
     return own - (u_inner(own, other) / u_inner(other, other)) * other
 
 
-def _check_batch(inputs: Tensor, labels: Tensor, label_embeddings: Tensor) -> None:
+def check_batch(inputs: Tensor, labels: Tensor, label_embeddings: Tensor) -> None:
+    """Refuse a batch UniCAM cannot explain: labels not one per input, fewer than 4 examples or 2
+    classes, or labels that do not index ``label_embeddings`` (num_classes, dim)."""
     if labels.numel() != inputs.shape[0]:
         raise ValueError(f"got {labels.numel()} labels for a batch of {inputs.shape[0]} inputs")
     if inputs.shape[0] < 4:
