@@ -3,7 +3,7 @@
 One module per kind of command; importing them registers their commands on :data:`app`.
 """
 
-from kdscope.cli import catalog, runs, studies  # noqa: F401  (registers the commands)
+from kdscope.cli import runs, studies, zoo  # noqa: F401  (registers the commands, in this order)
 from kdscope.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -1,4 +1,4 @@
-"""Commands that list what kdscope has: models (and which data they fit) and methods."""
+"""Commands that list the zoo: models (and which data they fit) and methods."""
 
 from __future__ import annotations
 
