@@ -41,6 +41,12 @@ TrustOpt = Annotated[
     ),
 ]
 FileList = list[Path] | None
+# The options train and distill share, each naming the config field it sets.
+DataOpt = Annotated[str | None, typer.Option(help="Dataset name (data.name).")]
+EpochsOpt = Annotated[int | None, typer.Option(help="train.epochs")]
+NameOpt = Annotated[str | None, typer.Option(help="Run name (directory under --out).")]
+OutOpt = Annotated[Path | None, typer.Option(help="Directory of runs.")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue from checkpoints/last.pt.")]
 
 
 @app.callback()

@@ -9,7 +9,19 @@ import typer
 from rich.table import Table
 
 from kdscope.api import run
-from kdscope.cli.app import ConfigArg, SetOpt, TrustOpt, command, console, fail
+from kdscope.cli.app import (
+    ConfigArg,
+    DataOpt,
+    EpochsOpt,
+    NameOpt,
+    OutOpt,
+    ResumeOpt,
+    SetOpt,
+    TrustOpt,
+    command,
+    console,
+    fail,
+)
 from kdscope.config import ConfigError, build_config, load_config
 from kdscope.evaluation import evaluate_runs, explain_runs, generate_runs
 from kdscope.explain.relevance import RELEVANCE_COLUMNS, relevance_rows
@@ -35,26 +47,25 @@ def _run_config(config, overrides, shortcuts, resume, need_teacher: bool, trust:
     console.print(f"test {score} {s['test_acc']:.4f}{teacher}; run written to {s['run_dir']}")
 
 
+def _run_fields(data, epochs, name, out) -> dict:
+    """The config fields of the options train and distill share."""
+    return {"data.name": data, "train.epochs": epochs, "name": name, "out_dir": out}
+
+
 @command
 def train(
     config: ConfigArg = None,
     set_: SetOpt = None,
     model: Annotated[str | None, typer.Option(help="Model to train (student.name).")] = None,
-    data: Annotated[str | None, typer.Option(help="Dataset name (data.name).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="train.epochs")] = None,
-    name: Annotated[str | None, typer.Option(help="Run name (directory under --out).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Directory of runs.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from checkpoints/last.pt.")] = False,
+    data: DataOpt = None,
+    epochs: EpochsOpt = None,
+    name: NameOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
     trust: TrustOpt = False,
 ) -> None:
     """Train a model on labels alone (a teacher, or a baseline student)."""
-    shortcuts = {
-        "student.name": model,
-        "data.name": data,
-        "train.epochs": epochs,
-        "name": name,
-        "out_dir": out,
-    }
+    shortcuts = {"student.name": model, **_run_fields(data, epochs, name, out)}
     _run_config(config, set_, shortcuts, resume, need_teacher=False, trust=trust)
 
 
@@ -65,11 +76,11 @@ def distill(
     teacher: Annotated[Path | None, typer.Option(help="Teacher run directory or .pt.")] = None,
     student: Annotated[str | None, typer.Option(help="Student model (student.name).")] = None,
     method: Annotated[str | None, typer.Option(help="Distillation method (method.name).")] = None,
-    data: Annotated[str | None, typer.Option(help="Dataset name (data.name).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="train.epochs")] = None,
-    name: Annotated[str | None, typer.Option(help="Run name (directory under --out).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Directory of runs.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from checkpoints/last.pt.")] = False,
+    data: DataOpt = None,
+    epochs: EpochsOpt = None,
+    name: NameOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = False,
     trust: TrustOpt = False,
 ) -> None:
     """Distill a trained teacher into a student."""
@@ -77,10 +88,7 @@ def distill(
         "teacher.checkpoint": teacher,
         "student.name": student,
         "method.name": method,
-        "data.name": data,
-        "train.epochs": epochs,
-        "name": name,
-        "out_dir": out,
+        **_run_fields(data, epochs, name, out),
     }
     if teacher is not None:
         shortcuts["teacher.name"] = describe(load_model(teacher, trust=trust)).spec.name
