@@ -116,6 +116,26 @@ def test_log_mel_matches_librosa_and_puts_a_tone_in_its_band():
     assert np.allclose(got[0, :, 0], np.log(1e-6), atol=1e-3)
 
 
+def test_log_mel_bands_and_hop_are_options_that_match_librosa(tiny_fsdd):
+    waves = np.stack([audio.fit_window(tone(1000, 0.6)), audio.fit_window(tone(300, 0.4))])
+    got = audio.log_mel(waves.astype(np.float32), n_mels=32, hop_length=160)
+    assert got.shape == (2, 32, 51)
+    reference = librosa.feature.melspectrogram(
+        y=waves, sr=8000, n_fft=256, hop_length=160, n_mels=32, fmin=0, fmax=4000, power=2.0
+    )
+    assert np.abs(got - np.log(reference + 1e-6)).max() < 1e-3
+    data = load_data("fsdd", data_dir=tiny_fsdd, mels=32, hop_ms=20)
+    assert data.image_size == (32, 51) and data.train[0][0].shape == (1, 32, 51)
+    for option, value, accepted in [
+        ("mels", 65, r"\[8, 64\]"),
+        ("mels", 4.0, r"\[8, 64\]"),
+        ("hop_ms", 0, r"\[1, 32\]"),
+        ("hop_ms", 40, r"\[1, 32\]"),
+    ]:
+        with pytest.raises(ValueError, match=rf"{option} must be an integer in {accepted}, got"):
+            load_data("fsdd", data_dir=tiny_fsdd, **{option: value})
+
+
 # --- splits and views -----------------------------------------------------------------------------
 
 

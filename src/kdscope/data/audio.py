@@ -37,10 +37,14 @@ CLIP_SAMPLES = SAMPLE_RATE  # the fixed 1 s window
 # The usual FSDD protocol: takes 0-4 of every speaker and digit are the test set.
 TEST_TAKES = range(5)
 # Log-mel front end: 32 ms Hann windows every 10 ms (101 frames a second, librosa's centred
-# frames), 64 Slaney mel bands spanning 0 Hz to Nyquist, power spectrogram, natural log.
+# frames), 64 Slaney mel bands spanning 0 Hz to Nyquist, power spectrogram, natural log. The band
+# count and the hop are options (``mels``, ``hop_ms``) within the ranges below: more bands than
+# 64 leave low bands without an FFT bin at 256 points, a hop over the window skips samples.
 N_FFT = 256
 HOP_LENGTH = 80
 N_MELS = 64
+MELS_RANGE = (8, 64)
+HOP_MS_RANGE = (1, N_FFT * 1000 // SAMPLE_RATE)
 FMIN = 0.0
 FMAX = SAMPLE_RATE / 2
 # Added before the log so that digital silence (the padding) maps to log(1e-6) = -13.8, not -inf.
@@ -129,9 +133,10 @@ def fit_window(samples: np.ndarray, length: int = CLIP_SAMPLES) -> np.ndarray:
     return np.pad(samples, (left, length - n - left))
 
 
-def log_mel(waves: np.ndarray) -> np.ndarray:
-    """Log-mel spectrograms ``(N, N_MELS, FRAMES)`` of 8 kHz waveforms ``(N, CLIP_SAMPLES)``:
-    ``log(mel_power + LOG_OFFSET)`` with librosa's Slaney mel filterbank (constants above).
+def log_mel(waves: np.ndarray, n_mels: int = N_MELS, hop_length: int = HOP_LENGTH) -> np.ndarray:
+    """Log-mel spectrograms ``(N, n_mels, 1 + CLIP_SAMPLES // hop_length)`` of 8 kHz waveforms
+    ``(N, CLIP_SAMPLES)``: ``log(mel_power + LOG_OFFSET)`` with librosa's Slaney mel filterbank
+    (constants above; the defaults give ``(N, 64, 101)``).
 
     The power spectrogram is ``torch.stft`` with a periodic Hann window and zero-padded centred
     frames: what ``librosa.feature.melspectrogram`` computes (equal to float32 precision), without
@@ -139,11 +144,11 @@ def log_mel(waves: np.ndarray) -> np.ndarray:
     """
     import librosa
 
-    bank = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX)
+    bank = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels, fmin=FMIN, fmax=FMAX)
     spec = torch.stft(
         torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)),
         N_FFT,
-        HOP_LENGTH,
+        hop_length,
         window=torch.hann_window(N_FFT),
         center=True,
         pad_mode="constant",
@@ -179,11 +184,15 @@ def load_fsdd(
     input: Input = "logmel",
     split: Literal["official", "speaker"] = "official",
     test_speaker: str | None = None,
+    mels: int = N_MELS,
+    hop_ms: int = HOP_LENGTH * 1000 // SAMPLE_RATE,
 ) -> DataBundle:
     """3000 recordings of the spoken digits 0-9 by 6 speakers, 50 takes each, as one of two inputs.
 
-    ``input="logmel"``: log-mel spectrograms of shape (1, 64, 101) (64 bands, 101 frames of 10 ms),
-    so the zoo's CIFAR-style ResNets and VGGs apply unchanged; ``input="waveform"``: the raw
+    ``input="logmel"``: log-mel spectrograms of shape (1, mels, 1 + 1000 // hop_ms), by default
+    (1, 64, 101) (64 bands, 101 frames every 10 ms; ``mels`` in [8, 64], ``hop_ms`` in [1, 32],
+    the 32 ms window), so the zoo's CIFAR-style ResNets and VGGs apply unchanged; 32 bands every
+    20 ms, (1, 32, 51), cost a quarter; ``input="waveform"``: the raw
     signal, shape (1, 8000) (channels, samples), for 1-D models such as ``m5``. Either is
     normalised with one mean and standard deviation over all values of the train split.
 
@@ -204,6 +213,9 @@ def load_fsdd(
             f"test_speaker={test_speaker!r} needs split='speaker'; the official split "
             f"holds out takes 0-4 of every speaker"
         )
+    for name, value, (low, high) in (("mels", mels, MELS_RANGE), ("hop_ms", hop_ms, HOP_MS_RANGE)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
     recordings = list_recordings(_find_folder(dataset_dir("fsdd", data_dir), download))
     labels = np.array([digit for _, digit, _, _ in recordings], dtype=np.int64)
     speakers = np.array([speaker for _, _, speaker, _ in recordings])
@@ -224,7 +236,10 @@ def load_fsdd(
     order = {"train": rest[train_idx], "val": rest[val_idx], "test": test}
 
     waves = np.stack([fit_window(read_wav(path)) for path, *_ in recordings])
-    values = waves[:, None] if input == "waveform" else log_mel(waves)[:, None]
+    if input == "waveform":
+        values = waves[:, None]
+    else:
+        values = log_mel(waves, mels, hop_ms * SAMPLE_RATE // 1000)[:, None]
     train_values = torch.from_numpy(values[order["train"]]).double()
     mean, std = train_values.mean().item(), train_values.std(unbiased=False).item()
     names = [path.name for path, *_ in recordings]
