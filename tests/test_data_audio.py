@@ -134,6 +134,8 @@ def test_log_mel_bands_and_hop_are_options_that_match_librosa(tiny_fsdd):
     ]:
         with pytest.raises(ValueError, match=rf"{option} must be an integer in {accepted}, got"):
             load_data("fsdd", data_dir=tiny_fsdd, **{option: value})
+    with pytest.raises(ValueError, match="mels=32 and hop_ms=10 shape log-mel spectrograms"):
+        load_data("fsdd", data_dir=tiny_fsdd, input="waveform", mels=32)
 
 
 # --- splits and views -----------------------------------------------------------------------------

@@ -41,7 +41,8 @@ TEST_TAKES = range(5)
 # count and the hop are options (``mels``, ``hop_ms``) within the ranges below: more bands than
 # 64 leave low bands without an FFT bin at 256 points, a hop over the window skips samples.
 N_FFT = 256
-HOP_LENGTH = 80
+HOP_MS = 10
+HOP_LENGTH = HOP_MS * SAMPLE_RATE // 1000
 N_MELS = 64
 MELS_RANGE = (8, 64)
 HOP_MS_RANGE = (1, N_FFT * 1000 // SAMPLE_RATE)
@@ -185,7 +186,7 @@ def load_fsdd(
     split: Literal["official", "speaker"] = "official",
     test_speaker: str | None = None,
     mels: int = N_MELS,
-    hop_ms: int = HOP_LENGTH * 1000 // SAMPLE_RATE,
+    hop_ms: int = HOP_MS,
 ) -> DataBundle:
     """3000 recordings of the spoken digits 0-9 by 6 speakers, 50 takes each, as one of two inputs.
 
@@ -216,6 +217,10 @@ def load_fsdd(
     for name, value, (low, high) in (("mels", mels, MELS_RANGE), ("hop_ms", hop_ms, HOP_MS_RANGE)):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    if input == "waveform" and (mels, hop_ms) != (N_MELS, HOP_MS):
+        raise ValueError(
+            f"mels={mels} and hop_ms={hop_ms} shape log-mel spectrograms; input='waveform' has none"
+        )
     recordings = list_recordings(_find_folder(dataset_dir("fsdd", data_dir), download))
     labels = np.array([digit for _, digit, _, _ in recordings], dtype=np.int64)
     speakers = np.array([speaker for _, _, speaker, _ in recordings])
