@@ -193,7 +193,7 @@ def load_fsdd(
     ``input="logmel"``: log-mel spectrograms of shape (1, mels, 1 + 1000 // hop_ms), by default
     (1, 64, 101) (64 bands, 101 frames every 10 ms; ``mels`` in [8, 64], ``hop_ms`` in [1, 32],
     the 32 ms window), so the zoo's CIFAR-style ResNets and VGGs apply unchanged; 32 bands every
-    20 ms, (1, 32, 51), cost a quarter; ``input="waveform"``: the raw
+    20 ms, (1, 32, 51), are a quarter of the positions; ``input="waveform"``: the raw
     signal, shape (1, 8000) (channels, samples), for 1-D models such as ``m5``. Either is
     normalised with one mean and standard deviation over all values of the train split.
 
