@@ -14,6 +14,7 @@ from kdscope.api import run
 from kdscope.cli import app
 from kdscope.config import DataConfig, build_config
 from kdscope.data import load_data
+from kdscope.data.registry import load_teacher_view
 from kdscope.metrics import evaluate
 from kdscope.models import create_model
 from kdscope.train import Trainer, load_model
@@ -102,6 +103,44 @@ def test_the_probe_reads_the_teachers_view(setting):
     cfg["train"] = cfg["train"] | {"probe": 4}
     result = run(build_config(cfg), progress=False)
     assert 0.0 <= result.fit.history[-1]["probe_agree_all"] <= 1.0
+
+
+def test_a_teacher_of_other_mel_bands_reads_its_own_spectrograms(setting, tmp_path):
+    """A 32-band, 20 ms-hop teacher of a default (64 x 101) log-mel student: the same view name,
+    another input size; the teacher is given its own spectrograms, never the student's."""
+    base, data, _ = setting
+    coarse = data | {"options": {"mels": 32, "hop_ms": 20}}
+    teacher = run(
+        build_config(base | {"name": "coarse-teacher", "data": coarse,
+                             "student": {"name": "resnet8"}}),
+        progress=False,
+    )  # fmt: skip
+    cfg = DataConfig.model_validate(data)
+    student_bundle = load_data(cfg)
+    recorded = {"name": "fsdd", "options": {"mels": 32, "hop_ms": 20}}
+    view = load_teacher_view(cfg, recorded, student_bundle)
+    assert view.image_size == (32, 51) and student_bundle.image_size == (64, 101)
+    assert load_teacher_view(cfg, {"name": "fsdd", "options": {}}, student_bundle) is None
+    result = run(
+        build_config(
+            base
+            | {
+                "name": "kd-coarse",
+                "data": data,
+                "student": {"name": "resnet8"},
+                "teacher": {"name": "resnet8", "checkpoint": str(teacher.run_dir)},
+                "method": {"name": "kd"},
+            }
+        ),
+        progress=False,
+    )
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["teacher_test_acc"] == pytest.approx(teacher.test_acc)
+    saved = evaluate(
+        load_model(teacher.run_dir), load_model(result.run_dir), student_bundle.test,
+        teacher_data=view.test,
+    )  # fmt: skip
+    assert saved.agreement["student"].all.teacher_accuracy == pytest.approx(teacher.test_acc)
 
 
 def test_unpaired_views_and_feature_methods_are_refused(setting):

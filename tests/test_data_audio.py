@@ -265,3 +265,26 @@ def test_waveform_augment_gain_is_bounded_and_reproducible():
     assert torch.equal(audio_augment.waveform_augment(x, g1), audio_augment.waveform_augment(x, g2))
     assert torch.equal(audio_augment.waveform_augment(x, g1, max_shift=0, max_gain_db=0), x)
     assert get_augment("waveform") is audio_augment.waveform_augment
+
+
+def test_spec_augment_widths_follow_the_spectrogram_size():
+    x = torch.randn(256, 1, 64, 101) + 5
+    explicit = dict(max_shift=10, max_freq_width=8, max_time_width=10)
+    default = audio_augment.spec_augment(x, torch.Generator().manual_seed(3))
+    assert torch.equal(
+        default, audio_augment.spec_augment(x, torch.Generator().manual_seed(3), **explicit)
+    )
+    coarse = torch.randn(256, 1, 32, 51) + 5  # mels=32, hop_ms=20: the same 1 s window
+    out = audio_augment.spec_augment(coarse, torch.Generator().manual_seed(3), max_shift=0)
+    zero = out == 0
+    masked_bands = zero.all(3)[:, 0].sum(1)
+    masked_frames = zero.all(2)[:, 0].sum(1)
+    assert masked_bands.max() <= 2 * 4 and masked_frames.max() <= 2 * 5
+    assert (
+        masked_bands.max() > 2 * 2 and masked_frames.max() > 2 * 3
+    )  # not the 64 x 101 widths halved twice
+    same = dict(max_shift=5, max_freq_width=4, max_time_width=5)
+    assert torch.equal(
+        audio_augment.spec_augment(coarse, torch.Generator().manual_seed(4)),
+        audio_augment.spec_augment(coarse, torch.Generator().manual_seed(4), **same),
+    )

@@ -155,7 +155,8 @@ def _run(cfg, run_dir: RunDirectory, resume, progress, teacher_test_acc, trust) 
     view = _teacher_view(cfg, data, trust) if teacher is not None else None
     if view is not None and progress:
         get_console().print(
-            f"teacher view: {view.view} (the student sees {data.view}), paired by example index"
+            f"teacher view: {view.view} {view.image_size} (the student sees {data.view} "
+            f"{data.image_size}), paired by example index"
         )
     trainer = Trainer(
         student,
@@ -190,7 +191,7 @@ def _run(cfg, run_dir: RunDirectory, resume, progress, teacher_test_acc, trust) 
 def _teacher_view(cfg: RunConfig, data, trust: bool):
     """The teacher's representation of the run's examples, when it was trained on another."""
     recorded = read_checkpoint(resolve_checkpoint(cfg.teacher.checkpoint), trust).get("config")
-    return load_teacher_view(cfg.data, (recorded or {}).get("data"), data.view)
+    return load_teacher_view(cfg.data, (recorded or {}).get("data"), data)
 
 
 def _load_teacher(

@@ -66,7 +66,7 @@ def evaluate_runs(
     metrics = metrics or ["agreement", "krs"]
     # A teacher of another representation (cross-representation KD) reads its own view.
     view = load_teacher_view(_data_config(bundle, student, data, trust),
-                             _recorded_data(teacher, trust), bundle.view)  # fmt: skip
+                             _recorded_data(teacher, trust), bundle)  # fmt: skip
     result = evaluate(
         loaded["teacher"],
         loaded["student"],

@@ -52,11 +52,11 @@ def spec_augment(
     x: Tensor,
     generator: Generator,
     *,
-    max_shift: int = 10,
+    max_shift: int | None = None,
     freq_masks: int = 2,
-    max_freq_width: int = 8,
+    max_freq_width: int | None = None,
     time_masks: int = 2,
-    max_time_width: int = 10,
+    max_time_width: int | None = None,
 ) -> Tensor:
     """Time shift, then SpecAugment frequency and time masking, of log-mel spectrograms
     ``(B, C, n_mels, frames)``.
@@ -69,16 +69,21 @@ def spec_augment(
     Deviations: no time warping (the paper finds it the least useful part). The widths are scaled
     to one spoken digit, not taken from the paper's LibriSpeech policies: LD masks up to
     F = 27 of 80 channels and up to 20% of an utterance of several seconds, which on a word of
-    about 40 frames (0.4 s, FSDD's median) would often erase it; here F = 8 of 64 bands
-    (12.5%) and T = 10 frames (100 ms), two masks each. Before masking, every example is shifted
-    by up to ``max_shift`` frames (:func:`time_shift`, 100 ms by default).
+    about 0.4 s (FSDD's median) would often erase it. Unset widths follow the spectrogram's size,
+    so a coarser one (``mels``, ``hop_ms``) is masked over the same fraction of bands and the same
+    duration: F = an eighth of the bands (8 of 64), T = a tenth of the frame steps of the 1 s
+    window (10 frames, 100 ms, of 101), two masks each. Before masking, every example is shifted
+    by up to ``max_shift`` frames (:func:`time_shift`; unset: the same 100 ms).
     """
     if x.dim() != 4:
         raise ValueError(f"expected spectrograms of shape (B, C, F, T), got {tuple(x.shape)}")
-    x = time_shift(x, max_shift, generator)
     b, _, f, t = x.shape
-    freq = band_masks(b, f, freq_masks, max_freq_width, generator, x.device)
-    time = band_masks(b, t, time_masks, max_time_width, generator, x.device)
+    tenth = (t - 1) // 10
+    x = time_shift(x, tenth if max_shift is None else max_shift, generator)
+    freq_width = f // 8 if max_freq_width is None else max_freq_width
+    time_width = tenth if max_time_width is None else max_time_width
+    freq = band_masks(b, f, freq_masks, freq_width, generator, x.device)
+    time = band_masks(b, t, time_masks, time_width, generator, x.device)
     masked = freq[:, None, :, None] | time[:, None, None, :]
     return x.masked_fill(masked, 0.0)
 

@@ -109,13 +109,14 @@ def load_data(cfg: DataConfig | str, **fields: Any) -> DataBundle:
     return bundle
 
 
-def load_teacher_view(cfg: DataConfig, recorded: dict | None, view: str | None):
+def load_teacher_view(cfg: DataConfig, recorded: dict | None, student: DataBundle):
     """The teacher's representation of ``cfg``'s examples, or None when it has the student's.
 
     ``recorded`` is the data section the teacher was trained with (from its checkpoint) and
-    ``view`` the student's bundle's. When the teacher learnt the same dataset from other options
-    that give another ``view`` (a log-mel teacher, ``view="waveform"``), this loads ``cfg`` with
-    the teacher's options: the same splits and examples in the same order (every loader orders and
+    ``student`` the student's bundle. When the teacher learnt the same dataset from other options
+    that give another representation (a log-mel teacher of a waveform student, or a log-mel one
+    of other bands or hop: another ``view`` or another input size), this loads ``cfg`` with the
+    teacher's options: the same splits and examples in the same order (every loader orders and
     splits examples without looking at their representation), so example ``i`` of a split is the
     same in both bundles: what cross-representation KD and its evaluation pair on.
     """
@@ -125,4 +126,5 @@ def load_teacher_view(cfg: DataConfig, recorded: dict | None, view: str | None):
     if options == cfg.options:
         return None
     bundle = load_data(cfg.model_copy(update={"options": options}))
-    return bundle if bundle.view is not None and bundle.view != view else None
+    same = (bundle.view, bundle.image_size) == (student.view, student.image_size)
+    return None if bundle.view is None or same else bundle

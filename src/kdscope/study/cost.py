@@ -55,7 +55,7 @@ def estimate(cfg: StudyConfig, plan: Plan, todo: list[PlannedRun]) -> tuple[floa
                     # A teacher of another representation (cross-representation pairs) is timed
                     # on its own view of the batch.
                     recorded = t_config.data.model_dump(mode="json")
-                    view = load_teacher_view(cfg.data, recorded, data.view)
+                    view = load_teacher_view(cfg.data, recorded, data)
                     t_x = x if view is None else _batch(view, cfg.data.batch_size)[0]
                     forward_s[t_arch] = _teacher_forward(t_arch, view or data, t_x)
     finally:

@@ -60,7 +60,7 @@ def _teacher_bundle(data_json: str, teacher_dir: str):
     bundle = _bundle(data_json)
     recorded = (read_checkpoint(resolve_checkpoint(teacher_dir)).get("config") or {}).get("data")
     cfg = DataConfig.model_validate(json.loads(data_json))
-    return load_teacher_view(cfg, recorded, bundle.view) or bundle
+    return load_teacher_view(cfg, recorded, bundle) or bundle
 
 
 def _device() -> torch.device:
