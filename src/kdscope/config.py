@@ -113,6 +113,9 @@ class TrainConfig(_Strict):
     view_store: Literal["memory", "disk"] = "memory"
     cache_dtype: Literal["float32", "float16"] = "float32"
     cache_max_gb: float = Field(4.0, gt=0.0)
+    # Keep the plain teacher cache (memory, disk) here for other runs of the same teacher and
+    # training inputs to reuse (train/cache_store.py; a study sets it to <study>/teacher-cache).
+    cache_dir: Path | None = None
     # Keep only the teacher's k likeliest classes (tokens) per position, with the remaining mass
     # (methods/topk.py; method kd), in cache_dtype (float16: 4k + 2 bytes per position at a
     # vocabulary under 32,768). None: the full distribution.

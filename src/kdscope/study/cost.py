@@ -61,14 +61,22 @@ def estimate(cfg: StudyConfig, plan: Plan, todo: list[PlannedRun]) -> tuple[floa
     finally:
         torch.set_num_threads(threads)
     total = 0.0
+    shared = set()  # plain caches kept in train.cache_dir: filled once per teacher and method
     for run in todo:
         epochs = run.config.train.epochs
         seconds = epochs * steps * step_s[run.config.student.name]
         if run.teacher is not None:
             forward = forward_s[plan.runs[run.teacher].config.student.name]
             passes = _cached_passes(run, data)
-            seconds += forward * (math.ceil(len(data.train) / len(x)) * passes if passes else
-                                  epochs * steps)  # fmt: skip
+            entry = (run.teacher, run.config.method.name)
+            if passes and run.config.train.cache != "views" and run.config.train.cache_dir:
+                reused = entry in shared
+                shared.add(entry)
+            else:
+                reused = False
+            if not reused:
+                seconds += forward * (math.ceil(len(data.train) / len(x)) * passes if passes
+                                      else epochs * steps)  # fmt: skip
         total += seconds
     lines = [f"{len(todo)} run(s) to train, about {total / 3600:.1f} h on one worker"
              + (" (an upper bound: train.early_stop may end runs sooner)"

@@ -7,7 +7,9 @@ student on labels alone; one run per student and seed, evaluated against every t
 paired with; the KRS study's base student), ``random_control`` (method ``random_control`` with the
 weights of a ``kd`` setting; its row carries the controlled method's name, as the analyses pair it
 on the full setting) and ``teacher_replica`` (the teacher architecture retrained with seed
-``REPLICA_SEED_OFFSET + s``, compared with the teacher of seed s).
+``REPLICA_SEED_OFFSET + s``, compared with the teacher of seed s). Every run keeps its plain
+teacher cache in ``<study>/teacher-cache`` (``train.cache_dir``) for the runs of the same teacher
+and training inputs after it (:mod:`~kdscope.train.cache_store`).
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ def expand(cfg: StudyConfig) -> Plan:
                     **cfg.train.model_dump(mode="json"),
                     "seed": seed,
                     "epochs": epochs or cfg.train.epochs,
+                    "cache_dir": str(cfg.train.cache_dir or cfg.study_dir / "teacher-cache"),
                 },
                 "student": {"name": student},
                 "method": {"name": method, "params": params or {}},

@@ -6,7 +6,9 @@ augmentation that holds only for a bank of fixed views per example (``views``, s
 :mod:`~kdscope.train.views`), whose outputs are stored per (example, view). With
 ``train.cache_topk=k`` a :class:`TopKCache` keeps, per position, only the teacher's k likeliest
 classes and the remaining mass (:mod:`~kdscope.methods.topk`), for language models whose full
-distributions over a large vocabulary would not fit.
+distributions over a large vocabulary would not fit. With ``train.cache_dir``, a plain cache is
+filled once into that directory and read by every later run of the same teacher and training
+inputs (:mod:`~kdscope.train.cache_store`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from kdscope.features import FeatureTap
 from kdscope.methods import Method
 from kdscope.methods.topk import TopKTargets, topk_bytes_per_token, topk_targets
 from kdscope.models import describe, example_features, reader
+from kdscope.train.cache_store import cache_key, load_or_fill
 from kdscope.train.views import ViewBank
 
 
@@ -96,19 +99,23 @@ def build_run_cache(
             f"teacher passes, {size / 2**20:.1f} MiB ({cfg.cache_dtype}, {cfg.view_store})"
         )
     start = time.perf_counter()
-    cache = TeacherCache.build(
-        teacher,
-        train_set,
-        layers,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        where=cfg.view_store if views is not None else mode,
-        directory=directory,
-        autocast=amp,
-        progress=progress,
-        views=views,
-    )
+
+    def fill(where: str, into: Path | None) -> TeacherCache:
+        return TeacherCache.build(
+            teacher, train_set, layers, batch_size=batch_size, device=device, dtype=dtype,
+            where=where, directory=into, autocast=amp, progress=progress, views=views,
+        )  # fmt: skip
+
+    if cfg.cache_dir is not None and views is None:
+        key = cache_key(
+            teacher, train_set, layers, dtype=dtype, batch_size=batch_size, autocast=amp,
+            device=device,
+        )  # fmt: skip
+        arrays, _ = load_or_fill(cfg.cache_dir, key, lambda into: fill("disk", into), mode,
+                                 device, log)  # fmt: skip
+        cache = TeacherCache(arrays[0], arrays[1:])
+    else:
+        cache = fill(cfg.view_store if views is not None else mode, directory)
     return RunCache(cache, views, mode, time.perf_counter() - start)
 
 

@@ -41,6 +41,7 @@ RESUMABLE = {
     "train.threads",
     "train.cache",  # between the exact modes only (cache_identity)
     "train.cache_max_gb",
+    "train.cache_dir",
     "train.log",
     "data.num_workers",
     "data.eval_batch_size",
