@@ -3,6 +3,7 @@ evaluation rows, the report, the executors and the `kdscope study` / `kdscope re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,7 @@ from kdscope import api
 from kdscope.analysis import read_rows
 from kdscope.cli import app
 from kdscope.config import ConfigError, build_config
+from kdscope.data import load_data
 from kdscope.metrics import calibration_constant
 from kdscope.study import StudyConfig, expand, load_study, run_study, study_report
 from kdscope.study.executors import (
@@ -362,6 +364,28 @@ def test_the_cost_estimate_prices_the_runs_still_to_train(tmp_path):
     fewer, _ = estimate(cfg, plan, todo[:1])
     assert 0 < fewer < seconds
     assert estimate(cfg, plan, []) == (0.0, [])
+
+
+def test_the_cost_estimate_counts_one_shared_cache_fill_per_teacher_and_method(
+    tmp_path, monkeypatch
+):
+    from kdscope.study import cost
+
+    monkeypatch.setattr(cost, "_timed", lambda fn: 0.01)  # every step and forward: 10 ms
+    cfg = StudyConfig.model_validate(tiny(tmp_path, seeds=[0, 1, 2]))
+    plan = expand(cfg)
+    distilled = [r for r in plan.runs.values() if r.teacher is not None]
+    assert len(distilled) == 6  # kd and random_control, 3 seeds: 2 fills shared, 4 reused
+    shared, _ = cost.estimate(cfg, plan, list(plan.runs.values()))
+    for run in distilled:
+        train = run.config.train.model_copy(update={"cache_dir": None})
+        plan.runs[run.id] = dataclasses.replace(
+            run, config=run.config.model_copy(update={"train": train})
+        )
+    own, _ = cost.estimate(cfg, plan, list(plan.runs.values()))
+    data = load_data(cfg.data)
+    fill = 0.01 * math.ceil(len(data.train) / cfg.data.batch_size)
+    assert own - shared == pytest.approx(4 * fill)
 
 
 def test_a_cells_identity_ignores_exact_cache_modes_but_not_the_view_bank():
