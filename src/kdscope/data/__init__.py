@@ -20,7 +20,7 @@ from kdscope.data import (  # noqa: F401  (register the datasets and augmentatio
 )
 from kdscope.data.bundle import BatchAugment, DataBundle
 from kdscope.data.labels import check_labels, to_device
-from kdscope.data.memory import InMemoryDataset, collate, fetch
+from kdscope.data.memory import InMemoryDataset, collate, fetch, ordered_loader
 from kdscope.data.registry import (
     DATASETS,
     DEFAULT_DATA_DIR,
@@ -55,6 +55,7 @@ __all__ = [
     "check_labels",
     "collate",
     "fetch",
+    "ordered_loader",
     "get_augment",
     "list_datasets",
     "load_data",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from kdscope.data.bundle import DataBundle
 from kdscope.data.splits import carve_splits, split_index
@@ -93,6 +93,15 @@ def collate(batch: Batch | list[tuple]) -> tuple:
         rest = default_collate([(sample[0], *sample[2:]) for sample in batch])
         return (rest[0], targets, *rest[1:])
     return tuple(default_collate(batch))
+
+
+def ordered_loader(dataset: Dataset, batch_size: int) -> DataLoader:
+    """The batches of ``dataset`` in order, through :func:`collate`. The loader has its own
+    generator: creating its iterator must not draw from torch's global RNG, which a resumed run
+    restores exactly."""
+    return DataLoader(
+        dataset, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
+    )
 
 
 def fetch(dataset: Dataset, indices: Sequence[int]) -> tuple:

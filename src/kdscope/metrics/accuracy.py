@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from kdscope.data import check_labels, collate
+from kdscope.data import check_labels, ordered_loader
 from kdscope.metrics.dense import ConfusionMatrix, MeanAveragePrecision
 from kdscope.models import describe, reader
 
@@ -26,11 +26,7 @@ def _batches(model: nn.Module, dataset: Dataset, batch_size: int, device, amp: b
         raise ValueError("scoring a model needs at least one example; the dataset is empty")
     info, read = describe(model), reader(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    # Its own generator: creating the loader's iterator must not draw from torch's global RNG,
-    # which a resumed run restores exactly.
-    loader = DataLoader(
-        dataset, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
-    )
+    loader = ordered_loader(dataset, batch_size)
     was_training = model.training
     model.eval()
     try:

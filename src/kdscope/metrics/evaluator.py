@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from kdscope.data import collate, to_device
+from kdscope.data import ordered_loader, to_device
 from kdscope.features import FeatureTap, pair_layers
 from kdscope.metrics.agreement import AgreementResult
 from kdscope.metrics.matrices import as_features, u_centered
@@ -136,9 +136,7 @@ class EvaluationResult:
 def _loader(data: Dataset | DataLoader, batch_size: int) -> DataLoader:
     if isinstance(data, DataLoader):
         return data
-    return DataLoader(
-        data, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
-    )
+    return ordered_loader(data, batch_size)
 
 
 def _inputs_labels(batch) -> tuple[Tensor, Tensor]:

@@ -69,14 +69,14 @@ def estimate(cfg: StudyConfig, plan: Plan, todo: list[PlannedRun]) -> tuple[floa
             forward = forward_s[plan.runs[run.teacher].config.student.name]
             passes = _cached_passes(run, data)
             entry = (run.teacher, run.config.method.name)
-            if passes and run.config.train.cache != "views" and run.config.train.cache_dir:
-                reused = entry in shared
-                shared.add(entry)
-            else:
-                reused = False
-            if not reused:
+            train = run.config.train
+            kept = passes == 1 and train.cache != "views" and train.cache_topk is None
+            kept = kept and train.cache_dir is not None
+            if not (kept and entry in shared):
                 seconds += forward * (math.ceil(len(data.train) / len(x)) * passes if passes
                                       else epochs * steps)  # fmt: skip
+            if kept:
+                shared.add(entry)
         total += seconds
     lines = [f"{len(todo)} run(s) to train, about {total / 3600:.1f} h on one worker"
              + (" (an upper bound: train.early_stop may end runs sooner)"

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from kdscope.config import TrainConfig
-from kdscope.data import collate
+from kdscope.data import collate, ordered_loader
 from kdscope.features import FeatureTap
 from kdscope.methods import Method
 from kdscope.methods.topk import TopKTargets, topk_bytes_per_token, topk_targets
@@ -185,9 +185,7 @@ class TopKCache:
         progress=None,
     ) -> TopKCache:
         device = torch.device(device)
-        loader = DataLoader(
-            dataset, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
-        )
+        loader = ordered_loader(dataset, batch_size)
         read = reader(teacher).logits
         task = progress.add_task("teacher top-k cache", total=len(loader)) if progress else None
         stores = None
@@ -289,10 +287,7 @@ class TeacherCache:
         device = torch.device(device)
         n = views.size if views is not None else len(dataset)
         passes = views.views if views is not None else 1
-        # Its own generator: the loader must not draw from the global RNG a resume restores.
-        loader = DataLoader(
-            dataset, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
-        )
+        loader = ordered_loader(dataset, batch_size)
         logits_store = None
         feature_stores: list = []
         total = len(loader) * passes

@@ -14,9 +14,9 @@ the SHA-256 of everything its contents depend on, computed afresh by every run:
 An entry is written to a temporary directory, flushed, and renamed into place, so a reader never
 sees a partial one (an interrupted fill removes its directory; a killed one leaves a hidden
 ``.<key>.*.tmp`` that nothing reads); two runs filling the same entry at once both finish and
-one rename wins. Only
-the plain caches (``memory``, ``disk``) are kept: a view bank is drawn from its run's seed and a
-top-k cache holds one temperature's distribution, so those are filled per run as before.
+one rename wins. Only the plain caches (``memory``, ``disk``) are kept: a view bank is drawn from
+its run's seed and a top-k cache holds one temperature's distribution, so those are filled per
+run as before.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from kdscope.data import collate
+from kdscope.data import ordered_loader
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -60,16 +60,12 @@ def cache_key(
         "batch_size": batch_size,
         "autocast": autocast,
         "device": device.type,
-        "examples": len(dataset),
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for name, tensor in teacher.state_dict().items():
         digest.update(name.encode())
         _update(digest, tensor)
-    loader = DataLoader(
-        dataset, batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator()
-    )
-    for batch in loader:
+    for batch in ordered_loader(dataset, batch_size):
         _update(digest, batch)
     return digest.hexdigest()
 
