@@ -125,7 +125,9 @@ def test_study_and_report(runs, tmp_path):
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(config))
-    _invoke("study", path)
+    text = _invoke("study", path)
+    score = "mean iou" if task == "segmentation" else "map"
+    assert f"test {score} " in text and "test accuracy" not in text, text
     study_dir = tmp_path / f"tiny-{task}"
     assert (study_dir / "report.html").is_file()
     (study_dir / "report.html").unlink()

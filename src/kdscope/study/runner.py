@@ -162,7 +162,8 @@ def _train_phase(runs: list[PlannedRun], executor: Executor, result: StudyResult
         run, resume = todo[i]
         if outcome.ok:
             result.trained.append(run.id)
-            log(f"[{done}/{len(todo)}] {run.id}: test accuracy {outcome.value['test_acc']:.4f} "
+            score = outcome.value["score"].replace("_", " ")
+            log(f"[{done}/{len(todo)}] {run.id}: test {score} {outcome.value['test_acc']:.4f} "
                 f"({outcome.value['seconds']:.0f} s{', resumed' if resume else ''})")  # fmt: skip
         else:
             result.failed[run.id] = outcome.error

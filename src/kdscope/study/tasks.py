@@ -35,9 +35,10 @@ FIGURE_PREFIX = {
 
 def train(
     config: dict[str, Any], resume: bool, teacher_test_acc: float | None = None
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Train one run with :func:`kdscope.api.run` (given the test accuracy its teacher's run
-    recorded); its test accuracy and wall time."""
+    recorded); its test score, what that score is (``accuracy``, ``mean_iou`` or ``map``) and
+    its wall time."""
     start = time.perf_counter()
     result = api.run(
         RunConfig.model_validate(config),
@@ -45,7 +46,11 @@ def train(
         progress=False,
         teacher_test_acc=teacher_test_acc,
     )
-    return {"test_acc": result.test_acc, "seconds": time.perf_counter() - start}
+    return {
+        "test_acc": result.test_acc,
+        "score": result.score,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 @functools.lru_cache(maxsize=2)
