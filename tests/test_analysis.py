@@ -291,3 +291,23 @@ def test_tidy_helpers():
     assert paired({0: 1.0, 1: 2.0, 3: 4.0}, {1: 5.0, 0: 6.0}) == ([0, 1], [1.0, 2.0], [6.0, 5.0])
     names = ["resnet32", "resnet8", "resnet110", "resnet14"]
     assert sorted(names, key=natural_key) == ["resnet8", "resnet14", "resnet32", "resnet110"]
+
+
+@pytest.mark.parametrize(("task", "paper_r", "score"), [
+    ("segmentation", 0.968, "mean IoU"), ("detection", 0.884, "mAP@[.5:.95]"),
+])  # fmt: skip
+def test_dense_tasks_are_read_against_the_papers_r_for_their_task(task, paper_r, score):
+    rows = [r | {"task": task} for r in krs_rows(pairs=(("fcn_resnet20", "fcn_resnet8"),))]
+    section = krs_validation(rows)
+    pooled = section.table("krs-correlation").records()[0]
+    assert pooled["paper r"] == paper_r
+    assert any(f.startswith(f"KRS vs {score} on") for f in section.findings)
+    assert any(f"{task}, test {score}" in n for n in section.notes)
+    assert krs_validation(krs_rows()).table("krs-correlation").records()[0]["paper r"] == 0.943
+
+
+def test_one_dataset_with_two_tasks_is_refused():
+    rows = krs_rows(pairs=(("fcn_resnet20", "fcn_resnet8"),))
+    rows = [r | {"task": "segmentation" if i % 2 else "detection"} for i, r in enumerate(rows)]
+    with pytest.raises(ValueError, match="share one task"):
+        krs_validation(rows)

@@ -13,6 +13,8 @@ Identity columns (strings unless stated):
 - ``alpha``, ``temperature`` (float or None): the KD loss weight and temperature (None for arms
   without a teacher signal).
 - ``student_params`` (int, optional): the student's parameter count, orders student-size sweeps.
+- ``task`` (optional, ``classification`` when absent): ``classification``, ``segmentation`` or
+  ``detection``; for the dense tasks ``accuracy`` holds test mean IoU or mAP@[.5:.95].
 
 Measures (float; None or NaN when not measured), all on the test set against the run's teacher
 (shared/specs/metrics.md sections 2-3): ``accuracy``, ``ece``; ``agree_*`` top-1 agreement,

@@ -154,9 +154,10 @@ def evaluate_row(
 def tidy_measures(result) -> dict[str, Any]:
     """The tidy-table columns (:mod:`kdscope.analysis.tidy`) of an EvaluationResult's student.
     For dense tasks ``accuracy`` is the task's score (mean IoU, mAP@[.5:.95]), so the KRS
-    analyses correlate KRS with it, as the KRS paper does."""
+    analyses correlate KRS with it, as the KRS paper does, and ``task`` says which it is."""
     krs = result.krs["student"]
     row = task_columns(result.task, result.agreement["student"]) | {
+        "task": result.task,
         "krs": krs.krs,
         "fss": krs.fss,
         "aoa": krs.aoa,
