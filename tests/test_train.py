@@ -28,13 +28,14 @@ def _fit(
     student=None,
     teacher=None,
     train_set=None,
+    val_set=None,
     **cfg,
 ):
     t, s = _models()
     trainer = Trainer(
         student or s,
         train_set or digits.train,
-        digits.val,
+        val_set or digits.val,
         teacher=teacher or t,
         method=create_method(method) if isinstance(method, str) else method,
         data=DataConfig(batch_size=32),
@@ -120,6 +121,26 @@ def test_ctrl_c_checkpoints_mid_epoch_and_resume_is_exact(digits, tmp_path):
     resumed, result = _fit(digits, run_dir=tmp_path, epochs=2, resume=True)
     assert _same_weights(reference.student, resumed.student)
     assert [r["epoch"] for r in result.history] == [1, 2]
+
+
+def test_interrupt_during_validation_keeps_the_epochs_losses(digits, tmp_path, monkeypatch):
+    reference, expected = _fit(digits, epochs=2)
+
+    def interrupted(self):
+        raise KeyboardInterrupt  # a second Ctrl-C, which stops at once
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_val_acc", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _fit(digits, run_dir=tmp_path, epochs=2)
+    resumed, result = _fit(digits, run_dir=tmp_path, epochs=2, resume=True)
+    assert _same_weights(reference.student, resumed.student)
+    first, again = expected.history[0], result.history[0]
+    assert again["loss"] == pytest.approx(first["loss"]) and again["loss"] > 0
+    assert again["train_acc"] == pytest.approx(first["train_acc"])
+    assert again["val_acc"] == pytest.approx(first["val_acc"])
+    assert again["images_per_s"] is None  # nothing was trained in the resumed session
+    assert result.history[1]["images_per_s"] > 0
 
 
 class _Explodes(Method):

@@ -317,15 +317,18 @@ class Trainer:
             state.accumulators = acc.state()
             raise
         acc.flush(epoch, state.step)
+        # Until finish_epoch, an interrupt (during validation) must save the epoch's sums too.
+        state.accumulators = acc.state()
         progress.remove_task(task)
         elapsed = time.perf_counter() - t0
+        trained = acc.count - seen_before
         return {
             "epoch": epoch + 1,
             "lr": lr,
             **acc.means(),
             # This session's images only: a resumed epoch's restored count was timed before.
-            "images_per_s": (acc.count - seen_before) / elapsed * self.dist.world
-            if elapsed > 0
+            "images_per_s": trained / elapsed * self.dist.world
+            if trained and elapsed > 0
             else None,
             "epoch_time_s": elapsed,
         }
