@@ -27,6 +27,7 @@ from kdscope.study.executors import (
     threads_per_worker,
 )
 from kdscope.study.plan import REPLICA_SEED_OFFSET, fingerprint
+from kdscope.study.runner import _note_unread_arms
 from kdscope.train import load_model
 
 runner = CliRunner()
@@ -396,3 +397,17 @@ def test_a_cells_identity_ignores_exact_cache_modes_but_not_the_view_bank():
 
     assert with_cache("off") == with_cache("memory") == with_cache("auto")
     assert with_cache("views") != with_cache("off")
+
+
+@pytest.mark.parametrize(("analyses", "unread"), [
+    (["krs"], "random_control, teacher_replica"), (["functional"], None), ([], None),
+])  # fmt: skip
+def test_arms_no_analysis_reads_are_named_before_training(tmp_path, analyses, unread):
+    arms = {"random_control": True, "teacher_replica": True}
+    cfg = StudyConfig.model_validate(tiny(tmp_path, arms=arms, analyses=analyses))
+    lines = []
+    _note_unread_arms(cfg, expand(cfg), lines.append)
+    if unread is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and f"reads the {unread} arm(s)" in lines[0]

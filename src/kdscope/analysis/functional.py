@@ -55,6 +55,7 @@ DEFAULT_MEASURES = (
 )
 OTHER_ARMS = ("control", "random_control")
 ARMS_SHOWN = ("control", "kd", "random_control")
+ARMS_READ = (*ARMS_SHOWN, "teacher_replica")
 
 
 @dataclass
@@ -167,7 +168,7 @@ def _lead(conditions, tests: list[_Test], alpha: float, level: float, section: S
 
 
 def _conditions(rows: Sequence[Row]) -> list[Condition]:
-    by_arm = {a: [r for r in rows if r["arm"] == a] for a in (*ARMS_SHOWN, "teacher_replica")}
+    by_arm = {a: [r for r in rows if r["arm"] == a] for a in ARMS_READ}
     kd = group(by_arm["kd"], CONDITION)
     controls = group(by_arm["control"], BASELINE)
     randoms = group(by_arm["random_control"], CONDITION)

@@ -38,6 +38,7 @@ from kdscope.analysis.tidy import ID_COLUMNS, Row, by_seed, check_rows, group, n
 
 PAIR = ("study", "dataset", "teacher", "student")
 MEASURES = ("accuracy", "krs", "fss", "aoa")
+ARMS_READ = ("control", "kd")
 BASE = "base (no KD)"
 # Alba & Villaverde 2025: Pearson r of KRS with the task metric across runs, per task family.
 PAPER_R = {"classification": 0.943, "detection": 0.884, "segmentation": 0.968}
@@ -61,7 +62,7 @@ def krs_validation(
     """
     check_rows(rows, ID_COLUMNS)
     section = Section(title, id="krs-validation")
-    rows = [r for r in rows if r["arm"] in ("control", "kd")]
+    rows = [r for r in rows if r["arm"] in ARMS_READ]
     # A cell is (pair, student name): the base student, whatever its method is called, or a method.
     cells: dict[tuple, list[Row]] = {}
     for r in rows:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 
 from kdscope.analysis import tidy
+from kdscope.analysis.functional import ARMS_READ as FUNCTIONAL_ARMS
+from kdscope.analysis.krs_validation import ARMS_READ as KRS_ARMS
 from kdscope.config import ConfigError
 from kdscope.study.config import StudyConfig
 from kdscope.study.cost import estimate
@@ -79,6 +81,7 @@ def run_study(
     ]
     for line in estimate(cfg, plan, todo)[1]:
         log(line)
+    _note_unread_arms(cfg, plan, log)
     # Runs without a teacher (teachers, controls, replicas) first, then those that distil.
     for phase in ([r for r in plan.runs.values() if r.teacher is None],
                   [r for r in plan.runs.values() if r.teacher is not None]):  # fmt: skip
@@ -92,6 +95,24 @@ def run_study(
     log(f"{len(result.trained)} run(s) trained, {len(result.skipped)} already finished, "
         f"{len(result.failed)} failed; table: {study_dir / 'results.csv'}")  # fmt: skip
     return result
+
+
+ARMS_READ = {"functional": FUNCTIONAL_ARMS, "krs": KRS_ARMS}
+
+
+def _note_unread_arms(cfg: StudyConfig, plan: Plan, log) -> None:
+    """Say which arms' runs no analysis of ``cfg.analyses`` reads (they train for the table
+    only), so hours are not spent on them unawares."""
+    if not cfg.analyses:
+        return
+    read = {arm for a in cfg.analyses for arm in ARMS_READ[a]}
+    unread = sorted({r.labels["arm"] for r in plan.rows} - read)
+    if unread:
+        names = ", ".join(unread)
+        log(
+            f"note: no analysis of {cfg.analyses} reads the {names} arm(s); their runs train "
+            "for the table only (drop them from arms to save the time)"
+        )
 
 
 IDENTITY = "identity.json"
