@@ -21,7 +21,8 @@ from kdscope.metrics.dcor import (
     u_distance_covariance_sqr,
 )
 from kdscope.metrics.dense import detection_map, mean_iou
-from kdscope.metrics.evaluator import METRICS, EvaluationResult, Evaluator, evaluate
+from kdscope.metrics.evaluation_result import EvaluationResult
+from kdscope.metrics.evaluator import METRICS, Evaluator, evaluate
 from kdscope.metrics.matrices import (
     ZeroVarianceError,
     double_centered,
