@@ -321,6 +321,7 @@ def test_an_edited_study_retrains_its_changed_cells_and_keeps_the_old_runs(tmp_p
     logs = []
     edited = run_study(StudyConfig.model_validate(study | {"optim": {"lr": 0.02}}), log=logs.append)
     assert len(edited.trained) == 3 and not edited.skipped  # every cell changed
+    assert logs[0].startswith("3 run(s) to train")  # the estimate counts the changed cells
     runs = tmp_path / "edit" / "runs"
     kept = sorted(p.name for p in runs.iterdir() if "@" in p.name)
     assert len(kept) == 3 and any("optim.lr" in m for m in logs)

@@ -74,11 +74,7 @@ def run_study(
          "rows": [{"id": r.id, **r.labels} for r in plan.rows]}, indent=1))  # fmt: skip
     executor = executor or LocalExecutor()
     result = StudyResult(study_dir, [])
-    todo = [
-        run
-        for run in plan.runs.values()
-        if run.external is None and run_status(run.config.run_dir) != "finished"
-    ]
+    todo = [run for run in plan.runs.values() if run.external is None and not _current(run, plan)]
     for line in estimate(cfg, plan, todo)[1]:
         log(line)
     _note_unread_arms(cfg, plan, log)
@@ -128,6 +124,14 @@ def _identity(run_dir: Path, teacher_fingerprint: str | None) -> tuple[str | Non
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         return fingerprint(config, teacher_fingerprint), config
     return None, {}
+
+
+def _current(run: PlannedRun, plan: Plan) -> bool:
+    """Whether the run directory holds this run finished under its present settings."""
+    if run_status(run.config.run_dir) != "finished":
+        return False
+    teacher = plan.runs[run.teacher].fingerprint if run.teacher else None
+    return _identity(run.config.run_dir, teacher)[0] == run.fingerprint
 
 
 def _retire_if_changed(run: PlannedRun, teacher_print: str | None, log) -> None:
