@@ -30,13 +30,16 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure as MplFigure
 
 from kdscope.analysis.stats import Estimate
+
+# Inlined into every report, so a report is one self-contained file.
+_CSS = resources.files(__package__).joinpath("report.css").read_text()
 
 _DPI = 110
 
@@ -385,51 +388,3 @@ def _version() -> str:
         return metadata.version("kdscope")
     except metadata.PackageNotFoundError:
         return "(unreleased)"
-
-
-_CSS = """
-:root { --fg: #1d232b; --muted: #5b6573; --line: #d8dde4; --band: #f4f6f9; --accent: #1f5fa8;
-  --note: #8a5a00; --note-bg: #fff7e6; }
-* { box-sizing: border-box; }
-body { margin: 0; color: var(--fg); background: #fff;
-  font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
-main { max-width: 1120px; margin: 0 auto; padding: 24px 28px 48px; }
-h1 { font-size: 1.7em; margin: 0 0 4px; }
-h2 { font-size: 1.3em; margin: 36px 0 12px; padding-bottom: 4px;
-  border-bottom: 2px solid var(--line); }
-h3 { font-size: 1.05em; margin: 18px 0 6px; }
-a { color: var(--accent); text-decoration: none; } a:hover { text-decoration: underline; }
-.subtitle { color: var(--muted); margin: 0; }
-nav ol { margin: 12px 0 0; padding: 0; list-style: none; display: flex; flex-wrap: wrap;
-  gap: 4px 18px; }
-.summary { background: var(--band); border: 1px solid var(--line); border-radius: 6px;
-  padding: 4px 20px 12px; margin-top: 20px; }
-.summary h2 { border: 0; margin-top: 12px; }
-.summary ul { margin: 4px 0 8px; padding-left: 20px; } .summary li { margin: 4px 0; }
-ul.notes { list-style: none; padding: 8px 12px; background: var(--note-bg); color: var(--note);
-  border-left: 3px solid #e0a030; border-radius: 3px; }
-ul.notes li::before { content: "Note: "; font-weight: 600; }
-.table-wrap { overflow-x: auto; margin: 14px 0 22px; }
-table { border-collapse: collapse; font-size: 0.88em; min-width: 40%; }
-caption { caption-side: top; text-align: left; font-weight: 600; padding: 4px 0 6px; }
-th, td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: left;
-  vertical-align: top; }
-thead th { background: var(--band); border-bottom: 2px solid var(--line); white-space: nowrap; }
-tbody tr:nth-child(even) td { background: #fafbfc; }
-tbody tr.start td { border-top: 2px solid var(--line); }
-td.group { background: #fff !important; font-weight: 600; border-right: 1px solid var(--line); }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.na { color: var(--muted); text-align: center; }
-td.long { min-width: 16em; }
-figure { margin: 16px 0 24px; } figure.plot img { max-width: 100%; height: auto;
-  border: 1px solid var(--line); border-radius: 4px; }
-figcaption { color: var(--muted); font-size: 0.9em; margin-top: 4px; }
-details.code { margin: 12px 0 20px; }
-details.code summary { cursor: pointer; color: var(--muted); }
-.lead { margin: 14px 0 8px; } .lead h2 { margin: 14px 0 6px; }
-.lead figure { margin: 0; } .lead figure.plot img { max-height: 62vh; width: auto; }
-.answer p { margin: 6px 0; font-size: 1.06em; }
-pre { background: var(--band); border: 1px solid var(--line); border-radius: 4px;
-  padding: 10px 12px; overflow-x: auto; font-size: 0.85em; }
-footer { margin-top: 40px; color: var(--muted); font-size: 0.85em; }
-"""
