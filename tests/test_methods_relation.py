@@ -11,7 +11,8 @@ from torch import nn
 
 from kdscope.methods import Outputs, create_method
 from kdscope.methods.contrastive import nce_loss, relation_cosines
-from kdscope.methods.relation import attach, rkd_angle, rkd_distance, top_singular_vectors
+from kdscope.methods.graph import attach, top_singular_vectors
+from kdscope.methods.relation import rkd_angle, rkd_distance
 from kdscope.models import create_model
 from method_harness import Harness
 

@@ -4,6 +4,7 @@ from kdscope.methods import (  # noqa: F401  (registers)
     contrastive,
     dense,
     feature,
+    graph,
     relation,
     response,
     schemes,  # noqa: F401  (registers dml, byot, adversarial, lwf)
