@@ -41,7 +41,6 @@ class StudyResult:
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 def run_status(run_dir: Path) -> Literal["finished", "interrupted", "new"]:
@@ -81,7 +80,7 @@ def run_study(
     # Runs without a teacher (teachers, controls, replicas) first, then those that distil.
     for phase in ([r for r in plan.runs.values() if r.teacher is None],
                   [r for r in plan.runs.values() if r.teacher is not None]):  # fmt: skip
-        _train_phase(phase, executor, result, log)
+        _train_phase(phase, plan, executor, result, log)
     rows = _evaluate(cfg, plan, executor, result, log)
     result.rows = rows
     tidy.write_rows(study_dir / "results.jsonl", rows)
@@ -114,33 +113,33 @@ def _note_unread_arms(cfg: StudyConfig, plan: Plan, log) -> None:
 IDENTITY = "identity.json"
 
 
-def _identity(run_dir: Path, teacher_fingerprint: str | None) -> tuple[str | None, dict]:
-    """The fingerprint and config a run directory was trained under (from ``identity.json``, or
-    for a run written before it existed, from its ``config.yaml``)."""
+def _identity(run: PlannedRun, plan: Plan) -> tuple[str | None, dict]:
+    """The fingerprint and config the run's directory was trained under (from ``identity.json``,
+    or for a run written before it existed, from its ``config.yaml``)."""
+    run_dir = run.config.run_dir
     if (run_dir / IDENTITY).exists():
         stored = json.loads((run_dir / IDENTITY).read_text())
         return stored["fingerprint"], stored["config"]
     if (run_dir / "config.yaml").exists():
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        return fingerprint(config, teacher_fingerprint), config
+        teacher = plan.runs[run.teacher].fingerprint if run.teacher else None
+        return fingerprint(config, teacher), config
     return None, {}
 
 
 def _current(run: PlannedRun, plan: Plan) -> bool:
     """Whether the run directory holds this run finished under its present settings."""
-    if run_status(run.config.run_dir) != "finished":
-        return False
-    teacher = plan.runs[run.teacher].fingerprint if run.teacher else None
-    return _identity(run.config.run_dir, teacher)[0] == run.fingerprint
+    finished = run_status(run.config.run_dir) == "finished"
+    return finished and _identity(run, plan)[0] == run.fingerprint
 
 
-def _retire_if_changed(run: PlannedRun, teacher_print: str | None, log) -> None:
+def _retire_if_changed(run: PlannedRun, plan: Plan, log) -> None:
     """A run directory trained under other settings is moved aside, kept under its old identity
     (``<id>@<old fingerprint>``), so that the cell is retrained and no result is mixed."""
     run_dir = run.config.run_dir
     if not run_dir.exists():
         return
-    old, config = _identity(run_dir, teacher_print)
+    old, config = _identity(run, plan)
     if old == run.fingerprint:
         return
     changed = [
@@ -162,18 +161,19 @@ def _retire_if_changed(run: PlannedRun, teacher_print: str | None, log) -> None:
     log(f"{run.id}: settings changed ({what}); the old run is kept as {kept.name}, retraining")
 
 
-def _train_phase(runs: list[PlannedRun], executor: Executor, result: StudyResult, log) -> None:
+def _train_phase(
+    runs: list[PlannedRun], plan: Plan, executor: Executor, result: StudyResult, log
+) -> None:
     todo = []
     for run in runs:
         if run.teacher in result.failed:
             result.failed[run.id] = f"teacher run {run.teacher!r} failed"
             continue
-        result.fingerprints[run.id] = run.fingerprint
         if run.external is not None:
             if run_status(run.external) != "finished":
                 result.failed[run.id] = f"the teacher run {run.external} has not finished"
             continue
-        _retire_if_changed(run, result.fingerprints.get(run.teacher), log)
+        _retire_if_changed(run, plan, log)
         status = run_status(run.config.run_dir)
         if status == "finished":
             result.skipped.append(run.id)
