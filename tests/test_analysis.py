@@ -306,6 +306,15 @@ def test_dense_tasks_are_read_against_the_papers_r_for_their_task(task, paper_r,
     assert krs_validation(krs_rows()).table("krs-correlation").records()[0]["paper r"] == 0.943
 
 
+def test_a_task_the_paper_did_not_study_is_computed_and_not_compared():
+    rows = krs_rows(pairs=(("gpt-mini", "gpt-micro"),))
+    rows = [r | {"task": "language-modelling"} for r in rows]
+    pooled = krs_validation(rows).table("krs-correlation").records()[0]
+    assert pooled["paper r"] is None
+    assert pooled["verdict"].endswith("the paper reports no r for this task")
+    assert not pooled["verdict"].startswith(("reproduces", "does not", "partly"))
+
+
 def test_one_dataset_with_two_tasks_is_refused():
     rows = krs_rows(pairs=(("fcn_resnet20", "fcn_resnet8"),))
     rows = [r | {"task": "segmentation" if i % 2 else "detection"} for i, r in enumerate(rows)]
