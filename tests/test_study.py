@@ -236,6 +236,20 @@ def test_rerun_skips_finished_and_resumes_interrupted(finished, monkeypatch):
     assert result.trained == ["control-resnet8-s1"] and len(result.skipped) == 6
 
 
+def test_runs_in_this_process_show_their_epochs_and_a_pools_do_not(finished, tmp_path, capsys):
+    out = finished["output"]
+    assert "control-resnet8-s0: training" in out and "epoch 1: loss=" in out
+
+    class Pooled(LocalExecutor):
+        in_process = False
+
+    cfg = StudyConfig.model_validate(tiny(tmp_path, seeds=[0], arms={"kd": False}))
+    result = run_study(cfg, Pooled(), log=lambda m: None)
+    assert result.trained and not result.failed
+    out = capsys.readouterr().out
+    assert "epoch 1" not in out and ": training" not in out
+
+
 def test_report_command(finished):
     result = runner.invoke(app, ["report", str(finished["dir"])])
     assert result.exit_code == 0, result.output

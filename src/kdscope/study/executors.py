@@ -51,7 +51,12 @@ def threads_per_worker(workers: int) -> int:
 
 
 class Executor(ABC):
-    """Runs independent tasks; ``map`` yields ``(index into args_list, Outcome)`` as they finish."""
+    """Runs independent tasks; ``map`` yields ``(index into args_list, Outcome)`` as they finish.
+
+    ``in_process``: tasks run one at a time in this process, so what they print reads whole.
+    """
+
+    in_process = False
 
     @abstractmethod
     def map(
@@ -70,6 +75,8 @@ class Executor(ABC):
 
 class LocalExecutor(Executor):
     """One task after another in this process (torch keeps its own thread setting)."""
+
+    in_process = True
 
     def map(self, fn, args_list):
         for i, args in enumerate(args_list):

@@ -182,7 +182,11 @@ def _train_phase(
         run.config.run_dir.mkdir(parents=True, exist_ok=True)
         identity = {"fingerprint": run.fingerprint, "config": run.config.model_dump(mode="json")}
         (run.config.run_dir / IDENTITY).write_text(json.dumps(identity, indent=1))
-    args = [(run.config.model_dump(mode="json"), resume, _teacher_acc(run)) for run, resume in todo]
+    # Runs in this process show their epochs; a pool's would interleave, so they print one line.
+    args = [
+        (run.config.model_dump(mode="json"), resume, _teacher_acc(run), executor.in_process)
+        for run, resume in todo
+    ]
     for done, (i, outcome) in enumerate(executor.map(train, args), 1):
         run, resume = todo[i]
         if outcome.ok:

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import torch
+from rich import get_console
 from torch.utils.data import Dataset, Subset
 
 from kdscope import api
@@ -34,18 +35,20 @@ FIGURE_PREFIX = {
 
 
 def train(
-    config: dict[str, Any], resume: bool, teacher_test_acc: float | None = None
+    config: dict[str, Any],
+    resume: bool,
+    teacher_test_acc: float | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Train one run with :func:`kdscope.api.run` (given the test accuracy its teacher's run
     recorded); its test score, what that score is (``accuracy``, ``mean_iou`` or ``map``) and
-    its wall time."""
+    its wall time. With ``progress`` the run's name, bars and epoch lines are shown, as
+    ``kdscope distill`` shows them."""
     start = time.perf_counter()
-    result = api.run(
-        RunConfig.model_validate(config),
-        resume=resume,
-        progress=False,
-        teacher_test_acc=teacher_test_acc,
-    )
+    cfg = RunConfig.model_validate(config)
+    if progress:
+        get_console().print(f"{cfg.run_dir.name}: {'resuming' if resume else 'training'}")
+    result = api.run(cfg, resume=resume, progress=progress, teacher_test_acc=teacher_test_acc)
     return {
         "test_acc": result.test_acc,
         "score": result.score,
