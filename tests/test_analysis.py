@@ -206,6 +206,13 @@ def test_krs_tracking_accuracy_reproduces_the_paper():
     assert concordance["Kendall W"] == pytest.approx(1.0)
     gains = section.table("krs-gains").records()
     assert all(r["verdict KRS"].startswith("higher") for r in gains if r["method"] != "kd")
+    # the answer opens the page: the scatter of KRS against accuracy, with the pooled verdict
+    assert section.lead.figure.id == "krs-fig-correlation"
+    assert not any(b.id == "krs-fig-correlation" for b in section.blocks)
+    (answer,) = section.lead.sentences
+    r = pooled["Pearson r [CI]"].value
+    assert answer.startswith(f"KRS vs accuracy on digits, all pairs: Pearson r = {r:+.3g}")
+    assert answer.endswith(f"(paper: 0.943); {pooled['verdict']}.")
 
 
 def test_krs_unrelated_to_accuracy_does_not_reproduce():

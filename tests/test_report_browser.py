@@ -125,4 +125,11 @@ def test_study_report_renders_in_chromium(tmp_path, browser):
 @pytest.mark.parametrize("report", DOCS, ids=[p.parent.name for p in DOCS])
 def test_checked_in_study_reports_answer_on_the_first_screen(report, browser):
     _check_page(browser, report.as_uri())
-    assert browser.find_element("id", "ft-forest").is_displayed()
+    # the page opens on the answer: the functional forest where the study has one, else the
+    # KRS validation's scatter of KRS against the task score
+    leads = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.lead figure')).map(f => f.id)"
+    )
+    functional = browser.find_elements("id", "functional-transfer") != []
+    assert leads[0] == ("ft-forest" if functional else "krs-fig-correlation"), leads
+    assert browser.find_element("id", leads[0]).is_displayed()

@@ -10,8 +10,9 @@ student is the ``control`` arm (trained on labels alone, "before KD"), its disti
 dataset): correlations, rankings and concordance are computed within a task. Output: one report
 :class:`~kdscope.analysis.report.Section` with tables ``krs-before-after``, ``krs-gains``,
 ``krs-correlation``, ``krs-ablation``, ``krs-ranking``, ``krs-sensitivity``,
-``krs-generalisation``, ``krs-concordance`` (and ``krs-missing`` when runs are missing) and
-figures ``krs-fig-before-after``, ``krs-fig-correlation``, ``krs-fig-ablation``,
+``krs-generalisation``, ``krs-concordance`` (and ``krs-missing`` when runs are missing), the
+lead figure ``krs-fig-correlation`` (the scatter of KRS against the task score, which answers the
+question) and figures ``krs-fig-before-after``, ``krs-fig-ablation``,
 ``krs-fig-generalisation-<task>``.
 """
 
@@ -23,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from kdscope.analysis import _words as w
 from kdscope.analysis import plots
 from kdscope.analysis.krs_rankings import Gain, add_rankings
-from kdscope.analysis.report import Figure, Section, Table
+from kdscope.analysis.report import Figure, Lead, Section, Table
 from kdscope.analysis.stats import (
     Correlation,
     Estimate,
@@ -262,7 +263,7 @@ def _correlation(tasks, task_label, kinds, label, few, level, alpha, min_seeds, 
                 for (arm, m), g in groups.items()
             }
     adj = holm([r.p if not blocked else math.nan for *_, r, _, blocked in results])
-    records = []
+    records, answers = [], []
     for (task, scope, r, rho, blocked), p in zip(results, adj, strict=True):
         kind = kinds[task]
         verdict = _paper_verdict(r, float(p), alpha, paper_r.get(kind), blocked, min_seeds)
@@ -286,6 +287,10 @@ def _correlation(tasks, task_label, kinds, label, few, level, alpha, min_seeds, 
                 f"Spearman rho = {w.num(rho.r)}, {w.peq('p', rho.p)}; paper r ({kind}) = "
                 f"{paper_r.get(kind, 'none')}: {verdict}."
             )
+            answers.append(
+                f"KRS vs {SCORE[kind]} on {scope}: Pearson r = {w.ci(_corr_cell(r, level))} "
+                f"(paper: {paper_r.get(kind, 'none')}); {verdict}."
+            )
     caption = (
         f"Correlation of KRS with the student's task score across runs (base and distilled), "
         f"against the paper's r for the task; Pearson "
@@ -294,8 +299,12 @@ def _correlation(tasks, task_label, kinds, label, few, level, alpha, min_seeds, 
     section.blocks.append(Table.from_records(records, caption, "krs-correlation"))
     used = set(kinds.values())
     score = SCORE[used.pop()] if len(used) == 1 else "task score"
-    figure = plots.scatter(panels, "KRS", score, f"KRS against {score}, one point per run")
-    section.blocks.append(Figure(figure, f"Each run's KRS and {score}", "krs-fig-correlation"))
+    # The lead figure: a lone panel is drawn as wide as the functional lead's forest (9.6 in).
+    width = 9.6 if len(panels) == 1 else 5.2
+    figure = plots.scatter(panels, "KRS", score, f"KRS against {score}, one point per run", width)
+    section.lead = Lead(
+        Figure(figure, f"Each run's KRS and {score}", "krs-fig-correlation"), answers
+    )
     section.notes.append(
         "Pooled correlations mix pairs whose accuracy and KRS levels differ, so between-pair "
         "differences can drive r; per-pair rows are shown when a task has several pairs."

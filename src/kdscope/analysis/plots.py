@@ -126,10 +126,11 @@ def scatter(
     xlabel: str,
     ylabel: str,
     title: str = "",
+    width: float = _PANEL_W,
 ) -> Figure:
-    """One panel per key; points per group (e.g. per method) and one least-squares line over all
-    points of the panel."""
-    fig, axes = _figure(len(panels), title)
+    """One panel per key, each ``width`` inches wide; points per group (e.g. per method) and one
+    least-squares line over all points of the panel."""
+    fig, axes = _figure(len(panels), title, width)
     for ax, (panel, groups) in zip(axes, panels.items(), strict=True):
         all_x, all_y = [], []
         for k, (label, (xs, ys)) in enumerate(groups.items()):
