@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from matplotlib.figure import Figure as MplFigure
 
+from kdscope.analysis.plots import LEAD_WIDTH
 from kdscope.analysis.report import Figure
 
 # name -> (axis label, short panel title, True when the value is a fraction shown in points)
@@ -100,7 +101,7 @@ def _point(ax, x: float, y: float, row: ForestRow) -> None:
 
 
 def _single(rows: Sequence[ForestRow], measures: list[str], versus: str) -> MplFigure:
-    fig = MplFigure(figsize=(9.6, 0.42 * len(measures) + 1.0), layout="constrained")
+    fig = MplFigure(figsize=(LEAD_WIDTH, 0.42 * len(measures) + 1.0), layout="constrained")
     ax = fig.subplots()
     by_measure = {r.measure: r for r in rows}
     for y, m in enumerate(measures):

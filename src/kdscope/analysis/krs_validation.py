@@ -267,11 +267,12 @@ def _correlation(tasks, task_label, kinds, label, few, level, alpha, min_seeds, 
     for (task, scope, r, rho, blocked), p in zip(results, adj, strict=True):
         kind = kinds[task]
         verdict = _paper_verdict(r, float(p), alpha, paper_r.get(kind), blocked, min_seeds)
+        r_cell = _corr_cell(r, level)
         records.append(
             {
                 "scope": scope,
                 "n runs": r.n,
-                "Pearson r [CI]": _corr_cell(r, level),
+                "Pearson r [CI]": r_cell,
                 "p (Pearson)": r.p,
                 "p Holm": float(p),
                 "Spearman rho [CI]": _corr_cell(rho, level),
@@ -281,16 +282,14 @@ def _correlation(tasks, task_label, kinds, label, few, level, alpha, min_seeds, 
             }
         )
         if scope.endswith(", all pairs"):
+            what, paper = f"KRS vs {SCORE[kind]} on {scope}", paper_r.get(kind, "none")
+            pearson_r = w.ci(r_cell)
             section.findings.append(
-                f"KRS vs {SCORE[kind]} on {scope} (n = {r.n} runs): Pearson r = "
-                f"{w.ci(_corr_cell(r, level))}, {w.peq('p', r.p)}, Holm {w.peq('p', float(p))}; "
-                f"Spearman rho = {w.num(rho.r)}, {w.peq('p', rho.p)}; paper r ({kind}) = "
-                f"{paper_r.get(kind, 'none')}: {verdict}."
+                f"{what} (n = {r.n} runs): Pearson r = {pearson_r}, {w.peq('p', r.p)}, Holm "
+                f"{w.peq('p', float(p))}; Spearman rho = {w.num(rho.r)}, {w.peq('p', rho.p)}; "
+                f"paper r ({kind}) = {paper}: {verdict}."
             )
-            answers.append(
-                f"KRS vs {SCORE[kind]} on {scope}: Pearson r = {w.ci(_corr_cell(r, level))} "
-                f"(paper: {paper_r.get(kind, 'none')}); {verdict}."
-            )
+            answers.append(f"{what}: Pearson r = {pearson_r} (paper: {paper}); {verdict}.")
     caption = (
         f"Correlation of KRS with the student's task score across runs (base and distilled), "
         f"against the paper's r for the task; Pearson "
@@ -299,9 +298,8 @@ def _correlation(tasks, task_label, kinds, label, few, level, alpha, min_seeds, 
     section.blocks.append(Table.from_records(records, caption, "krs-correlation"))
     used = set(kinds.values())
     score = SCORE[used.pop()] if len(used) == 1 else "task score"
-    # The lead figure: a lone panel is drawn as wide as the functional lead's forest (9.6 in).
-    width = 9.6 if len(panels) == 1 else 5.2
-    figure = plots.scatter(panels, "KRS", score, f"KRS against {score}, one point per run", width)
+    title = f"KRS against {score}, one point per run"
+    figure = plots.scatter(panels, "KRS", score, title, min_width=plots.LEAD_WIDTH)
     section.lead = Lead(
         Figure(figure, f"Each run's KRS and {score}", "krs-fig-correlation"), answers
     )
