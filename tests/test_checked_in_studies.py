@@ -16,8 +16,6 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "studies"
 STUDIES = sorted(p.parent for p in DOCS.glob("*/study.yaml"))
 # Its study directory, and so its plan.json, was not kept; rerunning the study writes both.
 NO_PLAN = {"tinyshakespeare-functional"}
-
-
 NO_PLAN_MARK = pytest.mark.xfail(strict=True, reason="no plan.json kept")
 
 

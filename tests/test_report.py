@@ -9,6 +9,7 @@ from matplotlib.figure import Figure as MplFigure
 from kdscope.analysis import plots
 from kdscope.analysis.forest import ForestRow, forest_figure, forest_sentences
 from kdscope.analysis.report import (
+    LEAD_WIDTH,
     Code,
     Figure,
     Lead,
@@ -258,6 +259,15 @@ def test_forest_sentences_say_what_moved_in_plain_words():
     ]
     grouped = [ForestRow("accuracy", 0.02, 0.01, 0.03, g == "kd", g) for g in ("kd", "at")]
     assert "more accurate in 1, less accurate in 0" in forest_sentences(grouped)[0]
+
+
+def test_a_lead_figure_is_widened_to_the_lead_width_and_never_narrowed():
+    narrow = MplFigure(figsize=(5.2, 4.0))
+    wide = MplFigure(figsize=(12.0, 3.0))
+    Lead(Figure(narrow))
+    Lead(Figure(wide))
+    assert tuple(narrow.get_size_inches()) == (LEAD_WIDTH, 4.0)
+    assert tuple(wide.get_size_inches()) == (12.0, 3.0)
 
 
 def test_lead_opens_the_page_and_code_is_folded():

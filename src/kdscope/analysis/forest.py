@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 from matplotlib.figure import Figure as MplFigure
 
-from kdscope.analysis.plots import LEAD_WIDTH
-from kdscope.analysis.report import Figure
+from kdscope.analysis.report import LEAD_WIDTH, Figure
 
 # name -> (axis label, short panel title, True when the value is a fraction shown in points)
 LABELS: dict[str, tuple[str, str, bool]] = {

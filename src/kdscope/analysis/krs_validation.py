@@ -298,8 +298,7 @@ def _correlation(tasks, task_label, kinds, label, few, level, alpha, min_seeds, 
     section.blocks.append(Table.from_records(records, caption, "krs-correlation"))
     used = set(kinds.values())
     score = SCORE[used.pop()] if len(used) == 1 else "task score"
-    title = f"KRS against {score}, one point per run"
-    figure = plots.scatter(panels, "KRS", score, title, min_width=plots.LEAD_WIDTH)
+    figure = plots.scatter(panels, "KRS", score, f"KRS against {score}, one point per run")
     section.lead = Lead(
         Figure(figure, f"Each run's KRS and {score}", "krs-fig-correlation"), answers
     )

@@ -19,18 +19,13 @@ from kdscope.analysis.stats import Estimate
 Series = Mapping[str, Sequence[Estimate | None]]
 
 _PANEL_W, _PANEL_H = 5.2, 3.6
-# The least width (inches) of a figure that opens a report (a section's lead): the forest's.
-LEAD_WIDTH = 9.6
 
 
-def _figure(
-    n_panels: int, title: str, width: float = _PANEL_W, min_width: float = 0.0
-) -> tuple[Figure, list]:
+def _figure(n_panels: int, title: str, width: float = _PANEL_W) -> tuple[Figure, list]:
     cols = min(n_panels, 3)
     rows = math.ceil(n_panels / cols)
     fig = Figure(
-        figsize=(max(width * cols, min_width), _PANEL_H * rows + (0.4 if title else 0)),
-        layout="constrained",
+        figsize=(width * cols, _PANEL_H * rows + (0.4 if title else 0)), layout="constrained"
     )
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
     for ax in axes[n_panels:]:
@@ -131,11 +126,10 @@ def scatter(
     xlabel: str,
     ylabel: str,
     title: str = "",
-    min_width: float = 0.0,
 ) -> Figure:
-    """One panel per key, the figure at least ``min_width`` inches wide; points per group (e.g.
-    per method) and one least-squares line over all points of the panel."""
-    fig, axes = _figure(len(panels), title, min_width=min_width)
+    """One panel per key; points per group (e.g. per method) and one least-squares line over all
+    points of the panel."""
+    fig, axes = _figure(len(panels), title)
     for ax, (panel, groups) in zip(axes, panels.items(), strict=True):
         all_x, all_y = [], []
         for k, (label, (xs, ys)) in enumerate(groups.items()):

@@ -42,6 +42,8 @@ from kdscope.analysis.stats import Estimate
 _CSS = resources.files(__package__).joinpath("report.css").read_text()
 
 _DPI = 110
+# The least width (inches) of a figure that opens a report (a section's lead): the forest's.
+LEAD_WIDTH = 9.6
 
 
 @dataclass
@@ -132,10 +134,18 @@ Block = Text | Code | Table | Figure
 @dataclass
 class Lead:
     """What the first screen shows: the figure that answers the question (e.g.
-    :func:`~kdscope.analysis.forest.forest_figure`) and a few short plain sentences under it."""
+    :func:`~kdscope.analysis.forest.forest_figure`) and a few short plain sentences under it. A
+    matplotlib figure narrower than :data:`LEAD_WIDTH` is widened to it, so every report opens on
+    a figure of one size."""
 
     figure: Figure
     sentences: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        image = self.figure.image
+        if isinstance(image, MplFigure):
+            width, height = image.get_size_inches()
+            image.set_size_inches(max(width, LEAD_WIDTH), height)
 
 
 @dataclass
